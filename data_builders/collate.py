@@ -1,0 +1,77 @@
+"""Pad encoded instances into model batches, load their images, and stack paired views as student/teacher rows."""
+
+from __future__ import annotations
+
+import torch
+from PIL import Image
+
+from data_builders.templates import get_template
+from data_builders.tokenize import IGNORE_INDEX, load_rgb
+
+
+class MultimodalCollator:
+    """Collates `tokenize_instances` rows into the model's inputs plus `labels` (and `branch` for pairs).
+
+    Every batch calls the vision tower: a batch without images gets one blank image appended after the
+    last token of its first row, unsupervised and, being last, invisible to every real token under causal
+    attention. Under ZeRO-2/3 a rank whose batch skipped the vision tower would otherwise desynchronise
+    the collectives of the ranks whose batch did not.
+    """
+
+    def __init__(self, processor, template: str, pad_to_multiple_of: int | None = None):
+        self.processor = processor
+        self.image_text = get_template(template).image
+        self.pad_id = processor.tokenizer.pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self._placeholder = None  # (token ids, image) of the blank image, built on first use
+
+    def __call__(self, features: list[dict]) -> dict:
+        rows = [(f["input_ids"], f["labels"], f["images"]) for f in features]
+        paired = "teacher_input_ids" in features[0]
+        if paired:
+            rows += [(f["teacher_input_ids"], f["teacher_labels"], f["teacher_images"]) for f in features]
+        input_ids = [list(ids) for ids, _, _ in rows]
+        labels = [list(lab) for _, lab, _ in rows]
+        # The model consumes image features in row-major order of their placeholder tokens.
+        images = [load_rgb(path) for _, _, paths in rows for path in paths]
+        if not images:
+            placeholder_ids, blank = self._blank_image()
+            input_ids[0] = input_ids[0] + placeholder_ids
+            labels[0] = labels[0] + [IGNORE_INDEX] * len(placeholder_ids)
+            images = [blank]
+        batch = self._pad(input_ids, labels)
+        batch.update(self.processor.image_processor(images=images, return_tensors="pt"))
+        if self.processor.return_mm_token_type_ids:  # Qwen2-VL marks image positions for M-RoPE
+            batch["mm_token_type_ids"] = (batch["input_ids"] == self.processor.image_token_id).long()
+        if paired:
+            batch["branch"] = torch.tensor([0] * len(features) + [1] * len(features))
+        return batch
+
+    def _pad(self, input_ids: list[list[int]], labels: list[list[int]]) -> dict:
+        length = max(len(ids) for ids in input_ids)
+        if self.pad_to_multiple_of:
+            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        ids_tensor = torch.full((len(input_ids), length), self.pad_id, dtype=torch.long)
+        labels_tensor = torch.full((len(input_ids), length), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(input_ids), length), dtype=torch.long)
+        for row, (ids, lab) in enumerate(zip(input_ids, labels)):
+            ids_tensor[row, : len(ids)] = torch.tensor(ids)
+            labels_tensor[row, : len(lab)] = torch.tensor(lab)
+            mask[row, : len(ids)] = 1
+        return {"input_ids": ids_tensor, "attention_mask": mask, "labels": labels_tensor}
+
+    def _blank_image(self) -> tuple[list[int], Image.Image]:
+        if self._placeholder is None:
+            blank = Image.new("RGB", _blank_size(self.processor.image_processor), (0, 0, 0))
+            ids = self.processor(text=[self.image_text], images=[blank], add_special_tokens=False)["input_ids"][0]
+            self._placeholder = (list(ids), blank)
+        return self._placeholder
+
+
+def _blank_size(image_processor) -> tuple[int, int]:
+    crop = getattr(image_processor, "crop_size", None)
+    if isinstance(crop, dict) and "height" in crop:
+        return crop["width"], crop["height"]
+    # Qwen2-VL: the smallest image that fills one merged patch grid cell in each direction.
+    patch = getattr(image_processor, "patch_size", 14) * getattr(image_processor, "merge_size", 2)
+    return patch * 2, patch * 2

@@ -1,0 +1,159 @@
+"""Turn instances into token ids and assistant-only labels through the model's processor, cached with `datasets`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+import datasets
+from PIL import Image
+
+from data_builders.templates import ChatTemplate, get_template, render_segments
+
+IGNORE_INDEX = -100
+logger = logging.getLogger(__name__)
+
+
+class EncodingError(ValueError):
+    """An instance that cannot be encoded; the message names the instance and the field."""
+
+
+@dataclass(frozen=True)
+class EncodingSettings:
+    max_length: int = 1024
+    overlong: str = "drop"  # drop (counted and logged) | error; image tokens are never truncated
+
+    def __post_init__(self):
+        if self.overlong not in ("drop", "error"):
+            raise ValueError(f"overlong must be 'drop' or 'error', got {self.overlong!r}")
+
+
+def load_rgb(path: str) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def encode_view(messages: list[dict], image_paths: list[str], processor, template: ChatTemplate, where: str) -> dict:
+    """Token ids and labels of one conversation; images expand to exactly as many tokens as the model will see."""
+    image_token = processor.image_token
+    segments = _segments(template, messages, where)
+    placeholders = sum(text.count(image_token) for text, _ in segments)
+    if placeholders != len(image_paths):
+        raise EncodingError(
+            f"{where}: field 'images' has {len(image_paths)} path(s) but 'messages' has {placeholders} image part(s)"
+        )
+    remaining = list(image_paths)
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for text, supervised in segments:
+        count = text.count(image_token)
+        paths, remaining = remaining[:count], remaining[count:]
+        images = [_open_image(path, where) for path in paths]
+        ids = processor(text=[text], images=images or None, add_special_tokens=False)["input_ids"][0]
+        ids = list(ids)
+        input_ids.extend(ids)
+        labels.extend(ids if supervised else [IGNORE_INDEX] * len(ids))
+    return {"input_ids": input_ids, "labels": labels, "images": list(image_paths)}
+
+
+def _segments(template: ChatTemplate, messages: list[dict], where: str) -> list[tuple[str, bool]]:
+    try:
+        return render_segments(template, messages)
+    except (KeyError, TypeError, ValueError) as error:
+        raise EncodingError(f"{where}: field 'messages' is malformed: {error}") from error
+
+
+def _open_image(path: str, where: str) -> Image.Image:
+    try:
+        return load_rgb(path)
+    except (FileNotFoundError, OSError) as error:
+        raise EncodingError(f"{where}: field 'images' names an unreadable image {path!r}: {error}") from error
+
+
+def encode_instance(instance: dict, processor, template: ChatTemplate, settings: EncodingSettings) -> dict | None:
+    """Encode an instance (and its teacher view, if paired); None when it is over-long and settings say drop."""
+    where = f"instance {instance.get('id')!r}"
+    encoded = encode_view(instance["messages"], instance.get("images", []), processor, template, where)
+    teacher = instance.get("teacher")
+    if teacher:
+        view = encode_view(teacher["messages"], teacher.get("images", []), processor, template, f"{where} (teacher)")
+        if _supervised(view["labels"]) != _supervised(encoded["labels"]):
+            raise EncodingError(f"{where}: field 'teacher' does not share the student's target tokens")
+        encoded.update({f"teacher_{key}": value for key, value in view.items()})
+    longest = max(len(encoded["input_ids"]), len(encoded.get("teacher_input_ids", [])))
+    if longest > settings.max_length:
+        if settings.overlong == "error":
+            raise EncodingError(
+                f"{where}: {longest} tokens (image tokens included) exceed max_length={settings.max_length}"
+            )
+        return None
+    if not any(label != IGNORE_INDEX for label in encoded["labels"]):
+        raise EncodingError(f"{where}: field 'messages' has no supervised assistant turn")
+    return encoded
+
+
+def _supervised(labels: list[int]) -> list[int]:
+    return [label for label in labels if label != IGNORE_INDEX]
+
+
+def _fingerprint(instances: list[dict], processor, template: ChatTemplate, settings: EncodingSettings) -> str:
+    digest = hashlib.sha256()
+    digest.update(json.dumps(instances, sort_keys=True).encode())
+    for instance in instances:  # images edited in place must invalidate the cache
+        for path in instance.get("images", []) + (instance.get("teacher") or {}).get("images", []):
+            stat = os.stat(path) if os.path.exists(path) else None
+            digest.update(f"{path}:{stat and stat.st_size}:{stat and stat.st_mtime_ns}".encode())
+    digest.update(processor.tokenizer.backend_tokenizer.to_str().encode())
+    digest.update(processor.image_processor.to_json_string().encode())
+    digest.update(repr((template, settings)).encode())
+    return digest.hexdigest()[:24]
+
+
+def tokenize_instances(
+    instances: list[dict], processor, template_name: str, settings: EncodingSettings, cache_dir: str
+) -> datasets.Dataset:
+    """A `datasets.Dataset` of encoded instances; re-running with the same inputs loads the cached Arrow file."""
+    template = get_template(template_name)
+    os.makedirs(cache_dir, exist_ok=True)
+    cache_file = os.path.join(cache_dir, f"tokenized-{_fingerprint(instances, processor, template, settings)}.arrow")
+    raw = datasets.Dataset.from_dict({"instance": [json.dumps(instance) for instance in instances]})
+
+    def encode_batch(batch):
+        columns: dict[str, list] = {"input_ids": [], "labels": [], "images": [], "length": []}
+        paired = False
+        for serialized in batch["instance"]:
+            encoded = encode_instance(json.loads(serialized), processor, template, settings)
+            if encoded is None:
+                continue
+            if "teacher_input_ids" in encoded:
+                paired = True
+                for key in ("teacher_input_ids", "teacher_labels", "teacher_images"):
+                    columns.setdefault(key, []).append(encoded[key])
+            for key in ("input_ids", "labels", "images"):
+                columns[key].append(encoded[key])
+            columns["length"].append(len(encoded["input_ids"]))
+        if paired and len(columns["teacher_input_ids"]) != len(columns["input_ids"]):
+            raise EncodingError("a build mixes paired and unpaired instances; pairs must be all-or-none")
+        return columns
+
+    encoded = raw.map(
+        encode_batch,
+        batched=True,
+        batch_size=256,
+        remove_columns=["instance"],
+        cache_file_name=cache_file,
+        load_from_cache_file=True,
+        desc="Tokenizing",
+    )
+    dropped = len(raw) - len(encoded)
+    if dropped:
+        logger.warning(
+            "dropped %d of %d instances longer than max_length=%d tokens (image tokens included)",
+            dropped,
+            len(raw),
+            settings.max_length,
+        )
+    return encoded

@@ -1,0 +1,160 @@
+"""xmodal-train: the fine-tuning recipe, top to bottom: config -> model -> instances -> train -> save.
+
+Launch: `xmodal-train [overrides]` (one process), `torchrun --nproc_per_node N --no-python xmodal-train ...`,
+or `deepspeed --num_gpus N $(which xmodal-train) ...`. See README.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import hydra
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from transformers import TrainingArguments, set_seed
+
+from data_builders.collate import MultimodalCollator
+from data_builders.tokenize import EncodingSettings, tokenize_instances
+from losses.registry import build_loss
+from trainers import distributed
+from trainers.atomic import atomic_write_text, publish_directory
+from trainers.callbacks import CheckpointCompletionCallback, MetricsFileCallback, resolve_resume
+from trainers.finetuning import FinetuneSettings, apply_finetuning
+from trainers.models import load_model, load_processor, materialise_init
+from trainers.trainer import XModalTrainer
+
+logger = logging.getLogger("xmodal.finetune")
+# A file path, not a module: an unrelated `conf` folder on sys.path must not shadow the shipped configs.
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work, named by its config path."""
+
+
+def build_training_args(cfg: DictConfig) -> TrainingArguments:
+    """TrainingArguments from `trainer` + `deepspeed`; built before the model so ZeRO-3 partitions at load."""
+    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+    deepspeed_config = OmegaConf.to_container(cfg.deepspeed, resolve=True) or None
+    try:
+        return TrainingArguments(**kwargs, deepspeed=deepspeed_config)
+    except TypeError as error:
+        raise ConfigError(f"trainer: {error} (every trainer.* key must be a TrainingArguments field)") from error
+
+
+def export_logger_environment(logger_cfg: DictConfig) -> None:
+    for key, value in (logger_cfg.get("env") or {}).items():
+        os.environ.setdefault(key, str(value))
+    if "wandb" in list(logger_cfg.report_to) and not os.environ.get("WANDB_API_KEY"):
+        os.environ.setdefault("WANDB_MODE", "offline")  # no key: log locally, never prompt
+
+
+def model_location(cfg: DictConfig, args: TrainingArguments) -> str:
+    """The checkpoint to load: `model.path`, or the tiny `model.init` materialised once into the cache."""
+    if cfg.model.path:
+        return cfg.model.path
+    if not cfg.model.init:
+        raise ConfigError("model: set model.path (a hub name or directory) or model.init (a builder config)")
+    with args.main_process_first(desc="materialise the model"):
+        return materialise_init(cfg.model.init, cfg.cache_dir, cfg.seed)
+
+
+def examples_per_step(args: TrainingArguments) -> int:
+    return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+
+
+def build_train_dataset(cfg: DictConfig, processor, args: TrainingArguments):
+    """Source records -> builder instances -> cached token ids. Returns the dataset and the builder."""
+    source = instantiate(cfg.data)
+    builder = instantiate(cfg.builder)
+    instances = builder.build(source, seed=cfg.seed, examples_per_step=examples_per_step(args))
+    if not instances:
+        raise ConfigError(f"builder {cfg.builder._target_} produced no instances from data {cfg.data._target_}")
+    settings = EncodingSettings(**cfg.encoding)
+    dataset = tokenize_instances(
+        instances, processor, cfg.model.template, settings, os.path.join(cfg.cache_dir, "tokenized")
+    )
+    if len(dataset) == 0:
+        raise ConfigError(f"every instance is longer than encoding.max_length={settings.max_length}")
+    return dataset, builder
+
+
+def metric_callbacks(cfg: DictConfig) -> list:
+    return [instantiate(callback_cfg) for _, callback_cfg in sorted((cfg.metrics or {}).items())]
+
+
+def save_final(trainer: XModalTrainer, processor, cfg: DictConfig, base_model: str) -> str:
+    """`<output_dir>/final`: full weights + processor, loadable with the Auto classes (LoRA merged in)."""
+    final_dir = os.path.join(cfg.output_dir, "final")
+    staging = os.path.join(cfg.output_dir, ".final.staging")
+    if cfg.finetune.mode == "lora":
+        adapter_dir = os.path.join(cfg.output_dir, "adapter")
+        trainer.save_model(adapter_dir)  # every rank: gathers the ZeRO-3 shards of the adapters
+        distributed.barrier()
+        if trainer.is_world_process_zero():
+            from peft import PeftModel
+
+            base = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation)
+            PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().save_pretrained(staging)
+    else:
+        trainer.save_model(staging)
+    if trainer.is_world_process_zero():
+        processor.save_pretrained(staging)
+        publish_directory(staging, final_dir)
+    distributed.barrier()
+    return final_dir
+
+
+def train(cfg: DictConfig) -> str:
+    """Run one fine-tune; returns the directory of the final model."""
+    uses_deepspeed = bool(OmegaConf.to_container(cfg.deepspeed))
+    if uses_deepspeed:
+        distributed.ensure_launcher_environment()
+    export_logger_environment(cfg.logger)
+    args = build_training_args(cfg)
+    if uses_deepspeed:
+        distributed.init_deepspeed_backend()
+    set_seed(cfg.seed)
+    if args.process_index == 0:
+        atomic_write_text(os.path.join(cfg.output_dir, "config.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
+
+    base_model = model_location(cfg, args)
+    processor = load_processor(base_model)
+    model = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation)
+    model = apply_finetuning(model, FinetuneSettings(**OmegaConf.to_container(cfg.finetune, resolve=True)))
+
+    with args.main_process_first(desc="build and tokenize instances"):
+        train_dataset, builder = build_train_dataset(cfg, processor, args)
+    trainer = XModalTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        data_collator=MultimodalCollator(processor, cfg.model.template),
+        processing_class=processor,
+        callbacks=[MetricsFileCallback(cfg.output_dir), CheckpointCompletionCallback(), *metric_callbacks(cfg)],
+        loss_composer=build_loss(cfg.loss),
+        ordered=getattr(builder, "ordered", False),
+    )
+    trainer.train(resume_from_checkpoint=resolve_resume(cfg.resume, cfg.output_dir))
+    final_dir = save_final(trainer, processor, cfg, base_model)
+    logger.info("final model: %s", final_dir)
+    return final_dir
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def _hydra_entry(cfg: DictConfig) -> None:
+    try:
+        train(cfg)
+    finally:
+        distributed.teardown()
+
+
+def main() -> None:
+    sys.argv = distributed.strip_local_rank_argument(sys.argv)
+    _hydra_entry()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Crash-safe writes: a reader never sees a half-written file, directory or metrics line."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, staging = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(staging, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(staging)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str):
+    """Yield a staging directory that replaces `path` only once the block finishes without error."""
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=f".{os.path.basename(path)}.")
+    try:
+        yield staging
+        if os.path.isdir(path):  # another process finished first; its copy is as good as ours
+            shutil.rmtree(staging)
+        else:
+            os.replace(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def append_jsonl(path: str, record: dict) -> None:
+    """Append one JSON line with a single write, flushed to disk, so a crash can only lose the line in flight."""
+    line = json.dumps(record, sort_keys=True) + "\n"
+    with open(path, "a") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def publish_directory(staging: str, path: str) -> None:
+    """Move a fully written `staging` directory to `path`, replacing an older `path` only after it is complete."""
+    previous = None
+    if os.path.isdir(path):
+        previous = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(path)), prefix=f".{os.path.basename(path)}.old.")
+        os.rmdir(previous)
+        os.replace(path, previous)
+    os.replace(staging, path)
+    if previous:
+        shutil.rmtree(previous, ignore_errors=True)

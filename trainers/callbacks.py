@@ -1,0 +1,78 @@
+"""Run-directory callbacks: metrics.jsonl lines and checkpoint completion markers, both crash-safe."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+
+from transformers import TrainerCallback
+
+from trainers.atomic import append_jsonl, atomic_write_text
+from trainers.distributed import barrier
+
+logger = logging.getLogger(__name__)
+COMPLETE_MARKER = "xmodal_checkpoint_complete"
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
+
+
+class MetricsFileCallback(TrainerCallback):
+    """Appends every log event's scalars to `<output_dir>/metrics.jsonl` as one JSON object with its `step`."""
+
+    def __init__(self, output_dir: str):
+        self.path = os.path.join(output_dir, "metrics.jsonl")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        scalars = {
+            key: value
+            for key, value in logs.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        }
+        if scalars:
+            append_jsonl(self.path, {"step": state.global_step, **scalars})
+
+
+class CheckpointCompletionCallback(TrainerCallback):
+    """Marks a checkpoint complete once every rank has written its part.
+
+    HF `Trainer` writes `checkpoint-N/` in place; a crash mid-save leaves a directory that looks like a
+    checkpoint. Resume only trusts checkpoints with the marker (see `latest_complete_checkpoint`).
+    """
+
+    def on_save(self, args, state, control, **kwargs):
+        barrier()
+        if state.is_world_process_zero:
+            path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            atomic_write_text(os.path.join(path, COMPLETE_MARKER), f"{state.global_step}\n")
+        barrier()
+
+
+def latest_complete_checkpoint(output_dir: str) -> str | None:
+    if not os.path.isdir(output_dir):
+        return None
+    steps = []
+    for name in os.listdir(output_dir):
+        match = _CHECKPOINT_NAME.match(name)
+        if match and os.path.isdir(os.path.join(output_dir, name)):
+            if os.path.exists(os.path.join(output_dir, name, COMPLETE_MARKER)):
+                steps.append(int(match.group(1)))
+            else:
+                logger.warning("ignoring incomplete checkpoint %s (no completion marker)", name)
+    return os.path.join(output_dir, f"checkpoint-{max(steps)}") if steps else None
+
+
+def resolve_resume(resume, output_dir: str) -> str | None:
+    """`resume` is false, true (newest complete checkpoint in output_dir) or a checkpoint path."""
+    if resume in (False, None, "false", "False"):
+        return None
+    if resume in (True, "true", "True"):
+        checkpoint = latest_complete_checkpoint(output_dir)
+        if checkpoint is None:
+            raise FileNotFoundError(f"resume=true but {output_dir} holds no complete checkpoint")
+        return checkpoint
+    if not os.path.isdir(str(resume)):
+        raise FileNotFoundError(f"resume={resume!r} is not a checkpoint directory")
+    return str(resume)

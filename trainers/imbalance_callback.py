@@ -1,0 +1,159 @@
+"""Training metric: attention imbalance on a fixed probe set, every N optimizer steps.
+
+Wiring (the recipe): build the callback from `conf/metrics/imbalance.yaml`, construct the `Trainer` with it
+in `callbacks=[...]`, then call `callback.bind(trainer)`; that collates the probe once from the trainer's
+own dataset and collator (or from `probe_rows`, e.g. a held-out conflict set).
+
+Under DeepSpeed every rank runs its share of the probe forwards (ZeRO-3 gathers weights collectively in
+every forward, so all ranks must run the same number of them) and the statistics are all-reduced, so
+every rank logs the same values.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+from transformers import TrainerCallback
+
+from trainers.imbalance import SPAN_PAIRS, SpanStats, image_token_id, measure, probe_masks
+from trainers.imbalance_plots import figure_to_rgb, heatmap_grid
+
+LOG_PREFIX = "imbalance"
+
+
+class ImbalanceCallback(TrainerCallback):
+    """Logs `imbalance/ratio`, per-layer `imbalance/ratio/layer_{i}` and the per-token variants.
+
+    `layers`: language-model layer indices to probe (None = all). `query`: `last_prompt` or `answer`.
+    `spans`: a key of `SPAN_PAIRS`. `mode`: `weight` (attention mass) or `norm` (output-norm flow).
+    `probe_size` rows are collated `probe_batch_size` at a time.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 100,
+        probe_size: int = 16,
+        probe_batch_size: int = 8,
+        layers: list[int] | None = None,
+        query: str = "last_prompt",
+        spans: str = "image_text",
+        mode: str = "weight",
+        heatmap: bool = True,
+    ):
+        if every_n_steps < 1 or probe_size < 1 or probe_batch_size < 1:
+            raise ValueError("every_n_steps, probe_size and probe_batch_size must be positive")
+        self.every_n_steps = every_n_steps
+        self.probe_size = probe_size
+        self.probe_batch_size = probe_batch_size
+        self.layers = list(layers) if layers is not None else None
+        self.query = query
+        self.spans = spans
+        self.span_names = SPAN_PAIRS[spans]
+        self.mode = mode
+        self.heatmap = heatmap
+        self.trainer = None
+        self.probe: list[tuple[dict, object]] = []  # (collated batch, ProbeMasks)
+
+    def bind(self, trainer, probe_rows: list[dict] | None = None) -> None:
+        """Attach to `trainer` and collate the probe: `probe_rows` (tokenized rows), else the first
+        `probe_size` training rows that hold an image."""
+        rows = probe_rows if probe_rows is not None else _rows_with_images(trainer.train_dataset, self.probe_size)
+        if not rows:
+            raise ValueError("the imbalance probe is empty: no tokenized row with an image was found")
+        special_ids = _tokenizer(trainer.processing_class).all_special_ids
+        image_token = image_token_id(trainer.model.config)
+        self.trainer = trainer
+        self.probe = []
+        for start in range(0, len(rows), self.probe_batch_size):
+            batch = trainer.data_collator(rows[start : start + self.probe_batch_size])
+            masks = probe_masks(batch, image_token, special_ids, query=self.query, spans=self.spans)
+            self.probe.append((batch, masks))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every_n_steps:
+            return
+        if self.trainer is None:
+            raise RuntimeError("ImbalanceCallback.bind(trainer) must be called before training")
+        mean, count = self.measure_probe(model)
+        if count == 0:
+            return
+        self.trainer.log(self.scalars(mean, count))
+        if self.heatmap and state.is_world_process_zero:
+            self._log_heatmap(args, state, mean)
+
+    @torch.no_grad()
+    def measure_probe(self, model) -> tuple[SpanStats, int]:
+        """Mean statistics over the valid probe sequences of all ranks, and how many there were."""
+        rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        device = self.trainer.args.device
+        sums, count = None, torch.zeros((), device=device)
+        # Rank r measures batches r, r + world, ...; a rank short of batches repeats batch 0 without
+        # counting it, so every rank runs the same number of (collective, under ZeRO-3) forwards.
+        for turn in range(math.ceil(len(self.probe) / world)):
+            index = turn * world + rank
+            counted = index < len(self.probe)
+            batch, masks = self.probe[index if counted else 0]
+            inputs = self.trainer._prepare_inputs(dict(batch))  # device and DeepSpeed dtype, as in training
+            measured = measure(model, inputs, masks.query, masks.a, masks.b, layers=self.layers, mode=self.mode)
+            batch_sums, batch_count = measured.totals()
+            if counted:
+                sums = batch_sums.to(device) if sums is None else sums + batch_sums.to(device)
+                count = count + batch_count.to(device)
+            elif sums is None:
+                sums = torch.zeros_like(batch_sums, device=device)
+        if world > 1:
+            # One reduction of [quantities, L, H] sums with the count appended.
+            packed = torch.cat([sums.flatten(), count.reshape(1)])
+            dist.all_reduce(packed)
+            sums, count = packed[:-1].reshape(sums.shape), packed[-1]
+        return SpanStats.from_stacked(sums / count.clamp(min=1)), int(count.item())
+
+    def scalars(self, mean: SpanStats, count: int) -> dict[str, float]:
+        """Means over probed layers and heads, plus per-layer values (means over heads)."""
+        logs = {f"{LOG_PREFIX}/sequences": count}
+        for name, matrix in mean.named(self.span_names).items():
+            logs[f"{LOG_PREFIX}/{name}"] = matrix.mean().item()
+            for layer, value in zip(self._probed_layers(matrix), matrix.mean(-1).tolist()):
+                logs[f"{LOG_PREFIX}/{name}/layer_{layer}"] = value
+        return logs
+
+    def _probed_layers(self, matrix: torch.Tensor) -> list[int]:
+        return self.layers if self.layers is not None else list(range(matrix.shape[0]))
+
+    def _log_heatmap(self, args, state, mean: SpanStats) -> None:
+        report_to = args.report_to or []
+        writers = [c.tb_writer for c in self.trainer.callback_handler.callbacks if getattr(c, "tb_writer", None)]
+        if "wandb" not in report_to and not writers:
+            return
+        name_a, name_b = self.span_names
+        figure = heatmap_grid(
+            [[("ratio", mean.ratio), ("per-token ratio", mean.per_token_ratio)]],
+            quantity="ratio",
+            layers=self._probed_layers(mean.ratio),
+            label=f"{name_a} / ({name_a} + {name_b})  (0.5 = balanced)",
+            title=f"Attention imbalance ({self.mode}), step {state.global_step}",
+        )
+        pixels = figure_to_rgb(figure)
+        for writer in writers:
+            writer.add_image(f"{LOG_PREFIX}/heatmap", pixels, state.global_step, dataformats="HWC")
+        if "wandb" in report_to:
+            import wandb
+
+            if wandb.run is not None:
+                wandb.log({f"{LOG_PREFIX}/heatmap": wandb.Image(pixels)}, commit=False)
+
+
+def _rows_with_images(dataset, count: int) -> list[dict]:
+    rows = []
+    for row in dataset:
+        if row.get("images"):
+            rows.append(row)
+            if len(rows) == count:
+                break
+    return rows
+
+
+def _tokenizer(processing_class):
+    return getattr(processing_class, "tokenizer", processing_class)

@@ -1,0 +1,70 @@
+"""Load a VLM and its processor by name or path; tiny configs are first materialised into a cached local checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+from trainers.atomic import atomic_directory
+
+logger = logging.getLogger(__name__)
+
+
+def materialise_init(init_cfg: DictConfig, cache_dir: str, seed: int) -> str:
+    """Build a model from its `init` config once (seeded) and save it with its processor; return the directory.
+
+    Loading every model with `from_pretrained`, tiny ones included, keeps one code path for ZeRO-3
+    partitioned loading, LoRA merges and reloads, whichever model a run uses.
+    """
+    spec = json.dumps({"init": OmegaConf.to_container(init_cfg, resolve=True), "seed": seed}, sort_keys=True)
+    path = os.path.join(cache_dir, "models", f"{init_cfg._target_.rsplit('.', 1)[-1]}-{hashlib.sha256(spec.encode()).hexdigest()[:12]}")
+    if os.path.isdir(path):
+        return path
+    torch.manual_seed(seed)
+    model, processor = instantiate(init_cfg, _convert_="all")
+    with atomic_directory(path) as staging:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+    logger.info("built %s from config into %s", type(model).__name__, path)
+    return path
+
+
+def load_processor(path: str):
+    """`AutoProcessor`, or the image-only Qwen2-VL processor where torchvision is missing (see tiny_models)."""
+    try:
+        return AutoProcessor.from_pretrained(path)
+    except (ImportError, AttributeError, TypeError, ValueError) as error:
+        config = json.loads(_read_text(path, "processor_config.json") or "{}")
+        if config.get("processor_class") not in ("Qwen2VLProcessor", "Qwen2_5_VLProcessor"):
+            raise
+        from transformers import AutoImageProcessor
+
+        from trainers.tiny_models import ImageOnlyQwen2VLProcessor
+
+        logger.info("AutoProcessor failed (%s); using the image-only Qwen2-VL processor", error)
+        return ImageOnlyQwen2VLProcessor(
+            image_processor=AutoImageProcessor.from_pretrained(path),
+            tokenizer=AutoTokenizer.from_pretrained(path),
+            chat_template=_read_text(path, "chat_template.jinja"),
+        )
+
+
+def _read_text(path: str, name: str) -> str | None:
+    local = os.path.join(path, name)
+    if os.path.isfile(local):
+        with open(local) as f:
+            return f.read()
+    return None
+
+
+def load_model(path: str, dtype: str, attn_implementation: str):
+    return AutoModelForImageTextToText.from_pretrained(
+        path, dtype=getattr(torch, dtype), attn_implementation=attn_implementation
+    )

@@ -1,0 +1,72 @@
+"""`XModalTrainer`: HF `Trainer` whose loss is a weighted sum of registered terms, each logged on its own."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import SequentialSampler
+from transformers import Trainer
+
+from losses.base import LossContext
+
+
+class XModalTrainer(Trainer):
+    """One forward per micro-batch feeds every loss term; terms are token-normalised over the global batch.
+
+    `loss_composer` (from `losses.build_loss`) returns the weighted total and each unweighted term.
+    `ordered=True` keeps the dataset order (curriculum schedules), so resuming continues the schedule.
+    """
+
+    def __init__(self, *args, loss_composer, ordered: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.loss_composer = loss_composer
+        self.ordered = ordered
+        # The terms divide token sums by `num_items_in_batch` themselves: the Trainer must count it and
+        # must not divide by the accumulation steps again.
+        self.model_accepts_loss_kwargs = True
+        self._term_sums: dict[str, torch.Tensor] = {}
+        self._term_micro_batches = 0
+
+    def _get_train_sampler(self, *args, **kwargs):
+        if self.ordered:
+            return SequentialSampler(self.train_dataset)
+        return super()._get_train_sampler(*args, **kwargs)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        model_inputs = dict(inputs)
+        labels = model_inputs.pop("labels")
+        branch = model_inputs.pop("branch", None)
+        outputs = model(
+            **model_inputs, output_hidden_states=self.loss_composer.needs_hidden_states, use_cache=False
+        )
+        context = LossContext(
+            model=model,
+            batch={**model_inputs, "labels": labels, "branch": branch},
+            outputs=outputs,
+            num_items_in_batch=num_items_in_batch,
+            global_step=self.state.global_step,
+        )
+        total, terms = self.loss_composer(context)
+        # Each rank divided by the global token count, and data-parallel gradients are averaged over
+        # ranks: scale back by the number of ranks so the result is the global token mean.
+        scale = self.accelerator.num_processes if num_items_in_batch is not None else 1
+        total = total * scale
+        if model.training:
+            self._accumulate_terms(terms, scale)
+        return (total, outputs) if return_outputs else total
+
+    def _accumulate_terms(self, terms: dict[str, torch.Tensor], scale: int) -> None:
+        for name, value in terms.items():
+            value = value.detach().float() * scale
+            self._term_sums[name] = self._term_sums.get(name, torch.zeros_like(value)) + value
+        self._term_micro_batches += 1
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """Add each loss term, averaged over ranks and over the optimizer steps since the last log."""
+        if "loss" in logs and self._term_micro_batches:
+            steps = self._term_micro_batches / self.args.gradient_accumulation_steps
+            for name, total in sorted(self._term_sums.items()):
+                mean = self.accelerator.reduce(total.to(self.args.device), reduction="mean")
+                logs[name] = round(float(mean) / steps, 6)
+            self._term_sums.clear()
+            self._term_micro_batches = 0
+        super().log(logs, *args, **kwargs)
