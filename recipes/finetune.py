@@ -38,10 +38,13 @@ def build_training_args(cfg: DictConfig) -> TrainingArguments:
     """TrainingArguments from `trainer` + `deepspeed`; built before the model so ZeRO-3 partitions at load."""
     kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
     deepspeed_config = OmegaConf.to_container(cfg.deepspeed, resolve=True) or None
+    if deepspeed_config and distributed.configure_cpu_deepspeed_state():
+        kwargs.setdefault("accelerator_config", {})["use_configured_state"] = True
     try:
-        return TrainingArguments(**kwargs, deepspeed=deepspeed_config)
+        args = TrainingArguments(**kwargs, deepspeed=deepspeed_config)
     except TypeError as error:
         raise ConfigError(f"trainer: {error} (every trainer.* key must be a TrainingArguments field)") from error
+    return args
 
 
 def export_logger_environment(logger_cfg: DictConfig) -> None:
@@ -51,13 +54,17 @@ def export_logger_environment(logger_cfg: DictConfig) -> None:
         os.environ.setdefault("WANDB_MODE", "offline")  # no key: log locally, never prompt
 
 
-def model_location(cfg: DictConfig, args: TrainingArguments) -> str:
-    """The checkpoint to load: `model.path`, or the tiny `model.init` materialised once into the cache."""
+def model_location(cfg: DictConfig) -> str:
+    """The checkpoint to load: `model.path`, or the tiny `model.init` materialised once into the cache.
+
+    Runs before the TrainingArguments exist: once they register a ZeRO-3 config, building a model enters
+    the collective `zero.Init`, which a model built on rank 0 alone cannot join.
+    """
     if cfg.model.path:
         return cfg.model.path
     if not cfg.model.init:
         raise ConfigError("model: set model.path (a hub name or directory) or model.init (a builder config)")
-    with args.main_process_first(desc="materialise the model"):
+    with distributed.main_process_first():
         return materialise_init(cfg.model.init, cfg.cache_dir, cfg.seed)
 
 
@@ -112,15 +119,14 @@ def train(cfg: DictConfig) -> str:
     uses_deepspeed = bool(OmegaConf.to_container(cfg.deepspeed))
     if uses_deepspeed:
         distributed.ensure_launcher_environment()
+        distributed.init_deepspeed_backend()  # before TrainingArguments: the "auto" batch sizes read the world size
     export_logger_environment(cfg.logger)
+    base_model = model_location(cfg)
     args = build_training_args(cfg)
-    if uses_deepspeed:
-        distributed.init_deepspeed_backend()
     set_seed(cfg.seed)
     if args.process_index == 0:
         atomic_write_text(os.path.join(cfg.output_dir, "config.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
 
-    base_model = model_location(cfg, args)
     processor = load_processor(base_model)
     model = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation)
     model = apply_finetuning(model, FinetuneSettings(**OmegaConf.to_container(cfg.finetune, resolve=True)))
@@ -139,7 +145,8 @@ def train(cfg: DictConfig) -> str:
     )
     trainer.train(resume_from_checkpoint=resolve_resume(cfg.resume, cfg.output_dir))
     final_dir = save_final(trainer, processor, cfg, base_model)
-    logger.info("final model: %s", final_dir)
+    if trainer.is_world_process_zero():
+        logger.info("final model: %s", final_dir)
     return final_dir
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -44,8 +45,34 @@ def init_deepspeed_backend() -> None:
     deepspeed.init_distributed(dist_backend=backend)
 
 
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+def configure_cpu_deepspeed_state() -> bool:
+    """On CPU, pre-configure accelerate's process state for DeepSpeed over gloo; True if it did.
+
+    accelerate only picks a backend for GPU-like devices; on CPU its DeepSpeed state gets none and counts a
+    world of 1, so every rank would train on the whole dataset with wrong "auto" batch sizes. The
+    TrainingArguments then reuse this state (`accelerator_config.use_configured_state`).
+    """
+    if torch.cuda.is_available():
+        return False
+    from accelerate import PartialState
+
+    os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"
+    try:
+        PartialState(backend="gloo")
+    finally:
+        del os.environ["ACCELERATE_USE_DEEPSPEED"]
+    return True
+
+
+@contextlib.contextmanager
+def main_process_first():
+    """Rank 0 runs the block first, the other ranks after it (all at once when no process group exists yet)."""
+    first = int(os.environ.get("RANK", "0")) == 0
+    if not first:
+        barrier()
+    yield
+    if first:
+        barrier()
 
 
 def barrier() -> None:

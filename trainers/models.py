@@ -40,7 +40,7 @@ def load_processor(path: str):
     """`AutoProcessor`, or the image-only Qwen2-VL processor where torchvision is missing (see tiny_models)."""
     try:
         return AutoProcessor.from_pretrained(path)
-    except (ImportError, AttributeError, TypeError, ValueError) as error:
+    except (ImportError, AttributeError, OSError, TypeError, ValueError) as error:
         config = json.loads(_read_text(path, "processor_config.json") or "{}")
         if config.get("processor_class") not in ("Qwen2VLProcessor", "Qwen2_5_VLProcessor"):
             raise

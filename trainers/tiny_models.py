@@ -216,7 +216,6 @@ def build_tiny_qwen2_vl(
 def _instantiate(config, dtype: str, attn_implementation: str):
     import torch
 
-    # `from_config` (not the class constructor) so that ZeRO-3 partitions the weights at construction.
     return AutoModelForImageTextToText.from_config(
         config, dtype=getattr(torch, dtype), attn_implementation=attn_implementation
     )

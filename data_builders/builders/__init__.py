@@ -1,0 +1,17 @@
+"""Builders (`builder=`): turn source samples into training or evaluation instances (docs/design.md)."""
+
+from .conflict import ConflictBuilder
+from .curriculum import CurriculumBuilder
+from .dataset_mix import DatasetMixBuilder
+from .instance_mix import InstanceMixBuilder
+from .paired import PairedBuilder
+from .single import SingleBuilder
+
+__all__ = [
+    "ConflictBuilder",
+    "CurriculumBuilder",
+    "DatasetMixBuilder",
+    "InstanceMixBuilder",
+    "PairedBuilder",
+    "SingleBuilder",
+]

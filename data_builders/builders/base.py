@@ -1,0 +1,21 @@
+"""What the trainer relies on from every builder (docs/design.md): `build(...)`, `ordered`, and `dropped`."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+
+class Builder:
+    """`build(source, *, seed, examples_per_step) -> list[instance]`.
+
+    `ordered` is True when the trainer must keep the instance order (a schedule); `dropped` counts records a
+    builder could not use, by reason, for the build summary.
+    """
+
+    ordered = False
+
+    def __init__(self):
+        self.dropped: Counter = Counter()
+
+    def build(self, source, *, seed: int, examples_per_step: int = 1) -> list[dict]:
+        raise NotImplementedError

@@ -1,0 +1,129 @@
+"""The embedded offline task: a few key/value facts and a question about one key, deterministic by seed.
+
+Facts can be drawn into a small image (each key owns a fixed cell, its value is drawn there as one large
+glyph: what a random-init tiny VLM can learn to read), given as text, or both. Each language is a disjoint
+surface form of the same facts (other key and value words), for cross-lingual conditions.
+"""
+
+from __future__ import annotations
+
+import random
+
+from ..render import render_cells
+from ..sample import image_part, make_sample, message, text_part
+from .base import Source
+
+FACTS_IN = ("image", "text", "both")
+
+DEFAULT_LANGUAGES = {
+    "en": {
+        "keys": ["A", "B", "C", "D"],
+        "values": [str(d) for d in range(10)],
+        "fact": "{key} = {value}",
+        "question": "What is the value of {key}?",
+    },
+    "xx": {
+        "keys": ["red", "green", "blue", "yellow"],
+        "values": list("abcdefghjk"),
+        "fact": "{key} is {value}",
+        "question": "Which letter is {key}?",
+    },
+}
+
+
+class SyntheticFactsSource(Source):
+    """`num_records` records of `num_facts` (min, max) facts each, in `language`, with facts in `facts_in`.
+
+    The record's messages follow `facts_in`; `meta` also carries the question, the verbalised facts (for the
+    paired builders) and a contradicting value with its evidence in both languages (for the conflict builder).
+    """
+
+    def __init__(
+        self,
+        num_records: int = 2000,
+        seed: int = 0,
+        num_facts: tuple[int, int] = (2, 4),
+        language: str = "en",
+        second_language: str = "xx",
+        languages: dict | None = None,
+        facts_in: str = "image",
+        facts_template: str = "Facts: {facts}\n",
+        fact_separator: str = ", ",
+        image_size: int = 64,
+        cache_dir: str | None = None,
+        name: str = "synthetic",
+    ):
+        super().__init__(name)
+        if facts_in not in FACTS_IN:
+            raise ValueError(f"facts_in must be one of {FACTS_IN}, got {facts_in!r}")
+        self.languages = {code: dict(spec) for code, spec in (languages or DEFAULT_LANGUAGES).items()}
+        for code in (language, second_language):
+            if code not in self.languages:
+                raise ValueError(f"language {code!r} is not defined; defined: {sorted(self.languages)}")
+        sizes = {(len(spec["keys"]), len(spec["values"])) for spec in self.languages.values()}
+        if len(sizes) != 1:
+            raise ValueError("every language needs the same number of keys and of values (they name the same facts)")
+        self.num_keys, self.num_values = sizes.pop()
+        low, high = num_facts
+        if not 1 <= low <= high <= self.num_keys or self.num_values < 2:
+            raise ValueError(f"num_facts {num_facts} must lie in [1, {self.num_keys}] and values must number 2 or more")
+        self.num_records = num_records
+        self.seed = seed
+        self.num_facts = (low, high)
+        self.language = language
+        self.second_language = second_language
+        self.facts_in = facts_in
+        self.facts_template = facts_template
+        self.fact_separator = fact_separator
+        self.image_size = image_size
+        self.cache_dir = cache_dir
+
+    def fact(self, language: str, key: int, value: int) -> str:
+        spec = self.languages[language]
+        return spec["fact"].format(key=spec["keys"][key], value=spec["values"][value])
+
+    def _raw_records(self):
+        for index in range(self.num_records):
+            # One generator per record (a record does not change with num_records); the name keeps mixed
+            # synthetic sources from repeating the same facts.
+            rng = random.Random(f"{self.name}:{self.seed}:{index}")
+            keys = sorted(rng.sample(range(self.num_keys), rng.randint(*self.num_facts)))
+            values = {key: rng.randrange(self.num_values) for key in keys}
+            asked = rng.choice(keys)
+            counter = rng.choice([v for v in range(self.num_values) if v != values[asked]])
+            yield "<synthetic>", index, (values, asked, counter)
+
+    def _to_sample(self, file, record_id, raw):
+        values, asked, counter = raw
+        spec = self.languages[self.language]
+        facts = [self.fact(self.language, key, value) for key, value in values.items()]
+        question = spec["question"].format(key=spec["keys"][asked])
+        answer = spec["values"][values[asked]]
+        parts, images = [], []
+        if self.facts_in in ("image", "both"):
+            glyphs = [spec["values"][values[k]] if k in values else None for k in range(self.num_keys)]
+            images.append(render_cells(glyphs, self.image_size, root=self.cache_dir))
+            parts.append(image_part())
+        facts_text = self.facts_template.format(facts=self.fact_separator.join(facts))
+        parts.append(text_part(facts_text + question if self.facts_in in ("text", "both") else question))
+        other = self.second_language
+        meta = {
+            "question": question,
+            "facts": facts,
+            "facts_in": self.facts_in,
+            "language": self.language,
+            "cells": {spec["keys"][k]: spec["values"][v] for k, v in values.items()},
+            "conflict_qa": {
+                "question": question,
+                "answer": answer,
+                "counter_answer": spec["values"][counter],
+                "evidence": self.fact(self.language, asked, values[asked]),
+                "counter_evidence": self.fact(self.language, asked, counter),
+                "evidence_l2": self.fact(other, asked, values[asked]),
+                "counter_evidence_l2": self.fact(other, asked, counter),
+            },
+        }
+        messages = [message("user", parts), message("assistant", [text_part(answer)])]
+        condition = {"image": "vision_centric", "text": "text_only", "both": "text_centric"}[self.facts_in]
+        sample_id = f"{self.name}/{self.language}/{self.seed}/{record_id}"
+        return make_sample(sample_id, self.name, messages, images, condition=condition, meta=meta)

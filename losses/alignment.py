@@ -1,0 +1,216 @@
+"""The modality-gap alignment loss: pull the vision-centric (student) view towards the text-centric (teacher) one.
+
+Pure functions hold the math (`token_kl`, `full_kl`, `hidden_alignment` and their unreduced forms); the
+registered `AlignmentLoss` term applies them to the paired rows of a batch (docs/research-brief.md, section 2).
+In every function the teacher is a constant: its inputs are detached inside, so gradient reaches the student only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from losses.base import LossContext, target_logprobs, target_positions
+from losses.registry import register_loss
+from losses.teacher import FrozenTeacher
+
+logger = logging.getLogger(__name__)
+
+ESTIMATORS = ("k1", "k2", "k3")
+DIRECTIONS = ("forward", "reverse", "js")
+METRICS = ("cosine", "mse")
+KINDS = ("token", "full", "hidden")
+TEACHERS = ("same", "frozen")
+
+
+# -- token level: only the target token's log-probability per position -----------------------------
+def token_kl_estimates(student_logprobs, teacher_logprobs, estimator: str = "k3") -> torch.Tensor:
+    """Per-token KL estimates from the target token's log-probs; with d = teacher - student:
+
+    k1 = d, k2 = d**2 / 2, k3 = exp(d) - d - 1 (non-negative, low variance; the released recipe's choice).
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+    d = teacher_logprobs.detach().float() - student_logprobs.float()
+    if estimator == "k1":
+        return d
+    if estimator == "k2":
+        return d.square() / 2
+    return torch.expm1(d) - d  # exp(d) - 1 - d without cancellation for small d
+
+
+def token_kl(student_logprobs, teacher_logprobs, mask, estimator="k3") -> torch.Tensor:
+    """Mean over `mask`ed tokens of the `estimator` KL estimate (see `token_kl_estimates`); teacher detached."""
+    return _masked_mean(token_kl_estimates(student_logprobs, teacher_logprobs, estimator), mask)
+
+
+# -- full vocabulary ------------------------------------------------------------------------------
+def full_kl_per_position(student_logits, teacher_logits, direction="forward", temperature=1.0) -> torch.Tensor:
+    """Exact divergence over the vocabulary (last axis) at every position, in float32; teacher detached.
+
+    forward = KL(teacher || student), the distillation direction (mass-covering); reverse = KL(student ||
+    teacher) (mode-seeking); js = Jensen-Shannon, the mean KL of both to their mixture. `temperature` divides
+    both logits; the result is not rescaled by temperature**2 (the term's weight absorbs any such factor).
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    student = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    teacher = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)
+    if direction == "forward":
+        return _kl(teacher, student)
+    if direction == "reverse":
+        return _kl(student, teacher)
+    mixture = torch.logaddexp(student, teacher) - math.log(2.0)
+    return (_kl(teacher, mixture) + _kl(student, mixture)) / 2
+
+
+def full_kl(student_logits, teacher_logits, mask, direction="forward", temperature=1.0) -> torch.Tensor:
+    """Mean over `mask`ed positions of the full-vocabulary divergence (see `full_kl_per_position`)."""
+    return _masked_mean(full_kl_per_position(student_logits, teacher_logits, direction, temperature), mask)
+
+
+def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) over the last axis, from log-probabilities."""
+    return (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+
+
+# -- hidden states --------------------------------------------------------------------------------
+def pooled_hidden_distance(student_hidden, teacher_hidden, student_mask, teacher_mask, metric="cosine") -> torch.Tensor:
+    """Per-sequence distance between the mean-pooled `[B, T, D]` hidden states over each mask's positions.
+
+    The two views may differ in length (`T_student != T_teacher`); cosine = 1 - cos, mse = mean squared
+    difference over D. Returns `[B]` in float32; teacher detached.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    student = _masked_pool(student_hidden.float(), student_mask)
+    teacher = _masked_pool(teacher_hidden.detach().float(), teacher_mask)
+    if metric == "cosine":
+        return 1 - F.cosine_similarity(student, teacher, dim=-1)
+    return (student - teacher).square().mean(dim=-1)
+
+
+def hidden_alignment(student_hidden, teacher_hidden, student_mask, teacher_mask, metric="cosine") -> torch.Tensor:
+    """Mean over sequences of `pooled_hidden_distance`: pool over response tokens, then 1 - cos or MSE."""
+    return pooled_hidden_distance(student_hidden, teacher_hidden, student_mask, teacher_mask, metric).mean()
+
+
+def _masked_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    weights = mask.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(dim=-2) / weights.sum(dim=-2).clamp(min=1)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    mask = mask.bool()
+    # `where`, not a product: a masked-out position may hold inf/nan (e.g. padding) and 0 * inf is nan.
+    return torch.where(mask, values, 0.0).sum() / mask.sum().clamp(min=1)
+
+
+# -- the registered term --------------------------------------------------------------------------
+@register_loss("align")
+class AlignmentLoss:
+    """Modality-gap alignment on paired batches: student rows [0, B) towards teacher rows [B, 2B).
+
+    Row i of the student block pairs with row i of the teacher block; their targets are the same tokens
+    at different positions (each branch has its own prompt), aligned by rank (see `losses.base`).
+
+    kind: token (the released recipe: `estimator` k1/k2/k3 on the target token's log-prob), full
+      (`direction` forward/reverse/js at `temperature` over the whole vocabulary), hidden (`metric`
+      cosine/mse between response-pooled hidden states of `layers`, indices into `outputs.hidden_states`,
+      0 = embeddings, -1 = last layer; the distance is averaged over layers). Hidden states are taken at
+      the prediction positions of the response tokens, the states the KL variants read their logits from.
+    teacher: same (the teacher rows of the shared forward, detached) or frozen (a no-grad copy of the
+      model taken at the first step, run on the teacher rows; see `losses.teacher.FrozenTeacher`).
+
+    Normalisation: sum over student response tokens / `ctx.target_normalizer("student")` (the global count
+    of student response tokens), the LM loss's convention, so the term is a token mean over the global
+    batch and does not change with the accumulation split. `hidden` yields one distance per sequence;
+    each is weighted by its number of response tokens to keep that same normaliser.
+    On an unpaired batch the term is 0 (with one warning).
+    """
+
+    def __init__(
+        self,
+        kind: str = "token",
+        estimator: str = "k3",
+        direction: str = "forward",
+        temperature: float = 1.0,
+        layers: Sequence[int] = (-1,),
+        metric: str = "cosine",
+        teacher: str = "same",
+    ):
+        for option, value, choices in (
+            ("kind", kind, KINDS),
+            ("estimator", estimator, ESTIMATORS),
+            ("direction", direction, DIRECTIONS),
+            ("metric", metric, METRICS),
+            ("teacher", teacher, TEACHERS),
+        ):
+            if value not in choices:
+                raise ValueError(f"align: {option} must be one of {choices}, got {value!r}")
+        if temperature <= 0:
+            raise ValueError(f"align: temperature must be positive, got {temperature}")
+        self.kind, self.estimator, self.direction, self.temperature = kind, estimator, direction, temperature
+        self.layers, self.metric = list(layers), metric
+        self.frozen_teacher = FrozenTeacher() if teacher == "frozen" else None
+        self.needs_hidden_states = kind == "hidden"
+        self._warned_unpaired = False
+
+    def __call__(self, ctx: LossContext) -> torch.Tensor:
+        if not ctx.is_paired:
+            if not self._warned_unpaired:
+                logger.warning("align: batch has no `branch` (not paired); the alignment term is 0 for such batches")
+                self._warned_unpaired = True
+            return ctx.logits.new_zeros((), dtype=torch.float32)
+        # None: the teacher is the detached teacher rows [B, 2B) of the shared forward.
+        frozen = self.frozen_teacher(ctx, self.needs_hidden_states) if self.frozen_teacher else None
+        sum_over_tokens = {"token": self._token_sum, "full": self._full_sum, "hidden": self._hidden_sum}[self.kind]
+        return sum_over_tokens(ctx, frozen) / ctx.target_normalizer("student")
+
+    def _token_sum(self, ctx: LossContext, frozen: Any) -> torch.Tensor:
+        student = ctx.target_logprobs[ctx.branch_targets("student")]
+        if frozen is None:
+            teacher = ctx.target_logprobs[ctx.branch_targets("teacher")]
+        else:
+            teacher_tokens = ctx.target_tokens[ctx.branch_targets("teacher")]
+            teacher = target_logprobs(_frozen_target_logits(ctx, frozen), teacher_tokens)
+        return token_kl_estimates(student, teacher, self.estimator).sum()
+
+    def _full_sum(self, ctx: LossContext, frozen: Any) -> torch.Tensor:
+        student = ctx.target_logits[ctx.branch_targets("student")]
+        if frozen is None:
+            teacher = ctx.target_logits[ctx.branch_targets("teacher")]
+        else:
+            teacher = _frozen_target_logits(ctx, frozen)
+        return full_kl_per_position(student, teacher, self.direction, self.temperature).sum()
+
+    def _hidden_sum(self, ctx: LossContext, frozen: Any) -> torch.Tensor:
+        pairs = ctx.num_pairs
+        if frozen is None:
+            teacher_states = [states[pairs:] for states in ctx.outputs.hidden_states]
+        else:
+            teacher_states = frozen.hidden_states  # the frozen teacher ran on the teacher rows only
+        student_mask, teacher_mask = ctx.target_mask[:pairs], ctx.target_mask[pairs:]
+        tokens_per_pair = student_mask.sum(dim=1)
+        summed = 0.0
+        for layer in self.layers:
+            distance = pooled_hidden_distance(
+                ctx.outputs.hidden_states[layer][:pairs, :-1],
+                teacher_states[layer][:, :-1],
+                student_mask,
+                teacher_mask,
+                self.metric,
+            )
+            summed = summed + (distance * tokens_per_pair).sum()
+        return summed / len(self.layers)
+
+
+def _frozen_target_logits(ctx: LossContext, frozen: Any) -> torch.Tensor:
+    """`[M_teacher, V]` logits of the frozen teacher at the teacher rows' prediction positions."""
+    rows, positions = target_positions(ctx.labels[ctx.num_pairs :])
+    return frozen.logits[rows, positions]

@@ -1,0 +1,166 @@
+"""The loss registry: terms picked by name from `conf/loss/*.yaml`, weighted and summed by a `LossComposer`.
+
+Adding a term takes one class and one YAML file:
+
+    # my_project/losses.py (or a new file in losses/, imported from losses/__init__.py)
+    from losses import LossContext, register_loss
+
+    @register_loss("entropy")
+    class EntropyLoss:
+        needs_hidden_states = False          # optional; True makes the trainer request hidden states
+
+        def __init__(self, temperature: float = 1.0):   # its options, given as YAML keys
+            self.temperature = temperature
+
+        def __call__(self, ctx: LossContext) -> torch.Tensor:   # UNWEIGHTED scalar
+            ...
+
+    # conf/loss/lm_entropy.yaml
+    terms:
+      lm: {type: lm, weight: 1.0}
+      entropy: {type: entropy, weight: 0.1, warmup_steps: 100, temperature: 2.0}
+
+A term outside `losses/` can also be named by import path, `_target_: my_project.losses.EntropyLoss`,
+without registering it. Each entry of `terms` takes `type` (or `_target_`), `weight` (default 1.0),
+`warmup_steps` (the weight ramps linearly from 0 over that many optimizer steps; default 0), `name`
+(the key logged to `metrics.jsonl`; default `<entry>_loss`) and the term's own options. An entry set to
+null is dropped, so `loss.terms.align=null` on the command line removes a term.
+
+A term returns its value normalised like the LM loss (see `LossContext.target_normalizer`), so that a
+weight means the same thing at any gradient-accumulation split.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from losses.base import LossContext
+
+_REGISTRY: dict[str, type] = {}
+_ENTRY_KEYS = ("type", "_target_", "weight", "warmup_steps", "name")
+
+
+def register_loss(name: str) -> Callable[[type], type]:
+    """Class decorator: make the term selectable as `type: <name>` in `conf/loss/*.yaml`."""
+
+    def register(cls: type) -> type:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"loss term {name!r} is already registered by {_REGISTRY[name].__qualname__}")
+        _REGISTRY[name] = cls
+        return cls
+
+    return register
+
+
+def registered_losses() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+@dataclass
+class WeightedTerm:
+    """One configured term: the callable, the key it is logged under, and its (warmed-up) weight."""
+
+    name: str
+    term: Callable[[LossContext], torch.Tensor]
+    weight: float = 1.0
+    warmup_steps: int = 0
+
+    def weight_at(self, global_step: int) -> float:
+        if self.warmup_steps <= 0:
+            return self.weight
+        return self.weight * min(1.0, global_step / self.warmup_steps)
+
+
+class LossComposer:
+    """Sums `weight * term(ctx)` over the configured terms; built by `build_loss`."""
+
+    def __init__(self, terms: list[WeightedTerm]):
+        if not terms:
+            raise ValueError(f"a loss needs at least one term; known terms: {', '.join(registered_losses())}")
+        self.terms = terms
+
+    @property
+    def needs_hidden_states(self) -> bool:
+        """True when a term reads `outputs.hidden_states`: the trainer then passes `output_hidden_states=True`."""
+        return any(getattr(entry.term, "needs_hidden_states", False) for entry in self.terms)
+
+    def __call__(self, ctx: LossContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(weighted total to backpropagate, {name: detached float32 UNWEIGHTED value} to log)."""
+        total = 0.0
+        logged = {}
+        for entry in self.terms:
+            value = entry.term(ctx)
+            logged[entry.name] = value.detach().float()
+            total = total + entry.weight_at(ctx.global_step) * value
+        return total, logged
+
+
+def build_loss(cfg: Mapping[str, Any]) -> LossComposer:
+    """Build the composer from a loss config (`conf/loss/*.yaml`: a `terms` mapping; see the module doc)."""
+    cfg = _to_plain(cfg)
+    if not isinstance(cfg, Mapping) or not isinstance(cfg.get("terms"), Mapping):
+        raise ValueError(f"a loss config needs a `terms` mapping (entry -> {{type, weight, ...}}), got {cfg!r}")
+    terms = [_build_entry(key, entry) for key, entry in cfg["terms"].items() if entry is not None]
+    names = [entry.name for entry in terms]
+    duplicated = sorted({name for name in names if names.count(name) > 1})
+    if duplicated:
+        raise ValueError(f"loss terms must log under distinct names; repeated: {', '.join(duplicated)}")
+    return LossComposer(terms)
+
+
+def _build_entry(key: str, entry: Mapping[str, Any]) -> WeightedTerm:
+    if not isinstance(entry, Mapping):
+        raise ValueError(f"loss term {key!r} must be a mapping with a `type`, got {entry!r}")
+    cls = _resolve_class(key, entry)
+    options = {k: v for k, v in entry.items() if k not in _ENTRY_KEYS}
+    accepted = _accepted_options(cls)
+    unknown = sorted(set(options) - set(accepted)) if accepted is not None else []
+    if unknown:
+        raise ValueError(
+            f"loss term {key!r} ({cls.__qualname__}) got unknown option(s) {', '.join(unknown)}; "
+            f"it accepts: {', '.join(list(_ENTRY_KEYS[2:]) + accepted)}"
+        )
+    return WeightedTerm(
+        name=entry.get("name") or f"{key}_loss",
+        term=cls(**options),
+        weight=float(entry.get("weight", 1.0)),
+        warmup_steps=int(entry.get("warmup_steps", 0)),
+    )
+
+
+def _resolve_class(key: str, entry: Mapping[str, Any]) -> type:
+    if ("type" in entry) == ("_target_" in entry):
+        raise ValueError(
+            f"loss term {key!r} needs exactly one of `type` (a registered name: {', '.join(registered_losses())}) "
+            "or `_target_` (an import path)"
+        )
+    if "_target_" in entry:
+        from hydra.utils import get_class
+
+        return get_class(entry["_target_"])
+    if entry["type"] not in _REGISTRY:
+        raise ValueError(
+            f"unknown loss term type {entry['type']!r} for {key!r}; known terms: {', '.join(registered_losses())}. "
+            "Register one with @losses.register_loss(name)."
+        )
+    return _REGISTRY[entry["type"]]
+
+
+def _accepted_options(cls: type) -> list[str] | None:
+    """Keyword options of `cls.__init__`, or None when it takes **kwargs (then the class validates)."""
+    parameters = list(inspect.signature(cls).parameters.values())
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return None
+    return [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _to_plain(cfg: Any) -> Any:
+    # Hydra hands a DictConfig; the registry works on plain containers so options arrive as dicts/lists.
+    from omegaconf import DictConfig, OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg

@@ -1,0 +1,129 @@
+"""Step-time cost of the alignment loss: (LM + alignment) / (LM only) on the same paired batch, in one run.
+
+Every variant trains the same tiny model on the same paired batch (B student + B teacher rows), so the ratio
+isolates what the loss adds: the response-position log-probs, the KL, hidden states, a frozen teacher's
+forward. Variants run in rotation, one step each per round; the ratio is the median over rounds of each
+round's (variant / lm) step-time ratio, so load from other processes on a shared machine, which drifts
+over seconds, hits both sides of a ratio alike.
+
+    python scripts/bench_alignment.py                          # lm vs lm_kl (k3) on conf/model/tiny_llava.yaml
+    python scripts/bench_alignment.py --losses lm_kl lm_full_kl lm_hidden --steps 30
+    python scripts/bench_alignment.py --losses lm_kl --override loss.terms.align.teacher=frozen
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from losses import LossContext, build_loss
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+BASELINE = "lm"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--losses", nargs="+", default=["lm_kl"], help="conf/loss configs to compare with `lm`")
+    parser.add_argument("--override", nargs="*", default=[], help="Hydra overrides for the compared losses")
+    parser.add_argument("--model", default="tiny_llava", help="a tiny LLaVA conf/model config (built from its `init`)")
+    parser.add_argument("--pairs", type=int, default=8, help="B: the batch holds B student + B teacher rows")
+    parser.add_argument("--prompt-tokens", type=int, default=32, help="text tokens of the student prompt")
+    parser.add_argument("--facts-tokens", type=int, default=48, help="extra text tokens of the teacher prompt")
+    parser.add_argument("--response-tokens", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=20, help="timed rounds (one step per variant each)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds first")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: steadier on a shared box)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser.parse_args()
+
+
+def compose_config(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def paired_batch(tokenizer, image_token_id: int, image_tokens: int, image_size: int, args) -> dict:
+    """B pairs of random prompts sharing a response; teacher prompts are longer (facts as text), right-padded."""
+    generator = torch.Generator().manual_seed(0)
+    low, high = 10, len(tokenizer) - 10  # plain tokens, clear of the special ones at the ends of the vocab
+
+    def tokens(count):
+        return torch.randint(low, high, (count,), generator=generator).tolist()
+
+    responses = [tokens(args.response_tokens) + [tokenizer.eos_token_id] for _ in range(args.pairs)]
+    rows, labels = [], []
+    for extra in (0, args.facts_tokens):
+        for response in responses:
+            prompt = [tokenizer.bos_token_id] + [image_token_id] * image_tokens + tokens(args.prompt_tokens + extra)
+            rows.append(prompt + response)
+            labels.append([-100] * len(prompt) + response)
+    length = max(map(len, rows))
+    pad = tokenizer.pad_token_id
+    return {
+        "input_ids": torch.tensor([r + [pad] * (length - len(r)) for r in rows]),
+        "attention_mask": torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in rows]),
+        "pixel_values": torch.randn(len(rows), 3, image_size, image_size, generator=generator),
+        "labels": torch.tensor([r + [-100] * (length - len(r)) for r in labels]),
+        "branch": torch.tensor([0] * args.pairs + [1] * args.pairs),
+    }
+
+
+def train_step(model, optimizer, composer, batch, step: int) -> float:
+    """One optimizer step as the trainer takes it: one forward, the composed loss, backward, update."""
+    synchronize = torch.cuda.synchronize if batch["input_ids"].is_cuda else (lambda: None)
+    synchronize()
+    start = time.perf_counter()
+    inputs = {key: value for key, value in batch.items() if key not in ("labels", "branch")}
+    outputs = model(**inputs, output_hidden_states=composer.needs_hidden_states, use_cache=False)
+    total, _ = composer(LossContext(model=model, batch=batch, outputs=outputs, global_step=step))
+    total.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    synchronize()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model_cfg = compose_config([f"model={args.model}"]).model
+    model, processor = instantiate(model_cfg.init, _convert_="all")
+    vision = model_cfg.init.vision
+    image_tokens = (vision.image_size // vision.patch_size) ** 2  # the "default" strategy drops CLIP's CLS
+    batch = paired_batch(processor.tokenizer, model.config.image_token_id, image_tokens, vision.image_size, args)
+    model.to(args.device)
+    batch = {key: value.to(args.device) for key, value in batch.items()}
+    composers = {BASELINE: build_loss(compose_config([f"loss={BASELINE}"]).loss)}
+    for name in args.losses:
+        composers[name] = build_loss(compose_config([f"loss={name}", *args.override]).loss)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    model.train()
+
+    times = {name: [] for name in composers}
+    for round_index in range(args.warmup + args.steps):
+        names = list(composers)
+        rotation = round_index % len(names)  # vary which variant runs first in a round
+        for name in names[rotation:] + names[:rotation]:
+            seconds = train_step(model, optimizer, composers[name], batch, step=round_index)
+            if round_index >= args.warmup:
+                times[name].append(seconds)
+
+    rows, length = batch["input_ids"].shape
+    print(f"model={args.model} device={args.device} rows={rows} (B={args.pairs} pairs) seq_len={length} "
+          f"threads={args.threads} rounds={args.steps} overrides={args.override or 'none'}")
+    print(f"{'loss':<14}{'median step (ms)':>18}{'ratio vs lm':>14}")
+    for name, samples in times.items():
+        ratio = statistics.median(t / base for t, base in zip(samples, times[BASELINE]))
+        print(f"{name:<14}{statistics.median(samples) * 1e3:>18.1f}{ratio:>14.3f}")
+
+
+if __name__ == "__main__":
+    main()

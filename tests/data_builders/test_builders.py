@@ -1,0 +1,173 @@
+"""Builders: paired views, curriculum schedule, matched instance/dataset mixing, balanced conflict sets."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+from record_files import write_records
+
+from data_builders.builders import (
+    ConflictBuilder,
+    CurriculumBuilder,
+    DatasetMixBuilder,
+    InstanceMixBuilder,
+    PairedBuilder,
+    SingleBuilder,
+)
+from data_builders.sample import check_sample, prompt_text
+from data_builders.sources import ConflictQASource, MixtureSource, Pgps9kSource, SyntheticFactsSource
+
+
+def synthetic(num_records=12, **kwargs):
+    return SyntheticFactsSource(num_records=num_records, **kwargs)
+
+
+def test_single_keeps_every_record_once_shuffled_by_seed():
+    source = synthetic()
+    built = SingleBuilder().build(source, seed=1)
+    assert sorted(i["id"] for i in built) == sorted(r["id"] for r in source.records())
+    assert [i["id"] for i in built] == [i["id"] for i in SingleBuilder().build(source, seed=1)]
+    assert [i["id"] for i in built] != [i["id"] for i in SingleBuilder().build(source, seed=2)]
+
+
+def test_paired_pgps9k_text_centric_states_clauses_vision_centric_does_not(pgps9k_root):
+    source = Pgps9kSource(str(pgps9k_root), on_error="skip")
+    built = PairedBuilder(emit="both").build(source, seed=0)
+    assert len(built) == len(source.records())
+    record = {r["id"]: r for r in source.records()}
+    for instance in built:
+        check_sample(instance)
+        teacher, facts = instance["teacher"], record[instance["meta"]["pair_id"]]["meta"]["facts"]
+        assert (instance["condition"], teacher["condition"]) == ("vision_centric", "text_centric")
+        assert teacher["images"] == instance["images"] and len(instance["images"]) == 1
+        assert teacher["messages"][-1] == instance["messages"][-1]  # same target turn
+        question = record[instance["meta"]["pair_id"]]["meta"]["question"]
+        assert all(fact in prompt_text(teacher) for fact in facts)
+        assert not any(fact in prompt_text(instance) for fact in facts if fact not in question)
+        assert "facts" not in instance["meta"]
+    prob_0 = next(i for i in built if i["meta"]["pair_id"] == "pgps9k/train/prob_0")
+    assert prompt_text(prob_0["teacher"]).startswith("Facts:\nB is on line AC.\nEA is a line segment.\n")
+    assert prompt_text(prob_0) == "Find the area of the figure."
+
+
+@pytest.mark.parametrize("emit, conditions", [("text_centric", {"text_centric": 12}),
+                                              ("vision_centric", {"vision_centric": 12}),
+                                              ("mix", {"text_centric": 12, "vision_centric": 12})])
+def test_paired_emits_either_condition_or_a_one_to_one_mix(emit, conditions):
+    built = PairedBuilder(emit=emit).build(synthetic(), seed=0)
+    assert Counter(i["condition"] for i in built) == conditions
+    assert not any("teacher" in i for i in built)
+    assert len({i["id"] for i in built}) == len(built)
+
+
+def test_curriculum_switches_at_the_configured_step():
+    builder = CurriculumBuilder(switch_step=5, passes=2)
+    built = builder.build(synthetic(), seed=0, examples_per_step=4)  # 24 instances, switch at 5 * 4 = 20
+    assert builder.ordered
+    assert [i["condition"] for i in built] == ["text_centric"] * 20 + ["vision_centric"] * 4
+    seen = Counter(i["meta"]["pair_id"] for i in built)
+    assert len(seen) == 12 and set(seen.values()) == {2}  # every record once per pass
+    by_fraction = CurriculumBuilder(switch_fraction=0.25, passes=1).build(synthetic(), seed=0)
+    assert [i["condition"] for i in by_fraction] == ["text_centric"] * 3 + ["vision_centric"] * 9
+
+
+def mixture():
+    return MixtureSource({
+        "image": synthetic(10),
+        "text": synthetic(7, facts_in="text", name="synthetic_text"),
+        "other": synthetic(5, language="xx", second_language="en", name="synthetic_xx"),
+    })
+
+
+def instructions(instances):
+    """The multiset of source instructions (by id) the instances contain."""
+    items = Counter()
+    for instance in instances:
+        for part in instance["meta"].get("parts") or [instance]:
+            items[part["id"]] += 1
+    return items
+
+
+@pytest.mark.parametrize("k, ratios, num", [(2, None, None), (3, None, None), (2, {"image": 2, "text": 1}, 12)])
+def test_instance_and_dataset_mix_use_the_same_instructions(k, ratios, num):
+    source = mixture()
+    by_dataset = DatasetMixBuilder(ratios=ratios, num_instructions=num).build(source, seed=5)
+    by_instance = InstanceMixBuilder(k=k, ratios=ratios, num_instructions=num).build(source, seed=5)
+    assert instructions(by_instance) == instructions(by_dataset)
+    assert all(n == 1 for n in instructions(by_dataset).values())
+    for instance in by_instance:
+        check_sample(instance)
+        assert len(instance["meta"]["groups"]) >= 2
+        with_images = sum(p["id"].startswith(("image/", "other/")) for p in instance["meta"]["parts"])
+        assert len(instance["images"]) == with_images
+        turns = [m for m in instance["messages"] if m["role"] == "assistant"]
+        assert [m["content"][0]["text"] for m in turns] == [p["target"] for p in instance["meta"]["parts"]]
+    if ratios:
+        assert Counter(p.split("/")[0] for p in instructions(by_dataset)) == {"image": 8, "text": 4}
+
+
+def test_instance_mix_by_modality_and_supervision():
+    built = InstanceMixBuilder(k=2, group_by="modality", supervise="last").build(mixture(), seed=0)
+    for instance in built:
+        kinds = {"image" if p["id"].startswith(("image/", "other/")) else "text" for p in instance["meta"]["parts"]}
+        assert kinds == {"image", "text"}
+        trained = [m.get("train", True) for m in instance["messages"] if m["role"] == "assistant"]
+        assert trained == [False] * (len(trained) - 1) + [True]
+
+
+def test_instance_mix_needs_two_groups():
+    with pytest.raises(ValueError, match="two or more sources"):
+        InstanceMixBuilder().build(synthetic(), seed=0)
+
+
+def test_conflict_conditions_and_controls_are_balanced():
+    builder = ConflictBuilder()
+    built = builder.build(synthetic(6), seed=0)
+    conditions = ["unimodal_text", "unimodal_image", "cross_modal", "cross_lingual"]
+    assert Counter(i["condition"] for i in built) == {c + s: 24 for c in conditions for s in ("", "_control")}
+    for condition, (first, second) in zip(conditions, [("text_a", "text_b"), ("image_a", "image_b"),
+                                                       ("text", "image"), ("l1", "l2")]):
+        orders = [[first, second], [second, first]]
+        conflicts = [i["meta"] for i in built if i["condition"] == condition]
+        controls = [i["meta"] for i in built if i["condition"] == condition + "_control"]
+        assert all(m["conflict"] for m in conflicts) and not any(m["conflict"] for m in controls)
+        # 6 records x (true side x order), and 6 x (agreed answer x order): every cell equally often
+        assert Counter((m["true_side"], *m["order"]) for m in conflicts) == {
+            (side, *order): 6 for side in (first, second) for order in orders
+        }
+        assert Counter((m["agree_on"], *m["order"]) for m in controls) == {
+            (agree, *order): 6 for agree in ("answer", "counter") for order in orders
+        }
+    for instance in built:
+        check_sample(instance)
+        evidence, meta = instance["meta"]["evidence"], instance["meta"]
+        parts = instance["messages"][0]["content"]
+        assert len(instance["images"]) == sum(e["modality"] == "image" for e in evidence)
+        for piece in evidence:
+            shown = parts[piece["part_index"]]
+            expected = {"type": "text", "text": piece["text"]} if piece["modality"] == "text" else {"type": "image"}
+            assert shown == expected
+        supports = {e["supports"] for e in evidence}
+        assert (len(supports) == 2) == meta["conflict"]
+        agreed = meta["answer"] if supports == {"answer"} else meta["counter_answer"]
+        assert instance["target"] == ("The sources conflict." if meta["conflict"] else f"The sources agree. {agreed}")
+    cross_modal = [i for i in built if i["condition"] == "cross_modal"]
+    orders = {tuple(e["modality"] for e in i["meta"]["evidence"]) for i in cross_modal}
+    assert orders == {("text", "image"), ("image", "text")}
+    lingual = next(i for i in built if i["condition"] == "cross_lingual")
+    assert {e["language"] for e in lingual["meta"]["evidence"]} == {"l1", "l2"}
+
+
+def test_conflict_rotate_and_missing_second_language(tmp_path):
+    record = {"question": "Capital of X?", "answer": "Ay", "counter_answer": "Bee",
+              "evidence": "X's capital is Ay.", "counter_evidence": "X's capital is Bee."}
+    records = [{**record, "id": f"q{n}"} for n in range(8)]
+    records[0].update(evidence_l2="La capitale de X est Ay.", counter_evidence_l2="La capitale de X est Bee.")
+    source = ConflictQASource(str(write_records(tmp_path / "c.jsonl", records)))
+    builder = ConflictBuilder(variants="rotate", render={"width": 128, "height": 64, "font_size": 12})
+    built = builder.build(source, seed=0)
+    assert builder.dropped == {"cross_lingual: no second-language evidence": 7}
+    unimodal = [i for i in built if i["condition"] == "unimodal_text"]
+    assert len(unimodal) == 8 and Counter(i["meta"]["true_side"] for i in unimodal) == {"text_a": 4, "text_b": 4}
+    assert Counter(i["condition"] for i in built)["cross_lingual"] == 1

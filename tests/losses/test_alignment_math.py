@@ -1,0 +1,136 @@
+"""The pure alignment functions against independent hand computations (explicit loops, float64)."""
+
+import math
+
+import pytest
+import torch
+
+from losses.alignment import full_kl, hidden_alignment, token_kl
+
+HAND_ESTIMATORS = {
+    "k1": lambda d: d,
+    "k2": lambda d: d * d / 2,
+    "k3": lambda d: math.exp(d) - d - 1,
+}
+
+
+def _random_logprobs(shape, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return -torch.rand(shape, generator=generator, dtype=torch.float64) * 3
+
+
+def _hand_softmax(row):
+    exps = [math.exp(x) for x in row]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def _hand_kl(p, q):
+    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+def test_token_kl_matches_loop(estimator):
+    student, teacher = _random_logprobs((3, 5), 0), _random_logprobs((3, 5), 1)
+    mask = torch.rand(3, 5, generator=torch.Generator().manual_seed(2)) > 0.4
+    values = [
+        HAND_ESTIMATORS[estimator](teacher[i, j].item() - student[i, j].item())
+        for i in range(3)
+        for j in range(5)
+        if mask[i, j]
+    ]
+    expected = sum(values) / len(values)
+    assert token_kl(student, teacher, mask, estimator).item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+def test_token_kl_is_zero_when_teacher_equals_student(estimator):
+    logprobs = _random_logprobs((4, 6), 0)
+    assert token_kl(logprobs, logprobs.clone(), torch.ones(4, 6, dtype=torch.bool), estimator).item() == 0.0
+
+
+def test_token_kl_ignores_non_finite_masked_positions():
+    student = torch.tensor([-1.0, float("-inf")])
+    teacher = torch.tensor([-0.5, -2.0])
+    mask = torch.tensor([True, False])
+    assert token_kl(student, teacher, mask).item() == pytest.approx(math.exp(0.5) - 0.5 - 1, rel=1e-6)
+
+
+def test_token_kl_gradient_reaches_only_the_student():
+    student = _random_logprobs((2, 4), 0).requires_grad_()
+    teacher = _random_logprobs((2, 4), 1).requires_grad_()
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    token_kl(student, teacher, mask, "k3").backward()
+    assert teacher.grad is None
+    # d/ds [exp(t - s) - (t - s) - 1] = 1 - exp(t - s), averaged over 8 tokens
+    expected = (1 - (teacher - student).exp()) / 8
+    torch.testing.assert_close(student.grad.double(), expected.detach(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "js"])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_full_kl_matches_explicit_softmax(direction, temperature):
+    generator = torch.Generator().manual_seed(3)
+    student = torch.randn(2, 3, 7, generator=generator, dtype=torch.float64)
+    teacher = torch.randn(2, 3, 7, generator=generator, dtype=torch.float64)
+    mask = torch.tensor([[True, False, True], [True, True, False]])
+    values = []
+    for i in range(2):
+        for j in range(3):
+            if not mask[i, j]:
+                continue
+            p_student = _hand_softmax([x / temperature for x in student[i, j].tolist()])
+            p_teacher = _hand_softmax([x / temperature for x in teacher[i, j].tolist()])
+            if direction == "forward":
+                values.append(_hand_kl(p_teacher, p_student))
+            elif direction == "reverse":
+                values.append(_hand_kl(p_student, p_teacher))
+            else:
+                mixture = [(a + b) / 2 for a, b in zip(p_student, p_teacher)]
+                values.append((_hand_kl(p_teacher, mixture) + _hand_kl(p_student, mixture)) / 2)
+    expected = sum(values) / len(values)
+    result = full_kl(student, teacher, mask, direction=direction, temperature=temperature)
+    assert result.item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "js"])
+def test_full_kl_is_zero_when_equal_and_gradient_reaches_only_the_student(direction):
+    logits = torch.randn(2, 4, 9, generator=torch.Generator().manual_seed(4))
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    assert full_kl(logits, logits.clone(), mask, direction=direction).item() == pytest.approx(0.0, abs=1e-6)
+    student = logits.clone().requires_grad_()
+    teacher = (logits + torch.randn_like(logits)).requires_grad_()
+    full_kl(student, teacher, mask, direction=direction).backward()
+    assert teacher.grad is None
+    assert student.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("metric", ["cosine", "mse"])
+def test_hidden_alignment_matches_hand_pooling(metric):
+    generator = torch.Generator().manual_seed(5)
+    student = torch.randn(2, 5, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(2, 7, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    student_mask = torch.tensor([[0, 1, 1, 0, 0], [0, 0, 1, 1, 1]], dtype=torch.bool)
+    teacher_mask = torch.tensor([[0, 0, 0, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0, 0]], dtype=torch.bool)
+
+    def pool(hidden, mask, row):
+        kept = [hidden[row, t].tolist() for t in range(hidden.shape[1]) if mask[row, t]]
+        return [sum(vector[d] for vector in kept) / len(kept) for d in range(3)]
+
+    distances = []
+    for row in range(2):
+        s, t = pool(student, student_mask, row), pool(teacher, teacher_mask, row)
+        if metric == "cosine":
+            dot = sum(a * b for a, b in zip(s, t))
+            distances.append(1 - dot / (math.sqrt(sum(a * a for a in s)) * math.sqrt(sum(b * b for b in t))))
+        else:
+            distances.append(sum((a - b) ** 2 for a, b in zip(s, t)) / 3)
+    result = hidden_alignment(student, teacher, student_mask, teacher_mask, metric=metric)
+    assert result.item() == pytest.approx(sum(distances) / 2, rel=1e-5)
+    result.backward()
+    assert teacher.grad is None and student.grad.abs().sum() > 0
+
+
+def test_unknown_estimator_is_rejected():
+    with pytest.raises(ValueError, match="k1"):
+        token_kl(torch.zeros(2), torch.zeros(2), torch.ones(2, dtype=torch.bool), "k4")

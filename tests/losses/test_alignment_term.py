@@ -1,0 +1,128 @@
+"""The registered alignment term on hand-made paired batches whose branches have different prompt lengths."""
+
+import logging
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from losses import LossContext
+from losses.alignment import AlignmentLoss
+
+# Row i's response starts after (left padding + prompt length); see PAIRED_LAYOUTS in conftest.py.
+RESPONSE_STARTS = {0: 3, 1: 7, 2: 9, 3: 6}
+RESPONSE_LENGTHS = {0: 3, 1: 2}
+PAIRS = {0: 2, 1: 3}  # student row -> teacher row
+
+
+def _hand_distribution(logits, row, position):
+    scores = logits[row, position].double().tolist()
+    exps = [math.exp(s) for s in scores]
+    return [e / sum(exps) for e in exps]
+
+
+def _aligned_positions():
+    """(student row, student prediction position, teacher row, teacher position) for each response token."""
+    for student, teacher in PAIRS.items():
+        for k in range(RESPONSE_LENGTHS[student]):
+            yield student, RESPONSE_STARTS[student] + k - 1, teacher, RESPONSE_STARTS[teacher] + k - 1
+
+
+def _context(batch, outputs, num_items=None):
+    return LossContext(model=None, batch=batch, outputs=outputs, num_items_in_batch=num_items)
+
+
+def test_token_k3_equals_hand_computation(make_batch, paired_layouts):
+    batch, outputs = make_batch(paired_layouts, paired=True)
+    labels, logits = batch["labels"], outputs.logits
+    values = []
+    for s_row, s_pos, t_row, t_pos in _aligned_positions():
+        target = int(labels[s_row, s_pos + 1])
+        assert target == int(labels[t_row, t_pos + 1])
+        d = math.log(_hand_distribution(logits, t_row, t_pos)[target]) - math.log(
+            _hand_distribution(logits, s_row, s_pos)[target]
+        )
+        values.append(math.exp(d) - d - 1)
+    value = AlignmentLoss(kind="token", estimator="k3")(_context(batch, outputs))
+    assert value.item() == pytest.approx(sum(values) / len(values), rel=1e-5)
+
+
+def test_full_forward_kl_equals_hand_computation(make_batch, paired_layouts):
+    batch, outputs = make_batch(paired_layouts, paired=True)
+    values = []
+    for s_row, s_pos, t_row, t_pos in _aligned_positions():
+        p_teacher = _hand_distribution(outputs.logits, t_row, t_pos)
+        p_student = _hand_distribution(outputs.logits, s_row, s_pos)
+        values.append(sum(p * math.log(p / q) for p, q in zip(p_teacher, p_student)))
+    value = AlignmentLoss(kind="full", direction="forward")(_context(batch, outputs))
+    assert value.item() == pytest.approx(sum(values) / len(values), rel=1e-5)
+
+
+def test_hidden_cosine_is_token_weighted_over_pairs(make_batch, paired_layouts):
+    batch, outputs = make_batch(paired_layouts, paired=True, hidden_size=4)
+    hidden = outputs.hidden_states[-1].detach().double()
+    distances, weights = [], []
+    for student, teacher in PAIRS.items():
+        length = RESPONSE_LENGTHS[student]
+        s = hidden[student, RESPONSE_STARTS[student] - 1 : RESPONSE_STARTS[student] - 1 + length].mean(0)
+        t = hidden[teacher, RESPONSE_STARTS[teacher] - 1 : RESPONSE_STARTS[teacher] - 1 + length].mean(0)
+        distances.append(1 - float(s @ t) / (float(s.norm()) * float(t.norm())))
+        weights.append(length)
+    expected = sum(d * w for d, w in zip(distances, weights)) / sum(weights)
+    term = AlignmentLoss(kind="hidden", layers=[-1], metric="cosine")
+    assert term.needs_hidden_states
+    assert term(_context(batch, outputs)).item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["token", "full", "hidden"])
+def test_gradient_reaches_only_the_student_rows(make_batch, paired_layouts, kind):
+    batch, outputs = make_batch(paired_layouts, paired=True, hidden_size=4)
+    AlignmentLoss(kind=kind, estimator="k2")(_context(batch, outputs)).backward()
+    source = outputs.hidden_states[-1] if kind == "hidden" else outputs.logits
+    assert source.grad[:2].abs().sum() > 0
+    assert source.grad[2:].abs().sum() == 0
+
+
+@pytest.mark.parametrize("kind", ["token", "full", "hidden"])
+def test_term_is_invariant_to_the_accumulation_split(make_batch, paired_layouts, kind):
+    batch, outputs = make_batch(paired_layouts, paired=True, hidden_size=4)
+    term = AlignmentLoss(kind=kind)
+    full = term(_context(batch, outputs))
+    micro = []
+    for rows in ([0, 2], [1, 3]):  # one pair per micro-batch
+        sub_batch = {key: value[rows] for key, value in batch.items()}
+        hidden_states = [states[rows] for states in outputs.hidden_states]
+        sub_outputs = SimpleNamespace(logits=outputs.logits[rows], hidden_states=hidden_states)
+        micro.append(term(_context(sub_batch, sub_outputs, num_items=10)))  # HF: targets of all rows, both halves
+    torch.testing.assert_close(sum(micro), full)
+
+
+def test_unpaired_batch_gives_zero_and_warns_once(make_batch, caplog):
+    batch, outputs = make_batch([(0, 3, [4, 7, 2]), (0, 2, [5])], paired=False)
+    term = AlignmentLoss()
+    with caplog.at_level(logging.WARNING, logger="losses.alignment"):
+        values = [term(_context(batch, outputs)) for _ in range(3)]
+    assert all(value.item() == 0.0 for value in values)
+    assert len([r for r in caplog.records if "not paired" in r.getMessage()]) == 1
+
+
+def test_pairs_with_different_targets_are_rejected(make_batch):
+    batch, outputs = make_batch([(0, 3, [4, 7]), (0, 4, [4, 8])], paired=True)
+    with pytest.raises(ValueError, match=r"pairs \[0\] differ"):
+        AlignmentLoss()(_context(batch, outputs))
+    batch, outputs = make_batch([(0, 3, [4, 7]), (0, 4, [4, 7, 1])], paired=True)
+    with pytest.raises(ValueError, match="truncated"):
+        AlignmentLoss()(_context(batch, outputs))
+
+
+def test_bad_branch_layout_is_rejected(make_batch, paired_layouts):
+    batch, outputs = make_batch(paired_layouts, paired=True)
+    batch["branch"] = torch.tensor([0, 1, 0, 1])
+    with pytest.raises(ValueError, match="student rows, then teacher rows"):
+        AlignmentLoss()(_context(batch, outputs))
+
+
+def test_bad_option_is_rejected():
+    with pytest.raises(ValueError, match="kind must be one of"):
+        AlignmentLoss(kind="attention")

@@ -1,0 +1,135 @@
+"""End to end on a real (tiny) LLaVA: one forward over a paired batch, the composer, and the frozen teacher."""
+
+import pytest
+import torch
+
+from losses import LossContext, build_loss
+from losses.alignment import AlignmentLoss
+from losses.teacher import teacher_inputs
+from trainers.tiny_models import build_tiny_llava
+
+IMAGE_TOKENS = 4  # (16 / 8) ** 2 patches, CLS dropped by the "default" strategy
+
+
+@pytest.fixture(scope="module")
+def tiny_llava():
+    torch.manual_seed(0)
+    model, processor = build_tiny_llava(
+        text=dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1),
+        vision=dict(image_size=16, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2),
+    )
+    return model, processor.tokenizer
+
+
+def _paired_batch(tokenizer, image_token_id):
+    """Two pairs; the teacher prompts carry extra 'facts' tokens, so their responses sit further right."""
+    generator = torch.Generator().manual_seed(1)
+    responses = [[40, 41, 42, tokenizer.eos_token_id], [50, 51, tokenizer.eos_token_id]]
+    prompt_lengths = [3, 5, 9, 7]  # student 0, student 1, teacher 0, teacher 1
+    rows, labels = [], []
+    for row, prompt_length in enumerate(prompt_lengths):
+        response = responses[row % 2]
+        prompt = [tokenizer.bos_token_id] + [image_token_id] * IMAGE_TOKENS
+        prompt += torch.randint(10, 200, (prompt_length,), generator=generator).tolist()
+        rows.append(prompt + response)
+        labels.append([-100] * len(prompt) + response)
+    length = max(map(len, rows))
+    pad = tokenizer.pad_token_id
+    return {
+        "input_ids": torch.tensor([r + [pad] * (length - len(r)) for r in rows]),
+        "attention_mask": torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in rows]),
+        "pixel_values": torch.randn(4, 3, 16, 16, generator=generator),
+        "labels": torch.tensor([r + [-100] * (length - len(r)) for r in labels]),
+        "branch": torch.tensor([0, 0, 1, 1]),
+    }
+
+
+def _forward(model, batch, hidden=False):
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", "branch")}
+    return model(**inputs, output_hidden_states=hidden)
+
+
+def test_composer_on_a_real_forward(tiny_llava):
+    model, tokenizer = tiny_llava
+    batch = _paired_batch(tokenizer, model.config.image_token_id)
+    composer = build_loss({"terms": {"lm": {"type": "lm"}, "align": {"type": "align", "weight": 0.01}}})
+    outputs = _forward(model, batch, composer.needs_hidden_states)
+    total, logged = composer(LossContext(model=model, batch=batch, outputs=outputs))
+    reference = model(**{k: v for k, v in batch.items() if k != "branch"}).loss  # HF's own shifted CE
+    torch.testing.assert_close(logged["lm_loss"], reference.detach(), rtol=1e-5, atol=1e-6)
+    assert logged["align_loss"] > 0
+    model.zero_grad()
+    total.backward()
+    assert model.lm_head.weight.grad.abs().sum() > 0
+    model.zero_grad()
+
+
+@pytest.mark.parametrize("kind", ["token", "full", "hidden"])
+def test_frozen_teacher_equals_the_shared_forward_before_training(tiny_llava, kind):
+    model, tokenizer = tiny_llava
+    batch = _paired_batch(tokenizer, model.config.image_token_id)
+    outputs = _forward(model, batch, hidden=kind == "hidden")
+    ctx = LossContext(model=model, batch=batch, outputs=outputs)
+    same = AlignmentLoss(kind=kind, teacher="same")(ctx)
+    frozen_term = AlignmentLoss(kind=kind, teacher="frozen")
+    frozen = frozen_term(ctx)
+    torch.testing.assert_close(frozen, same, rtol=1e-4, atol=1e-6)
+    assert not any(p.requires_grad for p in frozen_term.frozen_teacher.model.parameters())
+
+
+def test_frozen_teacher_keeps_the_initial_weights(tiny_llava):
+    model, tokenizer = tiny_llava
+    batch = _paired_batch(tokenizer, model.config.image_token_id)
+    term = AlignmentLoss(teacher="frozen")
+    term(LossContext(model=model, batch=batch, outputs=_forward(model, batch))).backward()
+    initial = term.frozen_teacher.model.lm_head.weight.clone()
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)
+    try:
+        term(LossContext(model=model, batch=batch, outputs=_forward(model, batch)))
+        torch.testing.assert_close(term.frozen_teacher.model.lm_head.weight, initial)
+    finally:
+        with torch.no_grad():
+            model.lm_head.weight.sub_(1.0)
+        model.zero_grad()
+
+
+def test_teacher_inputs_split_qwen2_vl_patches_by_image():
+    image_token = 7
+    grids = torch.tensor([[1, 4, 4], [1, 2, 4], [1, 4, 4], [1, 2, 2]])  # 4, 2, 4, 1 tokens after 2x2 merging
+    tokens_per_row = [4, 2, 4, 1]
+    input_ids = torch.zeros(4, 8, dtype=torch.long)
+    for row, count in enumerate(tokens_per_row):
+        input_ids[row, 1 : 1 + count] = image_token
+    patch_image = torch.repeat_interleave(torch.arange(4), grids.prod(-1))
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": torch.ones(4, 8, dtype=torch.long),
+        "mm_token_type_ids": (input_ids == image_token).long(),
+        "position_ids": torch.arange(8).expand(3, 4, 8),
+        "pixel_values": patch_image.float().unsqueeze(-1).expand(-1, 5),
+        "image_grid_thw": grids,
+        "labels": torch.zeros(4, 8, dtype=torch.long),
+        "branch": torch.tensor([0, 0, 1, 1]),
+    }
+    inputs = teacher_inputs(batch, num_pairs=2, image_token_id=image_token)
+    row_keys = {"input_ids", "attention_mask", "mm_token_type_ids", "position_ids"}
+    assert set(inputs) == row_keys | {"pixel_values", "image_grid_thw"}
+    assert torch.equal(inputs["input_ids"], input_ids[2:])
+    assert inputs["position_ids"].shape == (3, 2, 8)
+    assert torch.equal(inputs["image_grid_thw"], grids[2:])
+    assert inputs["pixel_values"][:, 0].unique().tolist() == [2.0, 3.0]
+    assert inputs["pixel_values"].shape[0] == 16 + 4
+
+
+def test_teacher_inputs_leave_out_images_the_teacher_rows_do_not_have():
+    # The collator's blank image (for image-less batches) sits in row 0, a student row.
+    input_ids = torch.tensor([[1, 7, 7], [1, 2, 0], [1, 3, 0], [1, 4, 0]])
+    batch = {"input_ids": input_ids, "pixel_values": torch.zeros(1, 3, 16, 16), "branch": torch.tensor([0, 0, 1, 1])}
+    assert set(teacher_inputs(batch, num_pairs=2, image_token_id=7)) == {"input_ids"}
+
+
+def test_teacher_inputs_refuse_unknown_keys():
+    batch = {"input_ids": torch.zeros(2, 3, dtype=torch.long), "pixel_attention_mask": torch.ones(2, 3)}
+    with pytest.raises(ValueError, match="pixel_attention_mask"):
+        teacher_inputs(batch, num_pairs=1, image_token_id=None)
