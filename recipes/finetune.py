@@ -133,16 +133,19 @@ def train(cfg: DictConfig) -> str:
 
     with args.main_process_first(desc="build and tokenize instances"):
         train_dataset, builder = build_train_dataset(cfg, processor, args)
+    metrics = metric_callbacks(cfg)
     trainer = XModalTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
         data_collator=MultimodalCollator(processor, cfg.model.template),
         processing_class=processor,
-        callbacks=[MetricsFileCallback(cfg.output_dir), CheckpointCompletionCallback(), *metric_callbacks(cfg)],
+        callbacks=[MetricsFileCallback(cfg.output_dir), CheckpointCompletionCallback(), *metrics],
         loss_composer=build_loss(cfg.loss),
         ordered=getattr(builder, "ordered", False),
     )
+    for callback in metrics:
+        callback.bind(trainer)  # probes are collated from the training set with the run's own collator
     trainer.train(resume_from_checkpoint=resolve_resume(cfg.resume, cfg.output_dir))
     final_dir = save_final(trainer, processor, cfg, base_model)
     if trainer.is_world_process_zero():

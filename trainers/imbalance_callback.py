@@ -17,7 +17,8 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
-from trainers.imbalance import SPAN_PAIRS, SpanStats, image_token_id, measure, probe_masks
+from trainers.imbalance import MODES, SpanStats, measure
+from trainers.imbalance_masks import QUERY_SETS, SPAN_PAIRS, ProbeMasks, collate_probe
 from trainers.imbalance_plots import figure_to_rgb, heatmap_grid
 
 LOG_PREFIX = "imbalance"
@@ -27,8 +28,9 @@ class ImbalanceCallback(TrainerCallback):
     """Logs `imbalance/ratio`, per-layer `imbalance/ratio/layer_{i}` and the per-token variants.
 
     `layers`: language-model layer indices to probe (None = all). `query`: `last_prompt` or `answer`.
-    `spans`: a key of `SPAN_PAIRS`. `mode`: `weight` (attention mass) or `norm` (output-norm flow).
-    `probe_size` rows are collated `probe_batch_size` at a time.
+    `spans`: `image_text` or `evidence` (trainers/imbalance_masks.py; evidence needs `probe_instances`).
+    `mode`: `weight` (attention mass) or `norm` (output-norm flow). `probe_size` rows are collated
+    `probe_batch_size` at a time.
     """
 
     def __init__(
@@ -44,32 +46,35 @@ class ImbalanceCallback(TrainerCallback):
     ):
         if every_n_steps < 1 or probe_size < 1 or probe_batch_size < 1:
             raise ValueError("every_n_steps, probe_size and probe_batch_size must be positive")
+        # Checked here so that a config typo fails at start-up, not at the first probe.
+        for name, value, allowed in (("query", query, QUERY_SETS), ("spans", spans, SPAN_PAIRS), ("mode", mode, MODES)):
+            if value not in allowed:
+                raise ValueError(f"metrics.imbalance.{name} must be one of {allowed}, got {value!r}")
         self.every_n_steps = every_n_steps
         self.probe_size = probe_size
         self.probe_batch_size = probe_batch_size
-        self.layers = list(layers) if layers is not None else None
+        self.layers = sorted(set(layers)) if layers is not None else None  # measure() reports them sorted
         self.query = query
         self.spans = spans
-        self.span_names = SPAN_PAIRS[spans]
         self.mode = mode
         self.heatmap = heatmap
         self.trainer = None
-        self.probe: list[tuple[dict, object]] = []  # (collated batch, ProbeMasks)
+        self.probe: list[tuple[dict, ProbeMasks]] = []
 
-    def bind(self, trainer, probe_rows: list[dict] | None = None) -> None:
-        """Attach to `trainer` and collate the probe: `probe_rows` (tokenized rows), else the first
-        `probe_size` training rows that hold an image."""
+    def bind(self, trainer, probe_rows: list[dict] | None = None, probe_instances: list[dict] | None = None) -> None:
+        """Attach to `trainer` and collate the probe once.
+
+        The probe is `probe_rows` (tokenized rows, e.g. of a held-out conflict set; `spans: evidence` also
+        needs their `probe_instances`), else the first `probe_size` training rows that hold an image.
+        """
         rows = probe_rows if probe_rows is not None else _rows_with_images(trainer.train_dataset, self.probe_size)
         if not rows:
             raise ValueError("the imbalance probe is empty: no tokenized row with an image was found")
-        special_ids = _tokenizer(trainer.processing_class).all_special_ids
-        image_token = image_token_id(trainer.model.config)
         self.trainer = trainer
-        self.probe = []
-        for start in range(0, len(rows), self.probe_batch_size):
-            batch = trainer.data_collator(rows[start : start + self.probe_batch_size])
-            masks = probe_masks(batch, image_token, special_ids, query=self.query, spans=self.spans)
-            self.probe.append((batch, masks))
+        self.probe = collate_probe(
+            rows, trainer.data_collator, trainer.model.config, trainer.processing_class,
+            self.probe_batch_size, self.query, self.spans, probe_instances,
+        )
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every_n_steps:
@@ -113,11 +118,14 @@ class ImbalanceCallback(TrainerCallback):
     def scalars(self, mean: SpanStats, count: int) -> dict[str, float]:
         """Means over probed layers and heads, plus per-layer values (means over heads)."""
         logs = {f"{LOG_PREFIX}/sequences": count}
-        for name, matrix in mean.named(self.span_names).items():
+        for name, matrix in mean.named(self._span_names()).items():
             logs[f"{LOG_PREFIX}/{name}"] = matrix.mean().item()
             for layer, value in zip(self._probed_layers(matrix), matrix.mean(-1).tolist()):
                 logs[f"{LOG_PREFIX}/{name}/layer_{layer}"] = value
         return logs
+
+    def _span_names(self) -> tuple[str, str]:
+        return self.probe[0][1].span_names
 
     def _probed_layers(self, matrix: torch.Tensor) -> list[int]:
         return self.layers if self.layers is not None else list(range(matrix.shape[0]))
@@ -127,7 +135,7 @@ class ImbalanceCallback(TrainerCallback):
         writers = [c.tb_writer for c in self.trainer.callback_handler.callbacks if getattr(c, "tb_writer", None)]
         if "wandb" not in report_to and not writers:
             return
-        name_a, name_b = self.span_names
+        name_a, name_b = self._span_names()
         figure = heatmap_grid(
             [[("ratio", mean.ratio), ("per-token ratio", mean.per_token_ratio)]],
             quantity="ratio",
@@ -153,7 +161,3 @@ def _rows_with_images(dataset, count: int) -> list[dict]:
             if len(rows) == count:
                 break
     return rows
-
-
-def _tokenizer(processing_class):
-    return getattr(processing_class, "tokenizer", processing_class)

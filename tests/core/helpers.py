@@ -1,0 +1,53 @@
+"""Helpers for the core tests: Hydra composition, launching the real entry point, reading metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from recipes.finetune import CONFIG_DIR
+
+# A few steps on a few records: every test run of the recipe is seconds long.
+FAST = ["debug=fast", "data.num_records=48"]
+
+
+def compose_config(overrides: list[str]):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def run_entry_point(command: list[str], cache_dir: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run an installed console script (or torchrun) as a user would, failing with its output on error."""
+    env = {**os.environ, "XMODAL_CACHE": cache_dir, "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        pytest.fail(f"{' '.join(command)} exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def xmodal_train(args: list[str], cache_dir: str, processes: int = 1, timeout: int = 600):
+    if processes == 1:
+        command = [os.path.join(os.path.dirname(sys.executable), "xmodal-train"), *args]
+    else:
+        command = [
+            os.path.join(os.path.dirname(sys.executable), "torchrun"),
+            f"--nproc_per_node={processes}",
+            "--no-python",
+            "xmodal-train",
+            *args,
+        ]
+    return run_entry_point(command, cache_dir, timeout)
+
+
+def read_metrics(output_dir: str) -> list[dict]:
+    with open(os.path.join(output_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def loss_by_step(output_dir: str, key: str = "lm_loss") -> dict[int, float]:
+    return {record["step"]: record[key] for record in read_metrics(output_dir) if key in record}

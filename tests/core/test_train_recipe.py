@@ -1,0 +1,82 @@
+"""The real `xmodal-train` entry point on tiny models: trains, logs, checkpoints, and saves a reloadable model."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+from transformers import AutoModelForImageTextToText
+
+from tests.core.helpers import FAST, loss_by_step, read_metrics, xmodal_train
+from trainers.callbacks import COMPLETE_MARKER
+from trainers.models import load_processor
+
+
+def _generate(final_dir: str) -> str:
+    model = AutoModelForImageTextToText.from_pretrained(final_dir)
+    processor = load_processor(final_dir)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is the value of A?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[prompt], images=[Image.new("RGB", (64, 64), (255, 255, 255))], return_tensors="pt")
+    with torch.no_grad():
+        generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert generated.shape[1] > inputs["input_ids"].shape[1]
+    return processor.tokenizer.decode(generated[0, inputs["input_ids"].shape[1] :])
+
+
+@pytest.mark.parametrize("model", ["tiny_llava", "tiny_qwen2_vl"])
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_train_saves_a_model_that_reloads_and_generates(model, finetune, tmp_path, cache_dir):
+    out = tmp_path / "run"
+    xmodal_train([*FAST, f"model={model}", f"finetune={finetune}", f"output_dir={out}"], cache_dir)
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["model"]["template"] in ("llava", "qwen2") and config["finetune"]["mode"] == finetune
+    losses = loss_by_step(str(out))
+    assert sorted(losses) == [1, 2, 3, 4]
+    assert all(record["loss"] == pytest.approx(record["lm_loss"], rel=1e-5) for record in read_metrics(str(out)) if "lm_loss" in record)
+    checkpoints = sorted(glob.glob(str(out / "checkpoint-*")))
+    assert checkpoints and all(os.path.exists(os.path.join(c, COMPLETE_MARKER)) for c in checkpoints)
+    _generate(str(out / "final"))
+
+
+def test_default_recipe_lowers_the_lm_loss(tmp_path, cache_dir):
+    out = tmp_path / "run"
+    xmodal_train(["data.num_records=256", "trainer.max_steps=40", f"output_dir={out}"], cache_dir)
+    losses = loss_by_step(str(out))
+    assert losses[40] < 0.6 * losses[10]
+
+
+@pytest.mark.parametrize("logger,pattern", [("wandb", "wandb/offline-run-*"), ("tensorboard", "tensorboard/events.out.tfevents.*")])
+def test_loggers_write_offline(logger, pattern, tmp_path, cache_dir, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    out = tmp_path / "run"
+    xmodal_train([*FAST, f"logger={logger}", f"output_dir={out}"], cache_dir)
+    assert glob.glob(str(out / pattern))
+
+
+def test_first_step_losses_do_not_depend_on_the_accumulation_split(tmp_path, cache_dir):
+    """At a fixed global batch of 4, (4 x 1), (2 x 2) and (1 x 4) log the same first-step LM and alignment losses."""
+    firsts = []
+    for per_device, accumulation in [(4, 1), (2, 2), (1, 4)]:
+        out = tmp_path / f"ga{accumulation}"
+        xmodal_train(
+            [
+                *FAST,
+                "builder=paired",
+                "loss=lm_kl",
+                "trainer.max_steps=1",
+                f"trainer.per_device_train_batch_size={per_device}",
+                f"trainer.gradient_accumulation_steps={accumulation}",
+                f"output_dir={out}",
+            ],
+            cache_dir,
+        )
+        first = next(record for record in read_metrics(str(out)) if "lm_loss" in record)
+        firsts.append((first["lm_loss"], first["align_loss"]))
+    for lm_loss, align_loss in firsts[1:]:
+        assert lm_loss == pytest.approx(firsts[0][0], rel=1e-5, abs=1e-6)
+        assert align_loss == pytest.approx(firsts[0][1], rel=1e-4, abs=1e-6)

@@ -1,0 +1,247 @@
+"""A base-model stage for the tiny LLaVA: teach the random-init model to read the synthetic cell images.
+
+A random-init tower never learns to read glyphs in fixed cells through the LM (the loss plateaus at the
+answer-level chance loss; see the engineering notes), so the paper recipes would have nothing to compare.
+Real VLMs start from a pretrained vision encoder and an alignment stage; this module is the tiny analogue:
+1. warm the vision tower up with a direct visual objective (classify the glyph of every cell),
+2. freeze the tower and align projector + LM by reading the cells out in order ("captioning"), in exactly
+   the chat format and batches fine-tuning uses.
+`build_tiny_llava_base` is a `model.init` builder, so `materialise_init` runs the stage once and caches it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from data_builders.collate import MultimodalCollator
+from data_builders.sample import image_part, make_sample, message, text_part
+from data_builders.sources import SyntheticFactsSource
+from data_builders.templates import get_template
+from data_builders.tokenize import IGNORE_INDEX, encode_view, load_rgb
+from trainers.tiny_models import build_tiny_llava
+
+logger = logging.getLogger(__name__)
+
+
+class BaseStageError(RuntimeError):
+    """The stage did not teach the model to read the images; nothing should be cached."""
+
+
+@dataclass(frozen=True)
+class BaseStageSettings:
+    seed: int = 0
+    train_records: int = 3000
+    held_out_records: int = 256
+    classifier_steps: int = 300
+    caption_steps: int = 300
+    batch_size: int = 32
+    learning_rate: float = 1.0e-3
+    # Below these the base cannot read its images, and every recipe built on it would measure noise.
+    min_classifier_accuracy: float = 0.9
+    min_caption_exact_match: float = 0.8
+    caption_prompt: str = "What are the facts?"
+    log_every: int = 50
+    cache_dir: str | None = None  # where the synthetic source writes its images (None: its own default)
+
+
+@dataclass(frozen=True)
+class CellImages:
+    """Rendered synthetic records with what the two objectives need."""
+
+    records: list[dict]
+    pixel_values: torch.Tensor  # [N, 3, H, W], preprocessed by the model's own image processor
+    cell_labels: torch.Tensor  # [N, cells]: 0 = empty cell, 1 + value index otherwise
+    num_classes: int  # the values, plus "empty"
+    captions: list[str]  # the record's facts in cell order, as the synthetic source verbalises them
+
+
+def build_tiny_llava_base(
+    text: dict,
+    vision: dict,
+    vocab_size: int = 1024,
+    vision_feature_select_strategy: str = "default",
+    template: str = "llava",
+    dtype: str = "float32",
+    attn_implementation: str = "sdpa",
+    stage: dict | None = None,
+):
+    """`build_tiny_llava` (same arguments), then the base stage with `stage` as `BaseStageSettings` fields."""
+    model, processor = build_tiny_llava(
+        text, vision, vocab_size, vision_feature_select_strategy, template, dtype, attn_implementation
+    )
+    run_base_stage(model, processor, template, vision["image_size"], BaseStageSettings(**(stage or {})))
+    return model, processor
+
+
+def run_base_stage(model, processor, template: str, image_size: int, settings: BaseStageSettings) -> dict:
+    """Warm the tower up, then align by captioning; returns the held-out scores, raises BaseStageError if low."""
+    # A private RNG stream: the stage is the same for a seed whatever ran before, and leaves the caller's be.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        train, held_out = render_cell_images(processor, image_size, settings)
+        classifier_accuracy = warm_up_vision_tower(model, train, held_out, settings)
+        caption_exact_match = align_by_captioning(model, processor, template, train, held_out, settings)
+    return {"classifier_accuracy": classifier_accuracy, "caption_exact_match": caption_exact_match}
+
+
+def render_cell_images(processor, image_size: int, settings: BaseStageSettings) -> tuple[CellImages, CellImages]:
+    """Training and held-out records of the synthetic source; no held-out image also appears in training."""
+
+    def source(name: str, num_records: int) -> SyntheticFactsSource:
+        # Every number of facts, down to one, so empty cells are common enough to be learnt as a class.
+        return SyntheticFactsSource(
+            num_records=num_records,
+            seed=settings.seed,
+            num_facts=(1, 4),
+            image_size=image_size,
+            cache_dir=settings.cache_dir,
+            name=name,
+        )
+
+    train_source = source("base_stage_train", settings.train_records)
+    train_records = train_source.records()
+    seen = {tuple(sorted(r["meta"]["cells"].items())) for r in train_records}
+    held_out_records = [
+        r
+        for r in source("base_stage_held_out", settings.held_out_records).records()
+        if tuple(sorted(r["meta"]["cells"].items())) not in seen
+    ]
+    return _cell_images(train_records, train_source, processor), _cell_images(held_out_records, train_source, processor)
+
+
+def _cell_images(records: list[dict], source: SyntheticFactsSource, processor) -> CellImages:
+    spec = source.languages[source.language]
+    labels = [
+        [1 + spec["values"].index(r["meta"]["cells"][key]) if key in r["meta"]["cells"] else 0 for key in spec["keys"]]
+        for r in records
+    ]
+    images = [load_rgb(r["images"][0]) for r in records]
+    return CellImages(
+        records=records,
+        pixel_values=processor.image_processor(images=images, return_tensors="pt")["pixel_values"],
+        cell_labels=torch.tensor(labels),
+        num_classes=1 + len(spec["values"]),
+        captions=[source.fact_separator.join(r["meta"]["facts"]) for r in records],
+    )
+
+
+def projector_inputs(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """The vision features LLaVA hands its projector: the configured layer, CLS dropped under "default"."""
+    hidden_states = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
+    features = hidden_states[model.config.vision_feature_layer]
+    return features[:, 1:] if model.config.vision_feature_select_strategy == "default" else features
+
+
+def warm_up_vision_tower(model, train: CellImages, held_out: CellImages, settings: BaseStageSettings) -> float:
+    """Train the tower + a throwaway linear head to classify every cell's glyph; returns held-out cell accuracy.
+
+    The head reads all patch features at once (a per-cell pooling is one such linear map), so it needs no
+    knowledge of where the renderer puts the cells, yet every patch feature must carry its own glyph part.
+    """
+    tower = model.model.vision_tower
+    num_cells = train.cell_labels.shape[1]
+    num_classes = train.num_classes
+    with torch.no_grad():
+        feature_shape = projector_inputs(model, train.pixel_values[:1]).shape[1:]
+    head = nn.Linear(feature_shape.numel(), num_cells * num_classes)
+
+    def cell_logits(pixel_values: torch.Tensor) -> torch.Tensor:
+        return head(projector_inputs(model, pixel_values).flatten(1)).view(-1, num_cells, num_classes)
+
+    optimizer = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=settings.learning_rate)
+    tower.train()
+    for step, batch in enumerate(_batches(len(train.records), settings.batch_size, settings.classifier_steps), 1):
+        loss = nn.functional.cross_entropy(cell_logits(train.pixel_values[batch]).flatten(0, 1), train.cell_labels[batch].flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % settings.log_every == 0 or step == settings.classifier_steps:
+            logger.info("base stage: vision warm-up step %d/%d, cell loss %.4f", step, settings.classifier_steps, loss.item())
+    tower.eval()
+    with torch.no_grad():
+        predictions = torch.cat([cell_logits(chunk).argmax(-1) for chunk in held_out.pixel_values.split(settings.batch_size)])
+    accuracy = (predictions == held_out.cell_labels).float().mean().item()
+    majority = (held_out.cell_labels == held_out.cell_labels.flatten().mode().values).float().mean().item()
+    logger.info("base stage: held-out per-cell accuracy %.3f (majority class: %.3f)", accuracy, majority)
+    if accuracy < settings.min_classifier_accuracy:
+        raise BaseStageError(
+            f"vision warm-up reached {accuracy:.3f} held-out per-cell accuracy, below min_classifier_accuracy="
+            f"{settings.min_classifier_accuracy} after {settings.classifier_steps} steps: raise classifier_steps "
+            "or train_records, or check the learning rate"
+        )
+    return accuracy
+
+
+def align_by_captioning(
+    model, processor, template: str, train: CellImages, held_out: CellImages, settings: BaseStageSettings
+) -> float:
+    """With the tower frozen, train projector + LM to read the cells out in order; returns held-out exact match.
+
+    The warmed tower stays frozen (as LLaVA's stage 1 freezes CLIP): the early, noisy LM gradients would
+    otherwise wreck it and the captions stay at chance.
+    """
+    chat = get_template(template)
+    collate = MultimodalCollator(processor, template)
+
+    def encoded(images: CellImages) -> list[dict]:
+        return [
+            encode_view(sample["messages"], sample["images"], processor, chat, f"base stage caption {sample['id']!r}")
+            for sample in (_caption_sample(record, caption, settings.caption_prompt) for record, caption in zip(images.records, images.captions))
+        ]
+
+    train_rows, held_out_rows = encoded(train), encoded(held_out)
+    tower = model.model.vision_tower
+    tower.requires_grad_(False)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.learning_rate)
+    model.train()
+    for step, batch in enumerate(_batches(len(train_rows), settings.batch_size, settings.caption_steps), 1):
+        loss = model(**collate([train_rows[i] for i in batch.tolist()])).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if step % settings.log_every == 0 or step == settings.caption_steps:
+            logger.info("base stage: captioning step %d/%d, lm loss %.4f", step, settings.caption_steps, loss.item())
+    model.eval()
+    tower.requires_grad_(True)  # hand back an ordinary model; fine-tuning settings decide what is frozen
+    exact = [
+        exact
+        for start in range(0, len(held_out_rows), settings.batch_size)
+        for exact in _teacher_forced_exact(model, collate(held_out_rows[start : start + settings.batch_size]))
+    ]
+    exact_match = sum(exact) / len(exact)
+    logger.info("base stage: held-out caption exact match %.3f", exact_match)
+    if exact_match < settings.min_caption_exact_match:
+        raise BaseStageError(
+            f"captioning reached {exact_match:.3f} held-out exact match, below min_caption_exact_match="
+            f"{settings.min_caption_exact_match} after {settings.caption_steps} steps: raise caption_steps"
+        )
+    return exact_match
+
+
+def _caption_sample(record: dict, caption: str, prompt: str) -> dict:
+    messages = [message("user", [image_part(), text_part(prompt)]), message("assistant", [text_part(caption)])]
+    return make_sample(f"{record['id']}/caption", record["source"], messages, record["images"], condition="caption")
+
+
+@torch.no_grad()
+def _teacher_forced_exact(model, batch: dict) -> list[bool]:
+    """Per row: does every answer token (end of turn included) get the top logit, i.e. would greedy decoding
+    reproduce the answer exactly? One forward instead of a generation loop."""
+    labels = batch.pop("labels")[:, 1:]
+    predicted = model(**batch).logits[:, :-1].argmax(-1)
+    supervised = labels != IGNORE_INDEX
+    return ((predicted == labels) | ~supervised).all(dim=1).tolist()
+
+
+def _batches(num_rows: int, batch_size: int, steps: int):
+    """`steps` index batches from shuffled epochs (drawn from the global RNG, which the stage seeds)."""
+    order = torch.empty(0, dtype=torch.long)
+    for _ in range(steps):
+        if len(order) < batch_size:
+            order = torch.cat([order, torch.randperm(num_rows)])
+        batch, order = order[:batch_size], order[batch_size:]
+        yield batch
