@@ -84,7 +84,10 @@ class ImbalanceCallback(TrainerCallback):
         mean, count = self.measure_probe(model)
         if count == 0:
             return
+        # Trainer.log clears `should_log`, which the flow callback has just set for this step's loss log.
+        should_log = control.should_log
         self.trainer.log(self.scalars(mean, count))
+        control.should_log = should_log
         if self.heatmap and state.is_world_process_zero:
             self._log_heatmap(args, state, mean)
 
