@@ -12,6 +12,7 @@ Real VLMs start from a pretrained vision encoder and an alignment stage; this mo
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import torch
@@ -80,11 +81,14 @@ def build_tiny_llava_base(
 def run_base_stage(model, processor, template: str, image_size: int, settings: BaseStageSettings) -> dict:
     """Warm the tower up, then align by captioning; returns the held-out scores, raises BaseStageError if low."""
     # A private RNG stream: the stage is the same for a seed whatever ran before, and leaves the caller's be.
+    started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         train, held_out = render_cell_images(processor, image_size, settings)
+        logger.info("base stage: %d training and %d held-out images", len(train.records), len(held_out.records))
         classifier_accuracy = warm_up_vision_tower(model, train, held_out, settings)
         caption_exact_match = align_by_captioning(model, processor, template, train, held_out, settings)
+    logger.info("base stage: done in %.0f s", time.perf_counter() - started)
     return {"classifier_accuracy": classifier_accuracy, "caption_exact_match": caption_exact_match}
 
 
