@@ -39,7 +39,7 @@ class MultimodalCollator:
             input_ids[0] = input_ids[0] + placeholder_ids
             labels[0] = labels[0] + [IGNORE_INDEX] * len(placeholder_ids)
             images = [blank]
-        batch = self._pad(input_ids, labels)
+        batch = pad_rows(input_ids, labels, self.pad_id, self.pad_to_multiple_of)
         batch.update(self.processor.image_processor(images=images, return_tensors="pt"))
         if self.processor.return_mm_token_type_ids:  # Qwen2-VL marks image positions for M-RoPE
             batch["mm_token_type_ids"] = (batch["input_ids"] == self.processor.image_token_id).long()
@@ -47,25 +47,29 @@ class MultimodalCollator:
             batch["branch"] = torch.tensor([0] * len(features) + [1] * len(features))
         return batch
 
-    def _pad(self, input_ids: list[list[int]], labels: list[list[int]]) -> dict:
-        length = max(len(ids) for ids in input_ids)
-        if self.pad_to_multiple_of:
-            length = -(-length // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        ids_tensor = torch.full((len(input_ids), length), self.pad_id, dtype=torch.long)
-        labels_tensor = torch.full((len(input_ids), length), IGNORE_INDEX, dtype=torch.long)
-        mask = torch.zeros((len(input_ids), length), dtype=torch.long)
-        for row, (ids, lab) in enumerate(zip(input_ids, labels)):
-            ids_tensor[row, : len(ids)] = torch.tensor(ids)
-            labels_tensor[row, : len(lab)] = torch.tensor(lab)
-            mask[row, : len(ids)] = 1
-        return {"input_ids": ids_tensor, "attention_mask": mask, "labels": labels_tensor}
-
     def _blank_image(self) -> tuple[list[int], Image.Image]:
         if self._placeholder is None:
             blank = Image.new("RGB", _blank_size(self.processor.image_processor), (0, 0, 0))
             ids = self.processor(text=[self.image_text], images=[blank], add_special_tokens=False)["input_ids"][0]
             self._placeholder = (list(ids), blank)
         return self._placeholder
+
+
+def pad_rows(
+    input_ids: list[list[int]], labels: list[list[int]], pad_id: int, pad_to_multiple_of: int | None = None
+) -> dict:
+    """Right-pad rows of token ids and labels into `input_ids`, `attention_mask` and `labels` tensors."""
+    length = max(len(ids) for ids in input_ids)
+    if pad_to_multiple_of:
+        length = -(-length // pad_to_multiple_of) * pad_to_multiple_of
+    ids_tensor = torch.full((len(input_ids), length), pad_id, dtype=torch.long)
+    labels_tensor = torch.full((len(input_ids), length), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(input_ids), length), dtype=torch.long)
+    for row, (ids, lab) in enumerate(zip(input_ids, labels)):
+        ids_tensor[row, : len(ids)] = torch.tensor(ids)
+        labels_tensor[row, : len(lab)] = torch.tensor(lab)
+        mask[row, : len(ids)] = 1
+    return {"input_ids": ids_tensor, "attention_mask": mask, "labels": labels_tensor}
 
 
 def _blank_size(image_processor) -> tuple[int, int]:

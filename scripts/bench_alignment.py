@@ -22,6 +22,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from data_builders.collate import pad_rows
 from losses import LossContext, build_loss
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -64,13 +65,9 @@ def paired_batch(tokenizer, image_token_id: int, image_tokens: int, image_size: 
             prompt = [tokenizer.bos_token_id] + [image_token_id] * image_tokens + tokens(args.prompt_tokens + extra)
             rows.append(prompt + response)
             labels.append([-100] * len(prompt) + response)
-    length = max(map(len, rows))
-    pad = tokenizer.pad_token_id
     return {
-        "input_ids": torch.tensor([r + [pad] * (length - len(r)) for r in rows]),
-        "attention_mask": torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in rows]),
+        **pad_rows(rows, labels, tokenizer.pad_token_id),
         "pixel_values": torch.randn(len(rows), 3, image_size, image_size, generator=generator),
-        "labels": torch.tensor([r + [-100] * (length - len(r)) for r in labels]),
         "branch": torch.tensor([0] * args.pairs + [1] * args.pairs),
     }
 

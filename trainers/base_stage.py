@@ -80,8 +80,8 @@ def build_tiny_llava_base(
 
 def run_base_stage(model, processor, template: str, image_size: int, settings: BaseStageSettings) -> dict:
     """Warm the tower up, then align by captioning; returns the held-out scores, raises BaseStageError if low."""
-    # A private RNG stream: the stage is the same for a seed whatever ran before, and leaves the caller's be.
     started = time.perf_counter()
+    # A private RNG stream: the stage is the same for a seed whatever ran before, and leaves the caller's be.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         train, held_out = render_cell_images(processor, image_size, settings)
@@ -147,8 +147,7 @@ def warm_up_vision_tower(model, train: CellImages, held_out: CellImages, setting
     knowledge of where the renderer puts the cells, yet every patch feature must carry its own glyph part.
     """
     tower = model.model.vision_tower
-    num_cells = train.cell_labels.shape[1]
-    num_classes = train.num_classes
+    num_cells, num_classes = train.cell_labels.shape[1], train.num_classes
     with torch.no_grad():
         feature_shape = projector_inputs(model, train.pixel_values[:1]).shape[1:]
     head = nn.Linear(feature_shape.numel(), num_cells * num_classes)
@@ -159,15 +158,17 @@ def warm_up_vision_tower(model, train: CellImages, held_out: CellImages, setting
     optimizer = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=settings.learning_rate)
     tower.train()
     for step, batch in enumerate(_batches(len(train.records), settings.batch_size, settings.classifier_steps), 1):
-        loss = nn.functional.cross_entropy(cell_logits(train.pixel_values[batch]).flatten(0, 1), train.cell_labels[batch].flatten())
+        logits = cell_logits(train.pixel_values[batch])
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), train.cell_labels[batch].flatten())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         if step % settings.log_every == 0 or step == settings.classifier_steps:
-            logger.info("base stage: vision warm-up step %d/%d, cell loss %.4f", step, settings.classifier_steps, loss.item())
+            logger.info("base stage: vision warm-up %d/%d, cell loss %.4f", step, settings.classifier_steps, loss)
     tower.eval()
     with torch.no_grad():
-        predictions = torch.cat([cell_logits(chunk).argmax(-1) for chunk in held_out.pixel_values.split(settings.batch_size)])
+        chunks = held_out.pixel_values.split(settings.batch_size)
+        predictions = torch.cat([cell_logits(chunk).argmax(-1) for chunk in chunks])
     accuracy = (predictions == held_out.cell_labels).float().mean().item()
     majority = (held_out.cell_labels == held_out.cell_labels.flatten().mode().values).float().mean().item()
     logger.info("base stage: held-out per-cell accuracy %.3f (majority class: %.3f)", accuracy, majority)
@@ -192,10 +193,9 @@ def align_by_captioning(
     collate = MultimodalCollator(processor, template)
 
     def encoded(images: CellImages) -> list[dict]:
-        return [
-            encode_view(sample["messages"], sample["images"], processor, chat, f"base stage caption {sample['id']!r}")
-            for sample in (_caption_sample(record, caption, settings.caption_prompt) for record, caption in zip(images.records, images.captions))
-        ]
+        pairs = zip(images.records, images.captions)
+        samples = [_caption_sample(record, caption, settings.caption_prompt) for record, caption in pairs]
+        return [encode_view(s["messages"], s["images"], processor, chat, f"caption {s['id']!r}") for s in samples]
 
     train_rows, held_out_rows = encoded(train), encoded(held_out)
     tower = model.model.vision_tower
@@ -208,14 +208,12 @@ def align_by_captioning(
         loss.backward()
         optimizer.step()
         if step % settings.log_every == 0 or step == settings.caption_steps:
-            logger.info("base stage: captioning step %d/%d, lm loss %.4f", step, settings.caption_steps, loss.item())
+            logger.info("base stage: captioning %d/%d, lm loss %.4f", step, settings.caption_steps, loss)
     model.eval()
     tower.requires_grad_(True)  # hand back an ordinary model; fine-tuning settings decide what is frozen
-    exact = [
-        exact
-        for start in range(0, len(held_out_rows), settings.batch_size)
-        for exact in _teacher_forced_exact(model, collate(held_out_rows[start : start + settings.batch_size]))
-    ]
+    exact: list[bool] = []
+    for start in range(0, len(held_out_rows), settings.batch_size):
+        exact += _teacher_forced_exact(model, collate(held_out_rows[start : start + settings.batch_size]))
     exact_match = sum(exact) / len(exact)
     logger.info("base stage: held-out caption exact match %.3f", exact_match)
     if exact_match < settings.min_caption_exact_match:
@@ -233,8 +231,10 @@ def _caption_sample(record: dict, caption: str, prompt: str) -> dict:
 
 @torch.no_grad()
 def _teacher_forced_exact(model, batch: dict) -> list[bool]:
-    """Per row: does every answer token (end of turn included) get the top logit, i.e. would greedy decoding
-    reproduce the answer exactly? One forward instead of a generation loop."""
+    """Per row: does every answer token (end of turn included) get the top logit?
+
+    That is exactly "greedy decoding reproduces the answer", in one forward instead of a generation loop.
+    """
     labels = batch.pop("labels")[:, 1:]
     predicted = model(**batch).logits[:, :-1].argmax(-1)
     supervised = labels != IGNORE_INDEX

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from tests.core.helpers import compose_config
 from trainers.base_stage import (
     BaseStageError,
     BaseStageSettings,
@@ -20,10 +20,11 @@ from trainers.base_stage import (
 from trainers.models import materialise_init
 from trainers.tiny_models import build_tiny_llava
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 # Smaller than conf/model/tiny_llava_base.yaml, with the renderer's 64x64 images so a patch is a cell quarter.
 TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2}
-VISION = {"image_size": 64, "patch_size": 16, "hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4}
+VISION = {
+    "image_size": 64, "patch_size": 16, "hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4
+}
 # A handful of steps: enough to change every weight, far too few to pass the stage's accuracy checks.
 SHORT_STAGE = {
     "train_records": 64,
@@ -38,7 +39,8 @@ SHORT_STAGE = {
 
 def build_short_base(cache_dir, seed: int = 0):
     torch.manual_seed(1234)  # the model's own init, as materialise_init seeds it
-    return build_tiny_llava_base(TEXT, VISION, vocab_size=512, stage={**SHORT_STAGE, "seed": seed, "cache_dir": str(cache_dir)})
+    stage = {**SHORT_STAGE, "seed": seed, "cache_dir": str(cache_dir)}
+    return build_tiny_llava_base(TEXT, VISION, vocab_size=512, stage=stage)
 
 
 @pytest.fixture(scope="module")
@@ -59,18 +61,19 @@ def test_stage_trains_tower_projector_and_language_model(short_base):
     torch.manual_seed(1234)
     untouched, _ = build_tiny_llava(TEXT, VISION, vocab_size=512)
     model, _ = short_base
-    before = untouched.state_dict()
+    before, after = untouched.state_dict(), model.state_dict()
     for component in ("model.vision_tower.", "model.multi_modal_projector.", "model.language_model.", "lm_head."):
-        assert any(
-            not torch.equal(weight, before[name]) for name, weight in model.state_dict().items() if name.startswith(component)
-        ), component
+        changed = [not torch.equal(after[name], before[name]) for name in after if name.startswith(component)]
+        assert any(changed), component
     assert all(p.requires_grad for p in model.parameters())  # an ordinary model: fine-tuning decides freezing
 
 
 def test_vision_warm_up_reads_cells_well_above_chance(tmp_path):
     torch.manual_seed(0)
     model, processor = build_tiny_llava(TEXT, VISION, vocab_size=512)
-    settings = BaseStageSettings(train_records=800, held_out_records=128, classifier_steps=80, cache_dir=str(tmp_path))
+    settings = BaseStageSettings(
+        train_records=800, held_out_records=128, classifier_steps=80, cache_dir=str(tmp_path)
+    )
     train, held_out = render_cell_images(processor, VISION["image_size"], settings)
     assert len(held_out.records) > 50  # held-out images never appear in training
     majority = (held_out.cell_labels == held_out.cell_labels.flatten().mode().values).float().mean().item()
@@ -79,11 +82,9 @@ def test_vision_warm_up_reads_cells_well_above_chance(tmp_path):
 
 
 def test_too_short_a_warm_up_raises_instead_of_caching(tmp_path):
+    stage = {**SHORT_STAGE, "min_classifier_accuracy": 0.9, "cache_dir": str(tmp_path)}
     with pytest.raises(BaseStageError, match="min_classifier_accuracy"):
-        torch.manual_seed(0)
-        build_tiny_llava_base(
-            TEXT, VISION, vocab_size=512, stage={**SHORT_STAGE, "min_classifier_accuracy": 0.9, "cache_dir": str(tmp_path)}
-        )
+        build_tiny_llava_base(TEXT, VISION, vocab_size=512, stage=stage)
 
 
 def test_base_saves_and_reloads_with_auto_classes(short_base, tmp_path):
@@ -103,12 +104,10 @@ def test_base_saves_and_reloads_with_auto_classes(short_base, tmp_path):
 
 def test_shipped_config_materialises_through_the_model_cache(tmp_path):
     """conf/model/tiny_llava_base.yaml's keys are the builder's arguments; the stage runs once per spec."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(
-            config_name="config",
-            overrides=["model=tiny_llava_base", f"cache_dir={tmp_path}"]
-            + [f"model.init.stage.{key}={value}" for key, value in SHORT_STAGE.items()],
-        )
+    cfg = compose_config(
+        ["model=tiny_llava_base", f"cache_dir={tmp_path}"]
+        + [f"model.init.stage.{key}={value}" for key, value in SHORT_STAGE.items()]
+    )
     path = materialise_init(cfg.model.init, cfg.cache_dir, cfg.seed)
     assert Path(path, "config.json").is_file() and Path(path).name.startswith("build_tiny_llava_base-")
     assert materialise_init(cfg.model.init, cfg.cache_dir, cfg.seed) == path

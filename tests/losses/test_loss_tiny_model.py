@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from data_builders.collate import pad_rows
 from losses import LossContext, build_loss
 from losses.alignment import AlignmentLoss
 from losses.teacher import teacher_inputs
@@ -33,13 +34,9 @@ def _paired_batch(tokenizer, image_token_id):
         prompt += torch.randint(10, 200, (prompt_length,), generator=generator).tolist()
         rows.append(prompt + response)
         labels.append([-100] * len(prompt) + response)
-    length = max(map(len, rows))
-    pad = tokenizer.pad_token_id
     return {
-        "input_ids": torch.tensor([r + [pad] * (length - len(r)) for r in rows]),
-        "attention_mask": torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in rows]),
+        **pad_rows(rows, labels, tokenizer.pad_token_id),
         "pixel_values": torch.randn(4, 3, 16, 16, generator=generator),
-        "labels": torch.tensor([r + [-100] * (length - len(r)) for r in labels]),
         "branch": torch.tensor([0, 0, 1, 1]),
     }
 
