@@ -1,4 +1,4 @@
-"""A base-model stage for the tiny LLaVA: teach the random-init model to read the synthetic cell images.
+"""A base-model stage for the tiny VLMs: teach the random-init model to read the synthetic cell images.
 
 A random-init tower never learns to read glyphs in fixed cells through the LM (the loss plateaus at the
 answer-level chance loss; see the engineering notes), so the paper recipes would have nothing to compare.
@@ -6,7 +6,8 @@ Real VLMs start from a pretrained vision encoder and an alignment stage; this mo
 1. warm the vision tower up with a direct visual objective (classify the glyph of every cell),
 2. freeze the tower and align projector + LM by reading the cells out in order ("captioning"), in exactly
    the chat format and batches fine-tuning uses.
-`build_tiny_llava_base` is a `model.init` builder, so `materialise_init` runs the stage once and caches it.
+`build_tiny_llava_base` / `build_tiny_qwen2_vl_base` are `model.init` builders, so `materialise_init` runs the
+stage once and caches its result.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from data_builders.sample import image_part, make_sample, message, text_part
 from data_builders.sources import SyntheticFactsSource
 from data_builders.templates import get_template
 from data_builders.tokenize import IGNORE_INDEX, encode_view, load_rgb
-from trainers.tiny_models import build_tiny_llava
+from trainers.finetuning import component_prefixes
+from trainers.tiny_models import build_tiny_llava, build_tiny_qwen2_vl
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ class CellImages:
     """Rendered synthetic records with what the two objectives need."""
 
     records: list[dict]
-    pixel_values: torch.Tensor  # [N, 3, H, W], preprocessed by the model's own image processor
+    image_inputs: dict[str, torch.Tensor]  # the model's own image processor's output, indexable per image
     cell_labels: torch.Tensor  # [N, cells]: 0 = empty cell, 1 + value index otherwise
     num_classes: int  # the values, plus "empty"
     captions: list[str]  # the record's facts in cell order, as the synthetic source verbalises them
@@ -74,6 +76,21 @@ def build_tiny_llava_base(
     model, processor = build_tiny_llava(
         text, vision, vocab_size, vision_feature_select_strategy, template, dtype, attn_implementation
     )
+    run_base_stage(model, processor, template, vision["image_size"], BaseStageSettings(**(stage or {})))
+    return model, processor
+
+
+def build_tiny_qwen2_vl_base(
+    text: dict,
+    vision: dict,
+    vocab_size: int = 1024,
+    template: str = "qwen2",
+    dtype: str = "float32",
+    attn_implementation: str = "sdpa",
+    stage: dict | None = None,
+):
+    """`build_tiny_qwen2_vl` (same arguments), then the base stage with `stage` as `BaseStageSettings` fields."""
+    model, processor = build_tiny_qwen2_vl(text, vision, vocab_size, template, dtype, attn_implementation)
     run_base_stage(model, processor, template, vision["image_size"], BaseStageSettings(**(stage or {})))
     return model, processor
 
@@ -106,13 +123,14 @@ def render_cell_images(processor, image_size: int, settings: BaseStageSettings) 
             name=name,
         )
 
+    def image_content(record: dict) -> tuple:
+        return tuple(sorted(record["meta"]["cells"].items()))
+
     train_source = source("base_stage_train", settings.train_records)
     train_records = train_source.records()
-    seen = {tuple(sorted(r["meta"]["cells"].items())) for r in train_records}
+    seen = {image_content(r) for r in train_records}
     held_out_records = [
-        r
-        for r in source("base_stage_held_out", settings.held_out_records).records()
-        if tuple(sorted(r["meta"]["cells"].items())) not in seen
+        r for r in source("base_stage_held_out", settings.held_out_records).records() if image_content(r) not in seen
     ]
     return _cell_images(train_records, train_source, processor), _cell_images(held_out_records, train_source, processor)
 
@@ -124,20 +142,44 @@ def _cell_images(records: list[dict], source: SyntheticFactsSource, processor) -
         for r in records
     ]
     images = [load_rgb(r["images"][0]) for r in records]
+    image_inputs = dict(processor.image_processor(images=images, return_tensors="pt"))
+    if "image_grid_thw" in image_inputs:  # Qwen2-VL: every image's patches in one [patches, dim] tensor
+        pixel_values = image_inputs["pixel_values"]
+        image_inputs["pixel_values"] = pixel_values.view(len(images), -1, pixel_values.shape[-1])
     return CellImages(
         records=records,
-        pixel_values=processor.image_processor(images=images, return_tensors="pt")["pixel_values"],
+        image_inputs=image_inputs,
         cell_labels=torch.tensor(labels),
         num_classes=1 + len(spec["values"]),
         captions=[source.fact_separator.join(r["meta"]["facts"]) for r in records],
     )
 
 
-def projector_inputs(model, pixel_values: torch.Tensor) -> torch.Tensor:
-    """The vision features LLaVA hands its projector: the configured layer, CLS dropped under "default"."""
-    hidden_states = model.model.vision_tower(pixel_values, output_hidden_states=True).hidden_states
-    features = hidden_states[model.config.vision_feature_layer]
-    return features[:, 1:] if model.config.vision_feature_select_strategy == "default" else features
+def _select_images(images: CellImages, index: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The image inputs of the images at `index`, laid out as the model takes them."""
+    inputs = {key: value[index] for key, value in images.image_inputs.items()}
+    if "image_grid_thw" in inputs:
+        inputs["pixel_values"] = inputs["pixel_values"].flatten(0, 1)
+    return inputs
+
+
+def projector_inputs(model, image_inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """`[images, tokens, dim]`: the vision tower's features as the model hands them to its projector."""
+    if model.config.model_type == "llava":  # the configured layer, CLS dropped under the "default" strategy
+        tower = model.model.vision_tower(image_inputs["pixel_values"], output_hidden_states=True)
+        features = tower.hidden_states[model.config.vision_feature_layer]
+        return features[:, 1:] if model.config.vision_feature_select_strategy == "default" else features
+    if model.config.model_type == "qwen2_vl":  # the blocks' output, before the patch merger (the projector)
+        grid = image_inputs["image_grid_thw"]
+        patches = model.model.visual(image_inputs["pixel_values"], grid_thw=grid).last_hidden_state
+        return patches.view(len(grid), -1, patches.shape[-1])
+    raise ValueError(f"the base stage knows no vision tower of model_type {model.config.model_type!r}")
+
+
+def vision_tower_parameters(model) -> list[nn.Parameter]:
+    """The parameters fine-tuning's `freeze_vision_tower` means, so both stages agree on what the tower is."""
+    prefixes = component_prefixes(model)["vision_tower"]
+    return [parameter for name, parameter in model.named_parameters() if name.startswith(prefixes)]
 
 
 def warm_up_vision_tower(model, train: CellImages, held_out: CellImages, settings: BaseStageSettings) -> float:
@@ -146,29 +188,27 @@ def warm_up_vision_tower(model, train: CellImages, held_out: CellImages, setting
     The head reads all patch features at once (a per-cell pooling is one such linear map), so it needs no
     knowledge of where the renderer puts the cells, yet every patch feature must carry its own glyph part.
     """
-    tower = model.model.vision_tower
     num_cells, num_classes = train.cell_labels.shape[1], train.num_classes
     with torch.no_grad():
-        feature_shape = projector_inputs(model, train.pixel_values[:1]).shape[1:]
+        feature_shape = projector_inputs(model, _select_images(train, torch.tensor([0]))).shape[1:]
     head = nn.Linear(feature_shape.numel(), num_cells * num_classes)
 
-    def cell_logits(pixel_values: torch.Tensor) -> torch.Tensor:
-        return head(projector_inputs(model, pixel_values).flatten(1)).view(-1, num_cells, num_classes)
+    def cell_logits(images: CellImages, index: torch.Tensor) -> torch.Tensor:
+        features = projector_inputs(model, _select_images(images, index))
+        return head(features.flatten(1)).view(-1, num_cells, num_classes)
 
-    optimizer = torch.optim.AdamW([*tower.parameters(), *head.parameters()], lr=settings.learning_rate)
-    tower.train()
+    optimizer = torch.optim.AdamW([*vision_tower_parameters(model), *head.parameters()], lr=settings.learning_rate)
     for step, batch in enumerate(_batches(len(train.records), settings.batch_size, settings.classifier_steps), 1):
-        logits = cell_logits(train.pixel_values[batch])
+        logits = cell_logits(train, batch)
         loss = nn.functional.cross_entropy(logits.flatten(0, 1), train.cell_labels[batch].flatten())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         if step % settings.log_every == 0 or step == settings.classifier_steps:
-            logger.info("base stage: vision warm-up %d/%d, cell loss %.4f", step, settings.classifier_steps, loss)
-    tower.eval()
+            logger.info("base stage: warm-up %d/%d, cell loss %.4f", step, settings.classifier_steps, loss.item())
     with torch.no_grad():
-        chunks = held_out.pixel_values.split(settings.batch_size)
-        predictions = torch.cat([cell_logits(chunk).argmax(-1) for chunk in chunks])
+        chunks = torch.arange(len(held_out.records)).split(settings.batch_size)
+        predictions = torch.cat([cell_logits(held_out, chunk).argmax(-1) for chunk in chunks])
     accuracy = (predictions == held_out.cell_labels).float().mean().item()
     majority = (held_out.cell_labels == held_out.cell_labels.flatten().mode().values).float().mean().item()
     logger.info("base stage: held-out per-cell accuracy %.3f (majority class: %.3f)", accuracy, majority)
@@ -198,8 +238,9 @@ def align_by_captioning(
         return [encode_view(s["messages"], s["images"], processor, chat, f"caption {s['id']!r}") for s in samples]
 
     train_rows, held_out_rows = encoded(train), encoded(held_out)
-    tower = model.model.vision_tower
-    tower.requires_grad_(False)
+    tower = vision_tower_parameters(model)
+    for parameter in tower:
+        parameter.requires_grad_(False)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=settings.learning_rate)
     model.train()
     for step, batch in enumerate(_batches(len(train_rows), settings.batch_size, settings.caption_steps), 1):
@@ -208,9 +249,10 @@ def align_by_captioning(
         loss.backward()
         optimizer.step()
         if step % settings.log_every == 0 or step == settings.caption_steps:
-            logger.info("base stage: captioning %d/%d, lm loss %.4f", step, settings.caption_steps, loss)
+            logger.info("base stage: captioning %d/%d, lm loss %.4f", step, settings.caption_steps, loss.item())
     model.eval()
-    tower.requires_grad_(True)  # hand back an ordinary model; fine-tuning settings decide what is frozen
+    for parameter in tower:  # hand back an ordinary model: fine-tuning settings decide what is frozen
+        parameter.requires_grad_(True)
     exact: list[bool] = []
     for start in range(0, len(held_out_rows), settings.batch_size):
         exact += _teacher_forced_exact(model, collate(held_out_rows[start : start + settings.batch_size]))

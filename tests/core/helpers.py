@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 from recipes.finetune import CONFIG_DIR
 
 # A few steps on a few records: every test run of the recipe is seconds long.
-FAST = ["debug=fast", "data.num_records=48"]
+FAST = ["debug=fast", "data.num_records=48", "model=tiny_llava"]
 
 
 def compose_config(overrides: list[str]):

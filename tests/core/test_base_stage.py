@@ -17,7 +17,7 @@ from trainers.base_stage import (
     render_cell_images,
     warm_up_vision_tower,
 )
-from trainers.models import materialise_init
+from trainers.models import load_model, load_processor, materialise_init
 from trainers.tiny_models import build_tiny_llava
 
 # Smaller than conf/model/tiny_llava_base.yaml, with the renderer's 64x64 images so a patch is a cell quarter.
@@ -102,12 +102,14 @@ def test_base_saves_and_reloads_with_auto_classes(short_base, tmp_path):
         assert torch.allclose(model(**inputs).logits, reloaded(**inputs).logits, atol=1e-5)
 
 
-def test_shipped_config_materialises_through_the_model_cache(tmp_path):
-    """conf/model/tiny_llava_base.yaml's keys are the builder's arguments; the stage runs once per spec."""
+@pytest.mark.parametrize("model_config", ["tiny_llava_base", "tiny_qwen2_vl_base"])
+def test_shipped_config_materialises_through_the_model_cache(model_config, tmp_path):
+    """The shipped configs' keys are their builder's arguments; the stage's output loads like any tiny model."""
     cfg = compose_config(
-        ["model=tiny_llava_base", f"cache_dir={tmp_path}"]
+        [f"model={model_config}", f"cache_dir={tmp_path}"]
         + [f"model.init.stage.{key}={value}" for key, value in SHORT_STAGE.items()]
     )
     path = materialise_init(cfg.model.init, cfg.cache_dir, cfg.seed)
-    assert Path(path, "config.json").is_file() and Path(path).name.startswith("build_tiny_llava_base-")
-    assert materialise_init(cfg.model.init, cfg.cache_dir, cfg.seed) == path
+    assert Path(path).name.startswith(cfg.model.init._target_.rsplit(".", 1)[-1])
+    load_model(path, cfg.model.dtype, cfg.model.attn_implementation)
+    load_processor(path)

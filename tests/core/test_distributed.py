@@ -15,6 +15,7 @@ from tests.core.test_train_recipe import _generate
 
 pytestmark = pytest.mark.distributed
 MIXED = [
+    "model=tiny_llava",
     "data=mixture",
     "builder=dataset_mix",
     "data.sources.image.num_records=32",

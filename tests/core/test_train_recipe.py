@@ -43,11 +43,16 @@ def test_train_saves_a_model_that_reloads_and_generates(model, finetune, tmp_pat
     _generate(str(out / "final"))
 
 
-def test_default_recipe_lowers_the_lm_loss(tmp_path, cache_dir):
+def test_default_run_learns_to_read_the_facts_from_the_image(tmp_path, cache_dir):
+    """The README's main job, unchanged: the base-stage tiny LLaVA fine-tuned on the vision-centric facts task.
+
+    A model that ignores the image plateaus at the answer-level chance loss (about 1.1: one of ten values, plus
+    the end token); reading the cells takes the loss well below it.
+    """
     out = tmp_path / "run"
-    xmodal_train(["data.num_records=256", "trainer.max_steps=40", f"output_dir={out}"], cache_dir)
+    xmodal_train([f"output_dir={out}"], cache_dir)
     losses = loss_by_step(str(out))
-    assert losses[40] < 0.6 * losses[10]
+    assert losses[10] > 2.0 and losses[200] < 0.7
 
 
 @pytest.mark.parametrize("logger,pattern", [("wandb", "wandb/offline-run-*"), ("tensorboard", "tensorboard/events.out.tfevents.*")])
