@@ -148,6 +148,9 @@ def train(cfg: DictConfig) -> str:
         callback.bind(trainer)  # probes are collated from the training set with the run's own collator
     trainer.train(resume_from_checkpoint=resolve_resume(cfg.resume, cfg.output_dir))
     final_dir = save_final(trainer, processor, cfg, base_model)
+    # Release the DeepSpeed engine (ZeRO-3 hooks, optimizer state) while the process group still exists;
+    # left to interpreter shutdown, a ZeRO-3 rank can abort in teardown.
+    trainer.accelerator.free_memory()
     if trainer.is_world_process_zero():
         logger.info("final model: %s", final_dir)
     return final_dir
