@@ -12,6 +12,7 @@ stage once and caches its result.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from dataclasses import dataclass
@@ -62,36 +63,22 @@ class CellImages:
     captions: list[str]  # the record's facts in cell order, as the synthetic source verbalises them
 
 
-def build_tiny_llava_base(
-    text: dict,
-    vision: dict,
-    vocab_size: int = 1024,
-    vision_feature_select_strategy: str = "default",
-    template: str = "llava",
-    dtype: str = "float32",
-    attn_implementation: str = "sdpa",
-    stage: dict | None = None,
-):
-    """`build_tiny_llava` (same arguments), then the base stage with `stage` as `BaseStageSettings` fields."""
-    model, processor = build_tiny_llava(
-        text, vision, vocab_size, vision_feature_select_strategy, template, dtype, attn_implementation
-    )
-    run_base_stage(model, processor, template, vision["image_size"], BaseStageSettings(**(stage or {})))
-    return model, processor
+def build_tiny_llava_base(stage: dict | None = None, **model_args):
+    """`build_tiny_llava(**model_args)`, then the base stage with `stage` as `BaseStageSettings` fields."""
+    return _with_base_stage(build_tiny_llava, model_args, stage)
 
 
-def build_tiny_qwen2_vl_base(
-    text: dict,
-    vision: dict,
-    vocab_size: int = 1024,
-    template: str = "qwen2",
-    dtype: str = "float32",
-    attn_implementation: str = "sdpa",
-    stage: dict | None = None,
-):
-    """`build_tiny_qwen2_vl` (same arguments), then the base stage with `stage` as `BaseStageSettings` fields."""
-    model, processor = build_tiny_qwen2_vl(text, vision, vocab_size, template, dtype, attn_implementation)
-    run_base_stage(model, processor, template, vision["image_size"], BaseStageSettings(**(stage or {})))
+def build_tiny_qwen2_vl_base(stage: dict | None = None, **model_args):
+    """`build_tiny_qwen2_vl(**model_args)`, then the base stage with `stage` as `BaseStageSettings` fields."""
+    return _with_base_stage(build_tiny_qwen2_vl, model_args, stage)
+
+
+def _with_base_stage(build, model_args: dict, stage: dict | None):
+    arguments = inspect.signature(build).bind(**model_args)
+    arguments.apply_defaults()
+    model, processor = build(**model_args)
+    template, image_size = arguments.arguments["template"], arguments.arguments["vision"]["image_size"]
+    run_base_stage(model, processor, template, image_size, BaseStageSettings(**(stage or {})))
     return model, processor
 
 

@@ -40,7 +40,7 @@ SHORT_STAGE = {
 def build_short_base(cache_dir, seed: int = 0):
     torch.manual_seed(1234)  # the model's own init, as materialise_init seeds it
     stage = {**SHORT_STAGE, "seed": seed, "cache_dir": str(cache_dir)}
-    return build_tiny_llava_base(TEXT, VISION, vocab_size=512, stage=stage)
+    return build_tiny_llava_base(text=TEXT, vision=VISION, vocab_size=512, stage=stage)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_vision_warm_up_reads_cells_well_above_chance(tmp_path):
 def test_too_short_a_warm_up_raises_instead_of_caching(tmp_path):
     stage = {**SHORT_STAGE, "min_classifier_accuracy": 0.9, "cache_dir": str(tmp_path)}
     with pytest.raises(BaseStageError, match="min_classifier_accuracy"):
-        build_tiny_llava_base(TEXT, VISION, vocab_size=512, stage=stage)
+        build_tiny_llava_base(text=TEXT, vision=VISION, vocab_size=512, stage=stage)
 
 
 def test_base_saves_and_reloads_with_auto_classes(short_base, tmp_path):
