@@ -15,6 +15,12 @@ from tests.core.helpers import FAST, loss_by_step, read_metrics, xmodal_train
 from trainers.callbacks import COMPLETE_MARKER
 from trainers.models import load_processor
 
+# The real PGPS9K sample lies beside the checkout (as in tests/data_builders).
+PGPS9K_SAMPLE = os.environ.get(
+    "XMODAL_PGPS9K_SAMPLE",
+    os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "pgps9k_sample"),
+)
+
 
 def _generate(final_dir: str) -> str:
     model = AutoModelForImageTextToText.from_pretrained(final_dir)
@@ -85,3 +91,30 @@ def test_first_step_losses_do_not_depend_on_the_accumulation_split(tmp_path, cac
     for lm_loss, align_loss in firsts[1:]:
         assert lm_loss == pytest.approx(firsts[0][0], rel=1e-5, abs=1e-6)
         assert align_loss == pytest.approx(firsts[0][1], rel=1e-4, abs=1e-6)
+
+
+MIXTURE = ["data.sources.image.num_records=24", "data.sources.text.num_records=24"]
+
+
+@pytest.mark.parametrize(
+    "builder_args",
+    [
+        ["builder=single", "data.num_records=24"],
+        ["builder=dataset_mix", *MIXTURE],
+        ["builder=instance_mix", *MIXTURE],
+        ["builder=paired", "loss=lm_kl", "data.num_records=24"],
+        ["builder=curriculum", "data.num_records=24"],
+        ["builder=conflict", "data.num_records=2"],
+        pytest.param(
+            ["builder=paired", "loss=lm_kl", "data=pgps9k", f"data.root={PGPS9K_SAMPLE}"],
+            marks=pytest.mark.skipif(not os.path.isdir(PGPS9K_SAMPLE), reason="PGPS9K sample not found"),
+        ),
+    ],
+    ids=["single", "dataset_mix", "instance_mix", "paired", "curriculum", "conflict", "pgps9k-paired"],
+)
+def test_every_builder_trains_through_the_recipe(builder_args, tmp_path, cache_dir):
+    out = tmp_path / "run"
+    xmodal_train(["debug=fast", "model=tiny_llava", "trainer.max_steps=2", *builder_args, f"output_dir={out}"], cache_dir)
+    assert sorted(loss_by_step(str(out))) == [1, 2]
+    if "loss=lm_kl" in builder_args:
+        assert all("align_loss" in record for record in read_metrics(str(out)) if "lm_loss" in record)
