@@ -61,6 +61,15 @@ def test_default_run_learns_to_read_the_facts_from_the_image(tmp_path, cache_dir
     assert losses[10] > 2.0 and losses[200] < 0.7
 
 
+def test_alignment_loss_falls_while_training_paired_views(tmp_path, cache_dir):
+    """`builder=paired loss=lm_kl` on the default model: the vision-centric branch moves towards the text-centric one."""
+    out = tmp_path / "run"
+    xmodal_train(["builder=paired", "loss=lm_kl", f"output_dir={out}"], cache_dir)
+    align = loss_by_step(str(out), "align_loss")
+    late = [align[step] for step in range(160, 201, 10)]
+    assert sum(late) / len(late) < 0.5 * align[20]
+
+
 @pytest.mark.parametrize("logger,pattern", [("wandb", "wandb/offline-run-*"), ("tensorboard", "tensorboard/events.out.tfevents.*")])
 def test_loggers_write_offline(logger, pattern, tmp_path, cache_dir, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
