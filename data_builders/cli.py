@@ -19,6 +19,8 @@ import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from recipes import CONFIG_DIR
+
 from .sample import check_sample
 
 
@@ -107,7 +109,7 @@ def write_build(cfg: DictConfig, out: str) -> dict:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     out = cfg.get("out")
     if not out:

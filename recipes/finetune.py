@@ -18,6 +18,7 @@ from transformers import TrainingArguments, set_seed
 from data_builders.collate import MultimodalCollator
 from data_builders.tokenize import EncodingSettings, tokenize_instances
 from losses.registry import build_loss
+from recipes import CONFIG_DIR
 from trainers import distributed
 from trainers.atomic import atomic_write_text, publish_directory
 from trainers.callbacks import CheckpointCompletionCallback, MetricsFileCallback, resolve_resume
@@ -26,8 +27,6 @@ from trainers.models import load_model, load_processor, materialise_init
 from trainers.trainer import XModalTrainer
 
 logger = logging.getLogger("xmodal.finetune")
-# A file path, not a module: an unrelated `conf` folder on sys.path must not shadow the shipped configs.
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
 
 class ConfigError(ValueError):

@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from data_builders.collate import MultimodalCollator
 from data_builders.templates import get_template
 from data_builders.tokenize import EncodingSettings, encode_instance
+from recipes import CONFIG_DIR
 from trainers.atomic import atomic_write_text
 from trainers.imbalance import SpanStats, measure
 from trainers.imbalance_masks import SPAN_PAIRS, collate_probe
@@ -33,7 +34,6 @@ from trainers.imbalance_plots import heatmap_grid
 from trainers.models import load_model, load_processor, materialise_init
 
 logger = logging.getLogger("xmodal.imbalance")
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 PLOTTED = {"ratio": "ratio", "per_token_ratio": "per-token ratio"}
 
 

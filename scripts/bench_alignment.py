@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -25,8 +24,8 @@ from hydra.utils import instantiate
 
 from data_builders.collate import pad_rows
 from losses import LossContext, build_loss
+from recipes import CONFIG_DIR
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 BASELINE = "lm"
 STUDENT_ONLY = "lm (student rows)"
 
@@ -48,7 +47,7 @@ def parse_args() -> argparse.Namespace:
 
 
 def compose_config(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name="config", overrides=overrides)
 
 

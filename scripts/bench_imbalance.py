@@ -24,10 +24,10 @@ from hydra.utils import instantiate
 from data_builders.collate import MultimodalCollator
 from data_builders.templates import get_template
 from data_builders.tokenize import EncodingSettings, encode_instance
+from recipes import CONFIG_DIR
 from trainers.imbalance import measure
 from trainers.imbalance_callback import collate_probe
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
 
 def parse_args() -> argparse.Namespace:

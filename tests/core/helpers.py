@@ -10,7 +10,7 @@ import sys
 import pytest
 from hydra import compose, initialize_config_dir
 
-from recipes.finetune import CONFIG_DIR
+from recipes import CONFIG_DIR
 
 # A few steps on a few records: every test run of the recipe is seconds long.
 FAST = ["debug=fast", "data.num_records=48", "model=tiny_llava"]

@@ -9,7 +9,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from recipes.finetune import CONFIG_DIR, ConfigError, build_training_args
+from recipes import CONFIG_DIR
+from recipes.finetune import ConfigError, build_training_args
 from tests.core.helpers import compose_config
 
 ROOT_CONFIGS = sorted(

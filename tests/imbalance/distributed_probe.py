@@ -14,7 +14,7 @@ import sys
 
 import datasets
 import torch
-from conftest import BUILDERS, make_instances
+from imbalance_support import BUILDERS, make_instances
 from transformers import Trainer, TrainingArguments
 
 from data_builders.collate import MultimodalCollator

@@ -7,7 +7,7 @@ import os
 import datasets
 import pytest
 import torch
-from conftest import BUILDERS, make_instances, masks_of
+from imbalance_support import BUILDERS, make_instances, masks_of
 from transformers import Trainer, TrainingArguments
 
 from data_builders.collate import MultimodalCollator

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import BUILDERS, collate
+from imbalance_support import BUILDERS, collate
 from PIL import Image
 
 from trainers.imbalance_masks import answer_queries, image_token_id, last_prompt_queries, probe_masks

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import left_padded, masks_of
+from imbalance_support import left_padded, masks_of
 
 from trainers.imbalance import imbalance_from_probs, measure
 

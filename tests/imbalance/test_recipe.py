@@ -6,12 +6,13 @@ import json
 import os
 
 import torch
-from conftest import BUILDERS, make_instances
+from imbalance_support import BUILDERS, make_instances
 from hydra import compose, initialize_config_dir
 from PIL import Image
 from test_masks import conflict_instance
 
-from recipes.imbalance import CONFIG_DIR, run
+from recipes import CONFIG_DIR
+from recipes.imbalance import run
 
 
 def save_checkpoint(model, processor, path):

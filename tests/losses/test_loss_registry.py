@@ -9,8 +9,9 @@ from hydra import compose, initialize_config_dir
 import losses
 from losses import LossContext, build_loss, register_loss
 from losses.registry import WeightedTerm
+from recipes import CONFIG_DIR
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(CONFIG_DIR)
 LOSS_CONFIGS = sorted(path.stem for path in (CONF_DIR / "loss").glob("*.yaml"))
 
 

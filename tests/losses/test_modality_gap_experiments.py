@@ -7,8 +7,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
 from losses import build_loss
+from recipes import CONFIG_DIR
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(CONFIG_DIR)
 EXPECTED = {  # experiment -> (builder target, paired emit or None, loss term types)
     "full_text": ("PairedBuilder", "text_centric", {"lm"}),
     "no_text": ("PairedBuilder", "vision_centric", {"lm"}),
