@@ -1,7 +1,7 @@
 """xmodal-train: the fine-tuning recipe, top to bottom: config -> model -> instances -> train -> save.
 
 Launch: `xmodal-train [overrides]` (one process), `torchrun --nproc_per_node N --no-python xmodal-train ...`,
-or `deepspeed --num_gpus N $(which xmodal-train) ...`. See README.md.
+or `deepspeed --num_gpus N --module recipes.finetune ...`. See README.md.
 """
 
 from __future__ import annotations
@@ -40,10 +40,9 @@ def build_training_args(cfg: DictConfig) -> TrainingArguments:
     if deepspeed_config and distributed.configure_cpu_deepspeed_state():
         kwargs.setdefault("accelerator_config", {})["use_configured_state"] = True
     try:
-        args = TrainingArguments(**kwargs, deepspeed=deepspeed_config)
+        return TrainingArguments(**kwargs, deepspeed=deepspeed_config)
     except TypeError as error:
         raise ConfigError(f"trainer: {error} (every trainer.* key must be a TrainingArguments field)") from error
-    return args
 
 
 def export_logger_environment(logger_cfg: DictConfig) -> None:
