@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -22,10 +23,10 @@ def test_atomic_write_replaces_whole_files_and_leaves_no_staging(tmp_path):
 def test_a_failed_directory_write_keeps_the_previous_one(tmp_path):
     target = tmp_path / "model"
     with atomic_directory(str(target)) as staging:
-        open(os.path.join(staging, "weights"), "w").write("v1")
+        Path(staging, "weights").write_text("v1")
     with pytest.raises(RuntimeError):
         with atomic_directory(str(tmp_path / "other")) as staging:
-            open(os.path.join(staging, "weights"), "w").write("partial")
+            Path(staging, "weights").write_text("partial")
             raise RuntimeError("crash mid-save")
     assert (target / "weights").read_text() == "v1"
     assert sorted(os.listdir(tmp_path)) == ["model"]
