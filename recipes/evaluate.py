@@ -314,13 +314,8 @@ def run(cfg: DictConfig) -> str:
     return json_path
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")
-def _hydra_entry(cfg: DictConfig) -> None:
-    run(cfg)
-
-
-def main() -> None:
-    _hydra_entry()
+# The console script: compose `conf/evaluate.yaml` with the command-line overrides, then `run` it.
+main = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")(run)
 
 
 if __name__ == "__main__":
