@@ -126,11 +126,11 @@ def train(cfg: DictConfig) -> str:
         atomic_write_text(os.path.join(cfg.output_dir, "config.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
 
     processor = load_processor(base_model)
-    model = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation)
-    model = apply_finetuning(model, FinetuneSettings(**OmegaConf.to_container(cfg.finetune, resolve=True)))
-
+    # Data first: a bad record stops the run before a large model is loaded.
     with args.main_process_first(desc="build and tokenize instances"):
         train_dataset, builder = build_train_dataset(cfg, processor, args)
+    model = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation)
+    model = apply_finetuning(model, FinetuneSettings(**OmegaConf.to_container(cfg.finetune, resolve=True)))
     metrics = metric_callbacks(cfg)
     trainer = XModalTrainer(
         model=model,

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -127,3 +130,55 @@ def test_every_builder_trains_through_the_recipe(builder_args, tmp_path, cache_d
     assert sorted(loss_by_step(str(out))) == [1, 2]
     if "loss=lm_kl" in builder_args:
         assert all("align_loss" in record for record in read_metrics(str(out)) if "lm_loss" in record)
+
+
+def _write_llava_records(folder, records: list[dict]) -> str:
+    images = folder / "images"
+    images.mkdir()
+    for index in range(4):
+        Image.new("RGB", (80, 60), (60 * index, 100, 200)).save(images / f"{index}.jpg")
+    path = folder / "llava.json"
+    path.write_text(json.dumps(records))
+    return str(path)
+
+
+def _llava_record(index: int, image: str) -> dict:
+    return {
+        "id": f"r{index}",
+        "image": image,
+        "conversations": [
+            {"from": "human", "value": "<image>\nWhat colour dominates?"},
+            {"from": "gpt", "value": "Blue."},
+            {"from": "human", "value": "Is it bright?"},
+            {"from": "gpt", "value": "Yes."},
+        ],
+    }
+
+
+def test_llava_instruct_json_with_text_only_records_trains(tmp_path, cache_dir):
+    records = [_llava_record(i, f"{i % 4}.jpg") for i in range(8)]
+    records.append({"id": "text", "conversations": [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "hi"}]})
+    path = _write_llava_records(tmp_path, records)
+    out = tmp_path / "run"
+    xmodal_train(
+        ["debug=fast", "model=tiny_llava", "data=llava_instruct", f"data.path={path}", f"data.image_folder={tmp_path / 'images'}", f"output_dir={out}"],
+        cache_dir,
+    )
+    assert sorted(loss_by_step(str(out))) == [1, 2, 3, 4]
+
+
+def test_a_record_with_a_missing_image_stops_the_run_naming_file_record_and_field(tmp_path, cache_dir):
+    path = _write_llava_records(tmp_path, [_llava_record(0, "0.jpg"), _llava_record(1, "missing.jpg")])
+    command = [
+        os.path.join(os.path.dirname(sys.executable), "xmodal-train"),
+        "debug=fast",
+        "model=tiny_llava",
+        "data=llava_instruct",
+        f"data.path={path}",
+        f"data.image_folder={tmp_path / 'images'}",
+        f"output_dir={tmp_path / 'run'}",
+    ]
+    result = subprocess.run(command, env={**os.environ, "XMODAL_CACHE": cache_dir}, capture_output=True, text=True)
+    assert result.returncode != 0
+    message = result.stdout + result.stderr
+    assert "llava.json" in message and "'r1'" in message and "image" in message and "missing.jpg" in message
