@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from recipes import CONFIG_DIR
+from trainers.atomic import atomic_file
 
 from .sample import check_sample
 
@@ -72,10 +73,8 @@ def copy_images(lines: list[dict], folder: Path) -> int:
                 name = f"{hashlib.sha1(path.encode()).hexdigest()[:12]}_{Path(path).name}"
                 target = folder / name
                 if not target.exists():
-                    folder.mkdir(parents=True, exist_ok=True)
-                    tmp = target.with_suffix(target.suffix + ".tmp")
-                    shutil.copyfile(path, tmp)
-                    os.replace(tmp, target)
+                    with open(path, "rb") as original, atomic_file(target, "wb") as copy:
+                        shutil.copyfileobj(original, copy)
                 copies[path] = str(target)
         line["images"] = [copies[path] for path in line["images"]]
     return len(copies)
@@ -88,11 +87,9 @@ def write_build(cfg: DictConfig, out: str) -> dict:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     lines = [line for instance in instances for line in instance_lines(instance)]
     image_count = copy_images(lines, out_path.with_name(out_path.stem + "_images"))
-    tmp = out_path.with_name(out_path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
+    with atomic_file(out_path, encoding="utf-8") as handle:
         for line in lines:
             handle.write(json.dumps(line, ensure_ascii=False) + "\n")
-    os.replace(tmp, out_path)
     summary = {
         "out": str(out_path),
         "records": len(source.records()),

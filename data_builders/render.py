@@ -10,12 +10,13 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFont
+
+from trainers.atomic import atomic_file
 
 CACHE_ENV = "XMODAL_CACHE"
 
@@ -141,13 +142,6 @@ def _cached_png(kind: str, settings: dict, draw: Callable[[], Image.Image], root
     directory = cache_dir(root)
     path = directory / f"{kind}-{key}.png"
     if not path.exists():
-        directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                draw().save(handle, format="PNG")
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        with atomic_file(path, "wb") as handle:
+            draw().save(handle, format="PNG")
     return str(path)

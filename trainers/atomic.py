@@ -9,20 +9,27 @@ import shutil
 import tempfile
 
 
-def atomic_write_text(path: str, text: str) -> None:
+@contextlib.contextmanager
+def atomic_file(path, mode: str = "w", **open_kwargs):
+    """Yield a handle on a staging file that replaces `path` only once the block finishes without error."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, staging = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+        with os.fdopen(fd, mode, **open_kwargs) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
         os.replace(staging, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.remove(staging)
         raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    with atomic_file(path) as handle:
+        handle.write(text)
 
 
 @contextlib.contextmanager
