@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from losses.base import LossContext
+from trainers.models import image_token_id
 
 # Keys of a batch that are not model inputs (the trainer pops them before its forward too).
 _NOT_MODEL_INPUTS = ("labels", "branch")
@@ -33,7 +34,7 @@ class FrozenTeacher:
         """Model outputs for the teacher rows [B, 2B) of the paired batch."""
         if self.model is None:
             self.model = _frozen_copy(ctx.model)
-        inputs = teacher_inputs(ctx.batch, ctx.num_pairs, _image_token_id(self.model))
+        inputs = teacher_inputs(ctx.batch, ctx.num_pairs, image_token_id(self.model.config))
         return self.model(**inputs, output_hidden_states=output_hidden_states)
 
 
@@ -45,11 +46,6 @@ def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
     frozen = copy.deepcopy(model).eval()
     frozen.requires_grad_(False)
     return frozen
-
-
-def _image_token_id(model: torch.nn.Module) -> int | None:
-    config = model.config
-    return getattr(config, "image_token_id", None) or getattr(config, "image_token_index", None)
 
 
 def teacher_inputs(batch: dict[str, Any], num_pairs: int, image_token_id: int | None) -> dict[str, Any]:

@@ -27,11 +27,12 @@ from data_builders.collate import MultimodalCollator
 from data_builders.templates import get_template
 from data_builders.tokenize import EncodingSettings, encode_instance
 from recipes import CONFIG_DIR
+from recipes.finetune import model_location
 from trainers.atomic import atomic_write_text
 from trainers.imbalance import SpanStats, measure
 from trainers.imbalance_masks import SPAN_PAIRS, collate_probe
 from trainers.imbalance_plots import heatmap_grid
-from trainers.models import load_model, load_processor, materialise_init
+from trainers.models import load_model, load_processor
 
 logger = logging.getLogger("xmodal.imbalance")
 PLOTTED = {"ratio": "ratio", "per_token_ratio": "per-token ratio"}
@@ -162,7 +163,7 @@ def run(cfg: DictConfig) -> str:
     if settings.spans not in SPAN_PAIRS:
         raise ValueError(f"imbalance.spans must be one of {SPAN_PAIRS}, got {settings.spans!r}")
     torch.manual_seed(cfg.seed)
-    checkpoint = settings.checkpoint or cfg.model.path or materialise_init(cfg.model.init, cfg.cache_dir, cfg.seed)
+    checkpoint = settings.checkpoint or model_location(cfg)
     checkpoints = {"checkpoint": checkpoint, **({"compare": settings.compare} if settings.compare else {})}
     instances = read_instances(cfg)
     results, layers = {}, None

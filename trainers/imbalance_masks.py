@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from data_builders.tokenize import IGNORE_INDEX
+from trainers.models import image_token_id
 
 QUERY_SETS = ("last_prompt", "answer")
 SPAN_PAIRS = ("image_text", "evidence")
@@ -29,15 +30,6 @@ class ProbeMasks:
     a: torch.Tensor
     b: torch.Tensor
     span_names: tuple[str, str]
-
-
-def image_token_id(config) -> int:
-    """The placeholder id the processor expands into image tokens (LLaVA: `image_token_index` in older configs)."""
-    for name in ("image_token_id", "image_token_index"):
-        token_id = getattr(config, name, None)
-        if token_id is not None:
-            return token_id
-    raise ValueError(f"{type(config).__name__} names no image token id")
 
 
 def answer_queries(labels: torch.Tensor) -> torch.Tensor:

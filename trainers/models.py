@@ -68,3 +68,12 @@ def load_model(path: str, dtype: str, attn_implementation: str):
     return AutoModelForImageTextToText.from_pretrained(
         path, dtype=getattr(torch, dtype), attn_implementation=attn_implementation
     )
+
+
+def image_token_id(config) -> int:
+    """The placeholder id the processor expands into image tokens (LLaVA: `image_token_index` in older configs)."""
+    for name in ("image_token_id", "image_token_index"):
+        token_id = getattr(config, name, None)
+        if token_id is not None:
+            return token_id
+    raise ValueError(f"{type(config).__name__} names no image token id")

@@ -7,7 +7,8 @@ import torch
 from imbalance_support import BUILDERS, collate
 from PIL import Image
 
-from trainers.imbalance_masks import answer_queries, image_token_id, last_prompt_queries, probe_masks
+from trainers.imbalance_masks import answer_queries, last_prompt_queries, probe_masks
+from trainers.models import image_token_id
 
 IGNORE = -100
 
