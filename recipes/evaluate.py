@@ -36,7 +36,7 @@ from data_builders.tokenize import IGNORE_INDEX, encode_view, load_rgb
 from recipes import CONFIG_DIR
 from recipes.finetune import model_location
 from trainers.atomic import atomic_write_text
-from trainers.models import load_model, load_processor
+from trainers.models import load_for_inference, to_model
 
 logger = logging.getLogger("xmodal.evaluate")
 
@@ -176,14 +176,12 @@ def end_markers(processor, model) -> tuple[str, ...]:
 
 def predict(model, processor, items: list[EvalItem], template: ChatTemplate, settings: DictConfig) -> list[Prediction]:
     """Greedy answers, `settings.batch_size` prompts at a time, one condition per batch."""
-    device = next(model.parameters()).device
     markers = end_markers(processor, model)
     predictions = []
     for start in range(0, len(items), settings.batch_size):
         batch = items[start : start + settings.batch_size]
         prompts = [generation_prompt(item, processor) for item in batch]
-        inputs = prompt_inputs(prompts, batch, processor)
-        inputs = {key: _on(value, device, model.dtype) for key, value in inputs.items()}
+        inputs = to_model(prompt_inputs(prompts, batch, processor), model)
         with torch.no_grad():
             generated = model.generate(
                 **inputs,
@@ -200,16 +198,9 @@ def predict(model, processor, items: list[EvalItem], template: ChatTemplate, set
     return predictions
 
 
-def _on(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """On the model's device; pixel values in the model's dtype (a bf16 checkpoint takes bf16 images)."""
-    return tensor.to(device, dtype=dtype) if tensor.is_floating_point() else tensor.to(device)
-
-
 def evaluate_checkpoint(path: str, items: list[EvalItem], cfg: DictConfig, conflict_answer: str | None):
     """(report for eval.json, predictions) of one checkpoint."""
-    processor = load_processor(path)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(path, cfg.model.dtype, cfg.model.attn_implementation).to(device).eval()
+    model, processor = load_for_inference(path, cfg.model.dtype, cfg.model.attn_implementation)
     predictions = predict(model, processor, items, get_template(cfg.model.template), cfg.evaluate)
     per_condition = accuracy_by_condition(predictions)
     mismatches: dict[str, int] = defaultdict(int)

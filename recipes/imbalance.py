@@ -32,7 +32,7 @@ from trainers.atomic import atomic_write_text
 from trainers.imbalance import SpanStats, measure
 from trainers.imbalance_masks import SPAN_PAIRS, collate_probe
 from trainers.imbalance_plots import heatmap_grid
-from trainers.models import load_model, load_processor
+from trainers.models import load_for_inference, to_model
 
 logger = logging.getLogger("xmodal.imbalance")
 PLOTTED = {"ratio": "ratio", "per_token_ratio": "per-token ratio"}
@@ -83,9 +83,7 @@ def _has_spans(instance: dict, spans: str) -> bool:
 def measure_checkpoint(path: str, instances: list[dict], cfg: DictConfig) -> tuple[dict[str, ConditionResult], list[int]]:
     """Results per condition and the measured layer indices."""
     settings = cfg.imbalance
-    processor = load_processor(path)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_model(path, cfg.model.dtype, cfg.model.attn_implementation).to(device).eval()
+    model, processor = load_for_inference(path, cfg.model.dtype, cfg.model.attn_implementation)
     collator = MultimodalCollator(processor, cfg.model.template)
     results, layers = {}, None
     for condition, pairs in encode_by_condition(instances, processor, cfg).items():
@@ -95,7 +93,7 @@ def measure_checkpoint(path: str, instances: list[dict], cfg: DictConfig) -> tup
         )
         sums, count = 0.0, 0.0
         for batch, masks in probe:
-            inputs = {key: _on(value, device, model.dtype) for key, value in batch.items()}
+            inputs = to_model(batch, model)
             measured = measure(model, inputs, masks.query, masks.a, masks.b, layers=settings.layers, mode=settings.mode)
             batch_sums, batch_count = measured.totals()
             sums, count, layers = sums + batch_sums, count + batch_count, measured.layers
@@ -106,11 +104,6 @@ def measure_checkpoint(path: str, instances: list[dict], cfg: DictConfig) -> tup
     if not results:
         raise ValueError(f"{path}: no condition has a sequence whose queries see both spans")
     return results, layers
-
-
-def _on(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """On the model's device; pixel values in the model's dtype (a bf16 checkpoint takes bf16 images)."""
-    return tensor.to(device, dtype=dtype) if tensor.is_floating_point() else tensor.to(device)
 
 
 def condition_report(result: ConditionResult) -> dict:

@@ -70,6 +70,21 @@ def load_model(path: str, dtype: str, attn_implementation: str):
     )
 
 
+def load_for_inference(path: str, dtype: str, attn_implementation: str):
+    """(model in eval mode on the GPU when there is one, its processor) for measuring and evaluating."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return load_model(path, dtype, attn_implementation).to(device).eval(), load_processor(path)
+
+
+def to_model(inputs: dict, model) -> dict:
+    """Batch tensors on the model's device; pixel values in the model's dtype (a bf16 model takes bf16 images)."""
+    device = next(model.parameters()).device
+    return {
+        key: value.to(device, dtype=model.dtype) if value.is_floating_point() else value.to(device)
+        for key, value in inputs.items()
+    }
+
+
 def image_token_id(config) -> int:
     """The placeholder id the processor expands into image tokens (LLaVA: `image_token_index` in older configs)."""
     for name in ("image_token_id", "image_token_index"):
