@@ -36,3 +36,7 @@ class ErrorPolicy:
             error.args = (f"{error} (on_error=skip skips such records and counts them in the build summary)",)
             raise error
         self.skipped[f"{error.field}: {error.reason}"] += 1
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work, named by its config path (e.g. `trainer: ...`, `model: ...`)."""

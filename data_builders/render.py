@@ -16,7 +16,7 @@ from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFont
 
-from trainers.atomic import atomic_file
+from data_builders.atomic import atomic_file
 
 CACHE_ENV = "XMODAL_CACHE"
 

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 
 from losses.base import LossContext, target_logprobs, target_positions
-from losses.registry import register_loss
 from losses.teacher import FrozenTeacher
 
 logger = logging.getLogger(__name__)
@@ -112,7 +111,6 @@ def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 # -- the registered term --------------------------------------------------------------------------
-@register_loss("align")
 class AlignmentLoss:
     """Modality-gap alignment on paired batches: student rows [0, B) towards teacher rows [B, 2B).
 

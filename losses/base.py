@@ -38,6 +38,15 @@ def target_logprobs(logits_at_targets: torch.Tensor, tokens: torch.Tensor) -> to
     return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
+def image_token_id(config) -> int:
+    """The placeholder id the processor expands into image tokens (LLaVA: `image_token_index` in older configs)."""
+    for name in ("image_token_id", "image_token_index"):
+        token_id = getattr(config, name, None)
+        if token_id is not None:
+            return token_id
+    raise ValueError(f"{type(config).__name__} names no image token id")
+
+
 @dataclass
 class LossContext:
     """Everything a loss term may read for one micro-batch (see docs/design.md, "Losses").

@@ -5,10 +5,8 @@ from __future__ import annotations
 import torch
 
 from losses.base import BRANCH_CHOICES, LossContext
-from losses.registry import register_loss
 
 
-@register_loss("lm")
 class LMLoss:
     """Token-level cross-entropy: -sum log p(target) / `ctx.target_normalizer(branches)`.
 

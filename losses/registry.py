@@ -1,11 +1,11 @@
-"""The loss registry: terms picked by name from `conf/loss/*.yaml`, weighted and summed by a `LossComposer`.
+"""Loss terms built from `conf/loss/*.yaml` by their `_target_`, weighted and summed by a `LossComposer`.
 
-Adding a term takes one class and one YAML file:
+Adding a term takes one class and one YAML file (the class is named by import path, like every other
+component: sources, builders, metrics and rewards are `_target_`-instantiated too):
 
-    # my_project/losses.py (or a new file in losses/, imported from losses/__init__.py)
-    from losses import LossContext, register_loss
+    # my_project/losses.py (or a new file in losses/)
+    from losses import LossContext
 
-    @register_loss("entropy")
     class EntropyLoss:
         needs_hidden_states = False          # optional; True makes the trainer request hidden states
 
@@ -17,11 +17,10 @@ Adding a term takes one class and one YAML file:
 
     # conf/loss/lm_entropy.yaml
     terms:
-      lm: {type: lm, weight: 1.0}
-      entropy: {type: entropy, weight: 0.1, warmup_steps: 100, temperature: 2.0}
+      lm: {_target_: losses.lm.LMLoss, weight: 1.0}
+      entropy: {_target_: my_project.losses.EntropyLoss, weight: 0.1, warmup_steps: 100, temperature: 2.0}
 
-A term outside `losses/` can also be named by import path, `_target_: my_project.losses.EntropyLoss`,
-without registering it. Each entry of `terms` takes `type` (or `_target_`), `weight` (default 1.0),
+Each entry of `terms` takes `_target_` (the class), `weight` (default 1.0),
 `warmup_steps` (the weight ramps linearly from 0 over that many optimizer steps; default 0), `name`
 (the key logged to `metrics.jsonl`; default `<entry>_loss`) and the term's own options. An entry set to
 null is dropped, so `loss.terms.align=null` on the command line removes a term.
@@ -41,24 +40,7 @@ import torch
 
 from losses.base import LossContext
 
-_REGISTRY: dict[str, type] = {}
-_ENTRY_KEYS = ("type", "_target_", "weight", "warmup_steps", "name")
-
-
-def register_loss(name: str) -> Callable[[type], type]:
-    """Class decorator: make the term selectable as `type: <name>` in `conf/loss/*.yaml`."""
-
-    def register(cls: type) -> type:
-        if name in _REGISTRY and _REGISTRY[name] is not cls:
-            raise ValueError(f"loss term {name!r} is already registered by {_REGISTRY[name].__qualname__}")
-        _REGISTRY[name] = cls
-        return cls
-
-    return register
-
-
-def registered_losses() -> list[str]:
-    return sorted(_REGISTRY)
+_ENTRY_KEYS = ("_target_", "weight", "warmup_steps", "name")
 
 
 @dataclass
@@ -81,7 +63,7 @@ class LossComposer:
 
     def __init__(self, terms: list[WeightedTerm]):
         if not terms:
-            raise ValueError(f"a loss needs at least one term; known terms: {', '.join(registered_losses())}")
+            raise ValueError("a loss needs at least one term (see conf/loss/*.yaml)")
         self.terms = terms
 
     @property
@@ -104,7 +86,7 @@ def build_loss(cfg: Mapping[str, Any]) -> LossComposer:
     """Build the composer from a loss config (`conf/loss/*.yaml`: a `terms` mapping; see the module doc)."""
     cfg = _to_plain(cfg)
     if not isinstance(cfg, Mapping) or not isinstance(cfg.get("terms"), Mapping):
-        raise ValueError(f"a loss config needs a `terms` mapping (entry -> {{type, weight, ...}}), got {cfg!r}")
+        raise ValueError(f"a loss config needs a `terms` mapping (entry -> {{_target_, weight, ...}}), got {cfg!r}")
     terms = [_build_entry(key, entry) for key, entry in cfg["terms"].items() if entry is not None]
     names = [entry.name for entry in terms]
     duplicated = sorted({name for name in names if names.count(name) > 1})
@@ -115,7 +97,7 @@ def build_loss(cfg: Mapping[str, Any]) -> LossComposer:
 
 def _build_entry(key: str, entry: Mapping[str, Any]) -> WeightedTerm:
     if not isinstance(entry, Mapping):
-        raise ValueError(f"loss term {key!r} must be a mapping with a `type`, got {entry!r}")
+        raise ValueError(f"loss term {key!r} must be a mapping with a `_target_`, got {entry!r}")
     cls = _resolve_class(key, entry)
     options = {k: v for k, v in entry.items() if k not in _ENTRY_KEYS}
     accepted = _accepted_options(cls)
@@ -123,7 +105,7 @@ def _build_entry(key: str, entry: Mapping[str, Any]) -> WeightedTerm:
     if unknown:
         raise ValueError(
             f"loss term {key!r} ({cls.__qualname__}) got unknown option(s) {', '.join(unknown)}; "
-            f"it accepts: {', '.join(list(_ENTRY_KEYS[2:]) + accepted)}"
+            f"it accepts: {', '.join(list(_ENTRY_KEYS[1:]) + accepted)}"
         )
     return WeightedTerm(
         name=entry.get("name") or f"{key}_loss",
@@ -134,21 +116,14 @@ def _build_entry(key: str, entry: Mapping[str, Any]) -> WeightedTerm:
 
 
 def _resolve_class(key: str, entry: Mapping[str, Any]) -> type:
-    if ("type" in entry) == ("_target_" in entry):
-        raise ValueError(
-            f"loss term {key!r} needs exactly one of `type` (a registered name: {', '.join(registered_losses())}) "
-            "or `_target_` (an import path)"
-        )
-    if "_target_" in entry:
-        from hydra.utils import get_class
+    if "_target_" not in entry:
+        raise ValueError(f"loss term {key!r} needs a `_target_` (the import path of its class, e.g. losses.lm.LMLoss)")
+    from hydra.utils import get_class
 
+    try:
         return get_class(entry["_target_"])
-    if entry["type"] not in _REGISTRY:
-        raise ValueError(
-            f"unknown loss term type {entry['type']!r} for {key!r}; known terms: {', '.join(registered_losses())}. "
-            "Register one with @losses.register_loss(name)."
-        )
-    return _REGISTRY[entry["type"]]
+    except ImportError as error:
+        raise ValueError(f"loss term {key!r}: cannot import `_target_` {entry['_target_']!r} ({error})") from error
 
 
 def _accepted_options(cls: type) -> list[str] | None:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from losses.base import LossContext
-from trainers.models import image_token_id
+from losses.base import image_token_id
 
 # Keys of a batch that are not model inputs (the trainer pops them before its forward too).
 _NOT_MODEL_INPUTS = ("labels", "branch")

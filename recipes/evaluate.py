@@ -28,15 +28,14 @@ from dataclasses import dataclass
 
 import hydra
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from data_builders.instances import build_instances
 from data_builders.templates import ChatTemplate, get_template
 from data_builders.tokenize import IGNORE_INDEX, encode_view, load_rgb
 from recipes import CONFIG_DIR
-from recipes.finetune import model_location
-from trainers.atomic import atomic_write_text
-from trainers.models import load_for_inference, to_model
+from data_builders.atomic import atomic_write_text
+from trainers.models import load_for_inference, model_location, to_model
 
 logger = logging.getLogger("xmodal.evaluate")
 
@@ -269,11 +268,9 @@ def run(cfg: DictConfig) -> str:
     """Evaluate `evaluate.checkpoints` (or the configured model); returns the path of eval.json."""
     settings = cfg.evaluate
     checkpoints = list(settings.checkpoints) or [model_location(cfg)]
-    builder = instantiate(cfg.builder)
-    instances = builder.build(instantiate(cfg.data), seed=cfg.seed, examples_per_step=1)
-    items = eval_items(instances, settings.per_condition)
-    if not items:
-        raise ValueError(f"builder {cfg.builder._target_} produced no instance from data {cfg.data._target_}")
+    built = build_instances(cfg)
+    builder = built.builder
+    items = eval_items(built.instances, settings.per_condition)
     # Batches stay within one condition, so padding and per-condition timings stay comparable.
     items.sort(key=lambda item: item.condition)
     conflict_answer = getattr(builder, "target_conflict", None)

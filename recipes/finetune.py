@@ -15,22 +15,20 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
 
+from data_builders.atomic import atomic_write_text, publish_directory
 from data_builders.collate import MultimodalCollator
+from data_builders.errors import ConfigError
+from data_builders.instances import build_instances
 from data_builders.tokenize import EncodingSettings, tokenize_instances
 from losses.registry import build_loss
 from recipes import CONFIG_DIR
 from trainers import distributed
-from trainers.atomic import atomic_write_text, publish_directory
 from trainers.callbacks import CheckpointCompletionCallback, MetricsFileCallback, resolve_resume
 from trainers.finetuning import FinetuneSettings, apply_finetuning
-from trainers.models import load_model, load_processor, materialise_init
+from trainers.models import load_model, load_processor, model_location
 from trainers.trainer import XModalTrainer
 
 logger = logging.getLogger("xmodal.finetune")
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work, named by its config path."""
 
 
 def build_training_args(cfg: DictConfig) -> TrainingArguments:
@@ -52,38 +50,16 @@ def export_logger_environment(logger_cfg: DictConfig) -> None:
         os.environ.setdefault("WANDB_MODE", "offline")  # no key: log locally, never prompt
 
 
-def model_location(cfg: DictConfig) -> str:
-    """The checkpoint to load: `model.path`, or the tiny `model.init` materialised once into the cache.
-
-    Runs before the TrainingArguments exist: once they register a ZeRO-3 config, building a model enters
-    the collective `zero.Init`, which a model built on rank 0 alone cannot join.
-    """
-    if cfg.model.path:
-        return cfg.model.path
-    if not cfg.model.init:
-        raise ConfigError("model: set model.path (a hub name or directory) or model.init (a builder config)")
-    with distributed.main_process_first():
-        return materialise_init(cfg.model.init, cfg.cache_dir, cfg.seed)
-
-
-def examples_per_step(args: TrainingArguments) -> int:
-    return args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-
-
-def build_train_dataset(cfg: DictConfig, processor, args: TrainingArguments):
+def build_train_dataset(cfg: DictConfig, processor):
     """Source records -> builder instances -> cached token ids. Returns the dataset and the builder."""
-    source = instantiate(cfg.data)
-    builder = instantiate(cfg.builder)
-    instances = builder.build(source, seed=cfg.seed, examples_per_step=examples_per_step(args))
-    if not instances:
-        raise ConfigError(f"builder {cfg.builder._target_} produced no instances from data {cfg.data._target_}")
+    built = build_instances(cfg)
     settings = EncodingSettings(**cfg.encoding)
     dataset = tokenize_instances(
-        instances, processor, cfg.model.template, settings, os.path.join(cfg.cache_dir, "tokenized")
+        built.instances, processor, cfg.model.template, settings, os.path.join(cfg.cache_dir, "tokenized")
     )
     if len(dataset) == 0:
         raise ConfigError(f"every instance is longer than encoding.max_length={settings.max_length}")
-    return dataset, builder
+    return dataset, built.builder
 
 
 def metric_callbacks(cfg: DictConfig) -> list:
@@ -128,7 +104,7 @@ def train(cfg: DictConfig) -> str:
     processor = load_processor(base_model)
     # Data first: a bad record stops the run before a large model is loaded.
     with args.main_process_first(desc="build and tokenize instances"):
-        train_dataset, builder = build_train_dataset(cfg, processor, args)
+        train_dataset, builder = build_train_dataset(cfg, processor)
     model = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation)
     model = apply_finetuning(model, FinetuneSettings(**OmegaConf.to_container(cfg.finetune, resolve=True)))
     metrics = metric_callbacks(cfg)

@@ -20,19 +20,18 @@ from dataclasses import dataclass
 
 import hydra
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from data_builders.collate import MultimodalCollator
+from data_builders.instances import build_instances
 from data_builders.templates import get_template
 from data_builders.tokenize import EncodingSettings, encode_instance
 from recipes import CONFIG_DIR
-from recipes.finetune import model_location
-from trainers.atomic import atomic_write_text
-from trainers.imbalance import SpanStats, measure
-from trainers.imbalance_masks import SPAN_PAIRS, collate_probe
-from trainers.imbalance_plots import heatmap_grid
-from trainers.models import load_for_inference, to_model
+from data_builders.atomic import atomic_write_text
+from trainers.metrics.imbalance import SpanStats, measure
+from trainers.metrics.imbalance_probes import SPAN_PAIRS, collate_probe
+from trainers.metrics.plots import heatmap_grid
+from trainers.models import load_for_inference, model_location, to_model
 
 logger = logging.getLogger("xmodal.imbalance")
 PLOTTED = {"ratio": "ratio", "per_token_ratio": "per-token ratio"}
@@ -49,7 +48,7 @@ def read_instances(cfg: DictConfig) -> list[dict]:
     if cfg.imbalance.instances:
         with open(cfg.imbalance.instances) as f:
             return [json.loads(line) for line in f if line.strip()]
-    return instantiate(cfg.builder).build(instantiate(cfg.data), seed=cfg.seed)
+    return build_instances(cfg).instances
 
 
 def encode_by_condition(instances: list[dict], processor, cfg: DictConfig) -> dict[str, list[tuple[dict, dict]]]:

@@ -25,8 +25,8 @@ from data_builders.collate import MultimodalCollator
 from data_builders.templates import get_template
 from data_builders.tokenize import EncodingSettings, encode_instance
 from recipes import CONFIG_DIR
-from trainers.imbalance import measure
-from trainers.imbalance_callback import collate_probe
+from trainers.metrics.imbalance import measure
+from trainers.metrics.imbalance_callback import collate_probe
 
 
 

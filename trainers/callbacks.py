@@ -9,7 +9,7 @@ import re
 
 from transformers import TrainerCallback
 
-from trainers.atomic import append_jsonl, atomic_write_text
+from data_builders.atomic import append_jsonl, atomic_write_text
 from trainers.distributed import barrier
 
 logger = logging.getLogger(__name__)

@@ -10,7 +10,8 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from recipes import CONFIG_DIR
-from recipes.finetune import ConfigError, build_training_args
+from data_builders.errors import ConfigError
+from recipes.finetune import build_training_args
 from tests.core.helpers import compose_config
 
 ROOT_CONFIGS = sorted(

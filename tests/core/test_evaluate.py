@@ -26,7 +26,7 @@ from recipes.evaluate import (
     run,
     training_prompt_ids,
 )
-from trainers.tiny_models import build_tiny_llava, build_tiny_qwen2_vl
+from trainers.models.tiny import build_tiny_llava, build_tiny_qwen2_vl
 
 TEXT = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
 VISION = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trainers.atomic import append_jsonl, atomic_directory, atomic_write_text, publish_directory
+from data_builders.atomic import append_jsonl, atomic_directory, atomic_write_text, publish_directory
 from trainers.callbacks import COMPLETE_MARKER, latest_complete_checkpoint, resolve_resume
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 from data_builders.collate import MultimodalCollator
 from data_builders.tokenize import IGNORE_INDEX, EncodingError, EncodingSettings, encode_instance, tokenize_instances
 from data_builders.templates import get_template
-from trainers.tiny_models import build_tiny_llava, build_tiny_qwen2_vl
+from trainers.models.tiny import build_tiny_llava, build_tiny_qwen2_vl
 
 TEXT = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
 BUILDERS = {

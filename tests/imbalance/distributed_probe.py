@@ -21,8 +21,8 @@ from data_builders.collate import MultimodalCollator
 from data_builders.templates import get_template
 from data_builders.tokenize import EncodingSettings, encode_instance
 from trainers.distributed import configure_cpu_deepspeed_state, init_deepspeed_backend, teardown
-from trainers.imbalance import SpanStats, measure
-from trainers.imbalance_callback import ImbalanceCallback
+from trainers.metrics.imbalance import SpanStats, measure
+from trainers.metrics.imbalance_callback import ImbalanceCallback
 
 
 def main(stage: int, mode: str, out: pathlib.Path) -> None:

@@ -8,9 +8,9 @@ from PIL import Image
 from data_builders.collate import MultimodalCollator
 from data_builders.templates import get_template
 from data_builders.tokenize import EncodingSettings, encode_instance
-from trainers.imbalance_masks import probe_masks
-from trainers.models import image_token_id
-from trainers.tiny_models import build_tiny_llava, build_tiny_qwen2_vl
+from trainers.metrics.imbalance_probes import probe_masks
+from losses.base import image_token_id
+from trainers.models.tiny import build_tiny_llava, build_tiny_qwen2_vl
 
 TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2}
 BUILDERS = {

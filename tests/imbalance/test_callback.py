@@ -13,8 +13,8 @@ from transformers import Trainer, TrainingArguments
 from data_builders.collate import MultimodalCollator
 from data_builders.templates import get_template
 from data_builders.tokenize import EncodingSettings, encode_instance
-from trainers.imbalance import measure
-from trainers.imbalance_callback import ImbalanceCallback
+from trainers.metrics.imbalance import measure
+from trainers.metrics.imbalance_callback import ImbalanceCallback
 
 
 def tiny_trainer(tmp_path, callback, report_to):

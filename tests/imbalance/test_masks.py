@@ -7,8 +7,8 @@ import torch
 from imbalance_support import BUILDERS, collate
 from PIL import Image
 
-from trainers.imbalance_masks import answer_queries, last_prompt_queries, probe_masks
-from trainers.models import image_token_id
+from trainers.metrics.imbalance_probes import answer_queries, last_prompt_queries, probe_masks
+from losses.base import image_token_id
 
 IGNORE = -100
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from imbalance_support import left_padded, masks_of
 
-from trainers.imbalance import imbalance_from_probs, measure
+from trainers.metrics.imbalance import imbalance_from_probs, measure
 
 PADDINGS = {"right": lambda batch: batch, "left": left_padded}
 

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from trainers.imbalance import imbalance_from_probs, query_head_groups
+from trainers.metrics.imbalance import imbalance_from_probs, query_head_groups
 
 LAYERS, HEADS, KV_HEADS, LENGTH, HEAD_DIM, HIDDEN = 2, 4, 2, 7, 3, 5
 

@@ -6,8 +6,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-import losses
-from losses import LossContext, build_loss, register_loss
+from losses import LossContext, build_loss
 from losses.registry import WeightedTerm
 from recipes import CONFIG_DIR
 
@@ -45,8 +44,8 @@ def test_composer_sums_weighted_terms_logs_unweighted_and_warms_up(make_batch, p
     composer = build_loss(
         {
             "terms": {
-                "lm": {"type": "lm"},
-                "align": {"type": "align", "weight": 0.5, "warmup_steps": 4, "estimator": "k2"},
+                "lm": {"_target_": "losses.lm.LMLoss"},
+                "align": {"_target_": "losses.alignment.AlignmentLoss", "weight": 0.5, "warmup_steps": 4, "estimator": "k2"},
                 "const": {"_target_": f"{__name__}.ConstantLoss", "weight": 3.0, "name": "constant"},
                 "dropped": None,
             }
@@ -60,38 +59,31 @@ def test_composer_sums_weighted_terms_logs_unweighted_and_warms_up(make_batch, p
         expected = logged["lm_loss"] + align_weight * logged["align_loss"] + 3.0 * 2.0
         torch.testing.assert_close(total.detach(), expected)
     assert not composer.needs_hidden_states
-    assert build_loss({"terms": {"align": {"type": "align", "kind": "hidden"}}}).needs_hidden_states
+    assert build_loss({"terms": {"align": {"_target_": "losses.alignment.AlignmentLoss", "kind": "hidden"}}}).needs_hidden_states
 
 
-def test_unknown_type_lists_known_terms():
-    with pytest.raises(ValueError, match=r"unknown loss term type 'kl'.*known terms: align, .*lm"):
-        build_loss({"terms": {"align": {"type": "kl"}}})
+def test_a_target_that_does_not_import_names_the_term_and_the_path():
+    with pytest.raises(ValueError, match=r"loss term 'align': cannot import `_target_` 'losses.alignment.KLLoss'"):
+        build_loss({"terms": {"align": {"_target_": "losses.alignment.KLLoss"}}})
 
 
 def test_unknown_option_lists_accepted_options():
     with pytest.raises(ValueError, match=r"unknown option\(s\) estimater.*accepts: .*estimator"):
-        build_loss({"terms": {"align": {"type": "align", "estimater": "k3"}}})
+        build_loss({"terms": {"align": {"_target_": "losses.alignment.AlignmentLoss", "estimater": "k3"}}})
 
 
 @pytest.mark.parametrize(
     "cfg, message",
     [
-        ({"terms": {"lm": {"weight": 1.0}}}, "exactly one of `type`"),
-        ({"terms": {"lm": {"type": "lm", "_target_": "losses.lm.LMLoss"}}}, "exactly one of `type`"),
+        ({"terms": {"lm": {"weight": 1.0}}}, "needs a `_target_`"),
         ({"terms": {}}, "at least one term"),
-        ({"lm": {"type": "lm"}}, "needs a `terms` mapping"),
-        ({"terms": {"a": {"type": "lm", "name": "x"}, "b": {"type": "lm", "name": "x"}}}, "repeated: x"),
+        ({"lm": {"_target_": "losses.lm.LMLoss"}}, "needs a `terms` mapping"),
+        ({"terms": {"a": {"_target_": "losses.lm.LMLoss", "name": "x"}, "b": {"_target_": "losses.lm.LMLoss", "name": "x"}}}, "repeated: x"),
     ],
 )
 def test_malformed_configs_fail_clearly(cfg, message):
     with pytest.raises(ValueError, match=message):
         build_loss(cfg)
-
-
-def test_a_name_cannot_be_registered_twice():
-    with pytest.raises(ValueError, match="already registered"):
-        register_loss("lm")(ConstantLoss)
-    assert isinstance(build_loss({"terms": {"lm": {"type": "lm"}}}).terms[0].term, losses.lm.LMLoss)
 
 
 def test_weight_is_constant_without_warmup():

@@ -10,13 +10,13 @@ from losses import build_loss
 from recipes import CONFIG_DIR
 
 CONF_DIR = Path(CONFIG_DIR)
-EXPECTED = {  # experiment -> (builder target, paired emit or None, loss term types)
-    "full_text": ("PairedBuilder", "text_centric", {"lm"}),
-    "no_text": ("PairedBuilder", "vision_centric", {"lm"}),
-    "mix": ("PairedBuilder", "mix", {"lm"}),
-    "curriculum": ("CurriculumBuilder", None, {"lm"}),
-    "kl": ("PairedBuilder", "both", {"lm", "align"}),
-    "kl_curriculum": ("CurriculumBuilder", None, {"lm"}),
+EXPECTED = {  # experiment -> (builder target, paired emit or None, loss term classes)
+    "full_text": ("PairedBuilder", "text_centric", {"LMLoss"}),
+    "no_text": ("PairedBuilder", "vision_centric", {"LMLoss"}),
+    "mix": ("PairedBuilder", "mix", {"LMLoss"}),
+    "curriculum": ("CurriculumBuilder", None, {"LMLoss"}),
+    "kl": ("PairedBuilder", "both", {"LMLoss", "AlignmentLoss"}),
+    "kl_curriculum": ("CurriculumBuilder", None, {"LMLoss"}),
 }
 
 
@@ -37,7 +37,7 @@ def test_experiment_composes_to_its_recipe(name):
     builder, emit, term_types = EXPECTED[name]
     assert cfg.builder._target_.endswith(builder)
     assert cfg.builder.get("emit") == emit
-    assert {term.type for term in cfg.loss.terms.values() if term is not None} == term_types
+    assert {term._target_.rsplit(".", 1)[-1] for term in cfg.loss.terms.values() if term is not None} == term_types
     build_loss(cfg.loss)
     assert f"modality_gap/{name}/" in cfg.output_dir
 

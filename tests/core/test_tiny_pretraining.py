@@ -10,15 +10,15 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from tests.core.helpers import compose_config
-from trainers.base_stage import (
-    BaseStageError,
-    BaseStageSettings,
+from trainers.models.tiny_pretraining import (
+    PretrainingError,
+    PretrainingSettings,
     build_tiny_llava_base,
     render_cell_images,
     warm_up_vision_tower,
 )
 from trainers.models import load_model, load_processor, materialise_init
-from trainers.tiny_models import build_tiny_llava
+from trainers.models.tiny import build_tiny_llava
 
 # Smaller than conf/model/tiny_llava_base.yaml, with the renderer's 64x64 images so a patch is a cell quarter.
 TEXT = {"hidden_size": 64, "intermediate_size": 128, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2}
@@ -71,7 +71,7 @@ def test_stage_trains_tower_projector_and_language_model(short_base):
 def test_vision_warm_up_reads_cells_well_above_chance(tmp_path):
     torch.manual_seed(0)
     model, processor = build_tiny_llava(TEXT, VISION, vocab_size=512)
-    settings = BaseStageSettings(
+    settings = PretrainingSettings(
         train_records=800, held_out_records=128, classifier_steps=80, cache_dir=str(tmp_path)
     )
     train, held_out = render_cell_images(processor, VISION["image_size"], settings)
@@ -83,7 +83,7 @@ def test_vision_warm_up_reads_cells_well_above_chance(tmp_path):
 
 def test_too_short_a_warm_up_raises_instead_of_caching(tmp_path):
     stage = {**SHORT_STAGE, "min_classifier_accuracy": 0.9, "cache_dir": str(tmp_path)}
-    with pytest.raises(BaseStageError, match="min_classifier_accuracy"):
+    with pytest.raises(PretrainingError, match="min_classifier_accuracy"):
         build_tiny_llava_base(text=TEXT, vision=VISION, vocab_size=512, stage=stage)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from data_builders.tokenize import IGNORE_INDEX
-from trainers.models import image_token_id
+from losses.base import image_token_id
 
 QUERY_SETS = ("last_prompt", "answer")
 SPAN_PAIRS = ("image_text", "evidence")

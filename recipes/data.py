@@ -10,36 +10,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections import Counter
 from pathlib import Path
 
 import hydra
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
+from data_builders.atomic import atomic_file
+from data_builders.instances import build_instances
 from recipes import CONFIG_DIR
-from trainers.atomic import atomic_file
-
-from .sample import check_sample
-
-
-def examples_per_step(cfg: DictConfig) -> int:
-    """Instances per optimizer step of the configured training run (what a step-based schedule counts in)."""
-    batch = OmegaConf.select(cfg, "trainer.per_device_train_batch_size", default=1)
-    accumulation = OmegaConf.select(cfg, "trainer.gradient_accumulation_steps", default=1)
-    return batch * accumulation * int(os.environ.get("WORLD_SIZE", 1))
-
-
-def build(cfg: DictConfig):
-    """The source, the builder and the checked instances, exactly as the training recipe builds them."""
-    source = instantiate(cfg.data)
-    builder = instantiate(cfg.builder)
-    instances = builder.build(source, seed=cfg.seed, examples_per_step=examples_per_step(cfg))
-    for instance in instances:
-        check_sample(instance)
-    return source, builder, instances
 
 
 def instance_lines(instance: dict) -> list[dict]:
@@ -82,7 +62,8 @@ def copy_images(lines: list[dict], folder: Path) -> int:
 
 def write_build(cfg: DictConfig, out: str) -> dict:
     """Build, write the JSONL and its images, write and return the summary."""
-    source, builder, instances = build(cfg)
+    built = build_instances(cfg)
+    source, builder, instances = built.source, built.builder, built.instances
     out_path = Path(out).expanduser().resolve()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     lines = [line for instance in instances for line in instance_lines(instance)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+import tokenizers
 from transformers import (
     AutoModelForImageTextToText,
     CLIPImageProcessorPil,
@@ -39,13 +39,13 @@ a b c d e f g h i j k l m n o p q r s t u v w x y z . , ; : ? ! ( ) [ ] = + - * 
 
 def build_offline_tokenizer(special_tokens: list[str], vocab_size: int, **named_tokens) -> PreTrainedTokenizerFast:
     """Train a deterministic byte-level BPE tokenizer in memory; `named_tokens` maps roles to special tokens."""
-    backend = Tokenizer(models.BPE(unk_token=None))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
+    backend = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token=None))
+    backend.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = tokenizers.decoders.ByteLevel()
+    trainer = tokenizers.trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=special_tokens,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        initial_alphabet=tokenizers.pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     backend.train_from_iterator([_TOKENIZER_CORPUS] * 4, trainer)

@@ -26,17 +26,17 @@ from data_builders.sources import SyntheticFactsSource
 from data_builders.templates import get_template
 from data_builders.tokenize import IGNORE_INDEX, encode_view, load_rgb
 from trainers.finetuning import component_prefixes
-from trainers.tiny_models import build_tiny_llava, build_tiny_qwen2_vl
+from trainers.models.tiny import build_tiny_llava, build_tiny_qwen2_vl
 
 logger = logging.getLogger(__name__)
 
 
-class BaseStageError(RuntimeError):
+class PretrainingError(RuntimeError):
     """The stage did not teach the model to read the images; nothing should be cached."""
 
 
 @dataclass(frozen=True)
-class BaseStageSettings:
+class PretrainingSettings:
     seed: int = 0
     train_records: int = 3000
     held_out_records: int = 256
@@ -64,39 +64,39 @@ class CellImages:
 
 
 def build_tiny_llava_base(stage: dict | None = None, **model_args):
-    """`build_tiny_llava(**model_args)`, then the base stage with `stage` as `BaseStageSettings` fields."""
-    return _with_base_stage(build_tiny_llava, model_args, stage)
+    """`build_tiny_llava(**model_args)`, then the base stage with `stage` as `PretrainingSettings` fields."""
+    return _with_pretraining(build_tiny_llava, model_args, stage)
 
 
 def build_tiny_qwen2_vl_base(stage: dict | None = None, **model_args):
-    """`build_tiny_qwen2_vl(**model_args)`, then the base stage with `stage` as `BaseStageSettings` fields."""
-    return _with_base_stage(build_tiny_qwen2_vl, model_args, stage)
+    """`build_tiny_qwen2_vl(**model_args)`, then the base stage with `stage` as `PretrainingSettings` fields."""
+    return _with_pretraining(build_tiny_qwen2_vl, model_args, stage)
 
 
-def _with_base_stage(build, model_args: dict, stage: dict | None):
+def _with_pretraining(build, model_args: dict, stage: dict | None):
     arguments = inspect.signature(build).bind(**model_args)
     arguments.apply_defaults()
     model, processor = build(**model_args)
     template, image_size = arguments.arguments["template"], arguments.arguments["vision"]["image_size"]
-    run_base_stage(model, processor, template, image_size, BaseStageSettings(**(stage or {})))
+    pretrain(model, processor, template, image_size, PretrainingSettings(**(stage or {})))
     return model, processor
 
 
-def run_base_stage(model, processor, template: str, image_size: int, settings: BaseStageSettings) -> dict:
-    """Warm the tower up, then align by captioning; returns the held-out scores, raises BaseStageError if low."""
+def pretrain(model, processor, template: str, image_size: int, settings: PretrainingSettings) -> dict:
+    """Warm the tower up, then align by captioning; returns the held-out scores, raises PretrainingError if low."""
     started = time.perf_counter()
     # A private RNG stream: the stage is the same for a seed whatever ran before, and leaves the caller's be.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         train, held_out = render_cell_images(processor, image_size, settings)
-        logger.info("base stage: %d training and %d held-out images", len(train.records), len(held_out.records))
+        logger.info("tiny pretraining: %d training and %d held-out images", len(train.records), len(held_out.records))
         classifier_accuracy = warm_up_vision_tower(model, train, held_out, settings)
         caption_exact_match = align_by_captioning(model, processor, template, train, held_out, settings)
-    logger.info("base stage: done in %.0f s", time.perf_counter() - started)
+    logger.info("tiny pretraining: done in %.0f s", time.perf_counter() - started)
     return {"classifier_accuracy": classifier_accuracy, "caption_exact_match": caption_exact_match}
 
 
-def render_cell_images(processor, image_size: int, settings: BaseStageSettings) -> tuple[CellImages, CellImages]:
+def render_cell_images(processor, image_size: int, settings: PretrainingSettings) -> tuple[CellImages, CellImages]:
     """Training and held-out records of the synthetic source; no held-out image also appears in training."""
 
     def source(name: str, num_records: int) -> SyntheticFactsSource:
@@ -160,7 +160,7 @@ def projector_inputs(model, image_inputs: dict[str, torch.Tensor]) -> torch.Tens
         grid = image_inputs["image_grid_thw"]
         patches = model.model.visual(image_inputs["pixel_values"], grid_thw=grid).last_hidden_state
         return patches.view(len(grid), -1, patches.shape[-1])
-    raise ValueError(f"the base stage knows no vision tower of model_type {model.config.model_type!r}")
+    raise ValueError(f"tiny pretraining knows no vision tower of model_type {model.config.model_type!r}")
 
 
 def vision_tower_parameters(model) -> list[nn.Parameter]:
@@ -169,7 +169,7 @@ def vision_tower_parameters(model) -> list[nn.Parameter]:
     return [parameter for name, parameter in model.named_parameters() if name.startswith(prefixes)]
 
 
-def warm_up_vision_tower(model, train: CellImages, held_out: CellImages, settings: BaseStageSettings) -> float:
+def warm_up_vision_tower(model, train: CellImages, held_out: CellImages, settings: PretrainingSettings) -> float:
     """Train the tower + a throwaway linear head to classify every cell's glyph; returns held-out cell accuracy.
 
     The head reads all patch features at once (a per-cell pooling is one such linear map), so it needs no
@@ -192,15 +192,15 @@ def warm_up_vision_tower(model, train: CellImages, held_out: CellImages, setting
         loss.backward()
         optimizer.step()
         if step % settings.log_every == 0 or step == settings.classifier_steps:
-            logger.info("base stage: warm-up %d/%d, cell loss %.4f", step, settings.classifier_steps, loss.item())
+            logger.info("tiny pretraining: warm-up %d/%d, cell loss %.4f", step, settings.classifier_steps, loss.item())
     with torch.no_grad():
         chunks = torch.arange(len(held_out.records)).split(settings.batch_size)
         predictions = torch.cat([cell_logits(held_out, chunk).argmax(-1) for chunk in chunks])
     accuracy = (predictions == held_out.cell_labels).float().mean().item()
     majority = (held_out.cell_labels == held_out.cell_labels.flatten().mode().values).float().mean().item()
-    logger.info("base stage: held-out per-cell accuracy %.3f (majority class: %.3f)", accuracy, majority)
+    logger.info("tiny pretraining: held-out per-cell accuracy %.3f (majority class: %.3f)", accuracy, majority)
     if accuracy < settings.min_classifier_accuracy:
-        raise BaseStageError(
+        raise PretrainingError(
             f"vision warm-up reached {accuracy:.3f} held-out per-cell accuracy, below min_classifier_accuracy="
             f"{settings.min_classifier_accuracy} after {settings.classifier_steps} steps: raise classifier_steps "
             "or train_records, or check the learning rate"
@@ -209,7 +209,7 @@ def warm_up_vision_tower(model, train: CellImages, held_out: CellImages, setting
 
 
 def align_by_captioning(
-    model, processor, template: str, train: CellImages, held_out: CellImages, settings: BaseStageSettings
+    model, processor, template: str, train: CellImages, held_out: CellImages, settings: PretrainingSettings
 ) -> float:
     """With the tower frozen, train projector + LM to read the cells out in order; returns held-out exact match.
 
@@ -236,7 +236,7 @@ def align_by_captioning(
         loss.backward()
         optimizer.step()
         if step % settings.log_every == 0 or step == settings.caption_steps:
-            logger.info("base stage: captioning %d/%d, lm loss %.4f", step, settings.caption_steps, loss.item())
+            logger.info("tiny pretraining: captioning %d/%d, lm loss %.4f", step, settings.caption_steps, loss.item())
     model.eval()
     for parameter in tower:  # hand back an ordinary model: fine-tuning settings decide what is frozen
         parameter.requires_grad_(True)
@@ -244,9 +244,9 @@ def align_by_captioning(
     for start in range(0, len(held_out_rows), settings.batch_size):
         exact += _teacher_forced_exact(model, collate(held_out_rows[start : start + settings.batch_size]))
     exact_match = sum(exact) / len(exact)
-    logger.info("base stage: held-out caption exact match %.3f", exact_match)
+    logger.info("tiny pretraining: held-out caption exact match %.3f", exact_match)
     if exact_match < settings.min_caption_exact_match:
-        raise BaseStageError(
+        raise PretrainingError(
             f"captioning reached {exact_match:.3f} held-out exact match, below min_caption_exact_match="
             f"{settings.min_caption_exact_match} after {settings.caption_steps} steps: raise caption_steps"
         )

@@ -17,9 +17,9 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
-from trainers.imbalance import MODES, SpanStats, measure
-from trainers.imbalance_masks import QUERY_SETS, SPAN_PAIRS, ProbeMasks, collate_probe
-from trainers.imbalance_plots import figure_to_rgb, heatmap_grid
+from trainers.metrics.imbalance import MODES, SpanStats, measure
+from trainers.metrics.imbalance_probes import QUERY_SETS, SPAN_PAIRS, ProbeMasks, collate_probe
+from trainers.metrics.plots import figure_to_rgb, heatmap_grid
 
 LOG_PREFIX = "imbalance"
 
@@ -28,7 +28,7 @@ class ImbalanceCallback(TrainerCallback):
     """Logs `imbalance/ratio`, per-layer `imbalance/ratio/layer_{i}` and the per-token variants.
 
     `layers`: language-model layer indices to probe (None = all). `query`: `last_prompt` or `answer`.
-    `spans`: `image_text` or `evidence` (trainers/imbalance_masks.py; evidence needs `probe_instances`).
+    `spans`: `image_text` or `evidence` (trainers/metrics/imbalance_probes.py; evidence needs `probe_instances`).
     `mode`: `weight` (attention mass) or `norm` (output-norm flow). `probe_size` rows are collated
     `probe_batch_size` at a time.
     """

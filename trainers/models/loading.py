@@ -12,7 +12,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-from trainers.atomic import atomic_directory
+from data_builders.atomic import atomic_directory
+from data_builders.errors import ConfigError
+from trainers import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +38,20 @@ def materialise_init(init_cfg: DictConfig, cache_dir: str, seed: int) -> str:
     return path
 
 
+def model_location(cfg: DictConfig) -> str:
+    """The checkpoint a run loads: `model.path`, or the tiny `model.init` materialised once into the cache.
+
+    Runs before the TrainingArguments exist: once they register a ZeRO-3 config, building a model enters
+    the collective `zero.Init`, which a model built on rank 0 alone cannot join.
+    """
+    if cfg.model.path:
+        return cfg.model.path
+    if not cfg.model.init:
+        raise ConfigError("model: set model.path (a hub name or directory) or model.init (a builder config)")
+    with distributed.main_process_first():
+        return materialise_init(cfg.model.init, cfg.cache_dir, cfg.seed)
+
+
 def load_processor(path: str):
     """`AutoProcessor`, or the image-only Qwen2-VL processor where torchvision is missing (see tiny_models)."""
     try:
@@ -46,7 +62,7 @@ def load_processor(path: str):
             raise
         from transformers import AutoImageProcessor
 
-        from trainers.tiny_models import ImageOnlyQwen2VLProcessor
+        from trainers.models.tiny import ImageOnlyQwen2VLProcessor
 
         logger.info("AutoProcessor failed (%s); using the image-only Qwen2-VL processor", error)
         return ImageOnlyQwen2VLProcessor(
@@ -83,12 +99,3 @@ def to_model(inputs: dict, model) -> dict:
         key: value.to(device, dtype=model.dtype) if value.is_floating_point() else value.to(device)
         for key, value in inputs.items()
     }
-
-
-def image_token_id(config) -> int:
-    """The placeholder id the processor expands into image tokens (LLaVA: `image_token_index` in older configs)."""
-    for name in ("image_token_id", "image_token_index"):
-        token_id = getattr(config, name, None)
-        if token_id is not None:
-            return token_id
-    raise ValueError(f"{type(config).__name__} names no image token id")
