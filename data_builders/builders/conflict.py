@@ -15,7 +15,7 @@ import itertools
 import random
 
 from ..errors import DataError
-from ..render import render_text
+from ..render import render_cells, render_text
 from ..sample import image_part, make_sample, message, text_part
 from .base import Builder
 
@@ -28,6 +28,7 @@ SLOTS = {
 }
 ORDERS = ((0, 1), (1, 0))
 VARIANTS = ("all", "rotate")
+IMAGE_EVIDENCE = ("auto", "text")
 
 
 class ConflictBuilder(Builder):
@@ -36,7 +37,10 @@ class ConflictBuilder(Builder):
     `variants: all` emits the 4 conflict and 4 control variants per record and condition; `rotate` emits one
     of each, cycling through the variants across records (balanced over every 4 records).
     Prompt pieces: `evidence_label` (with `{n}`), `evidence_separator`, `question_template` (with `{question}`);
-    targets: `target_conflict`, `target_agree` (with `{answer}`). `render`: the TextStyle of evidence images.
+    targets: `target_conflict`, `target_agree` (with `{answer}`).
+    `image_evidence`: `auto` draws an image slot's evidence in the record's own image format where the record
+    gives it (`meta.conflict_qa.evidence_cells`: the synthetic cell images a tiny model can read), else renders
+    the passage as text; `text` always renders the passage. `render`: the TextStyle of rendered passages.
     """
 
     def __init__(
@@ -49,6 +53,7 @@ class ConflictBuilder(Builder):
         question_template: str = "Question: {question}\nDo the sources agree or disagree?",
         target_conflict: str = "The sources conflict.",
         target_agree: str = "The sources agree. {answer}",
+        image_evidence: str = "auto",
         render: dict | None = None,
         cache_dir: str | None = None,
         shuffle: bool = False,
@@ -59,6 +64,9 @@ class ConflictBuilder(Builder):
             raise ValueError(f"unknown conflict conditions {sorted(unknown)}; known: {list(SLOTS)}")
         if variants not in VARIANTS:
             raise ValueError(f"variants must be one of {VARIANTS}, got {variants!r}")
+        if image_evidence not in IMAGE_EVIDENCE:
+            raise ValueError(f"image_evidence must be one of {IMAGE_EVIDENCE}, got {image_evidence!r}")
+        self.image_evidence = image_evidence
         self.conditions = list(conditions)
         self.controls = controls
         self.variants = variants
@@ -115,7 +123,7 @@ class ConflictBuilder(Builder):
                       "supports": supports[index], "part_index": len(parts)}
             if modality == "image":
                 record["image_index"] = len(images)
-                images.append(render_text(passage, self.render, root=self.cache_dir))
+                images.append(self._evidence_image(qa, key, passage))
                 parts.append(image_part())
             else:
                 parts.append(text_part(passage))
@@ -143,3 +151,10 @@ class ConflictBuilder(Builder):
         name = condition if is_conflict else f"{condition}_control"
         instance_id = f"{sample['id']}:{name}:{label}:{'-'.join(meta['order'])}"
         return make_sample(instance_id, sample["source"], messages, images, name, meta)
+
+    def _evidence_image(self, qa: dict, key: str, passage: str) -> str:
+        """The image of one piece of evidence: the record's cells (key: `evidence` or `counter_evidence`) or text."""
+        cells = qa.get(f"{key}_cells") if self.image_evidence == "auto" else None
+        if cells:
+            return render_cells(cells["glyphs"], cells["image_size"], root=self.cache_dir)
+        return render_text(passage, self.render, root=self.cache_dir)

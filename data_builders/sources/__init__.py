@@ -1,5 +1,6 @@
 """Sources (`data=`): read records of one format into samples (docs/design.md)."""
 
+from .built import BuiltSource
 from .conflict_qa import ConflictQASource
 from .llava_instruct import LlavaInstructSource
 from .mixture import MixtureSource, source_groups
@@ -8,6 +9,7 @@ from .synthetic import SyntheticFactsSource
 from .text_only import TextOnlySource
 
 __all__ = [
+    "BuiltSource",
     "ConflictQASource",
     "LlavaInstructSource",
     "MixtureSource",

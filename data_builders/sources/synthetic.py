@@ -2,7 +2,9 @@
 
 Facts can be drawn into a small image (each key owns a fixed cell, its value is drawn there as one large
 glyph: what a random-init tiny VLM can learn to read), given as text, or both. Each language is a disjoint
-surface form of the same facts (other key and value words), for cross-lingual conditions.
+surface form of the same facts (other key and value words), for cross-lingual conditions; asking the question
+in another language than the facts' (`question_language`) makes a bilingual record, from which the two
+languages' correspondence can be learnt.
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ DEFAULT_LANGUAGES = {
 class SyntheticFactsSource(Source):
     """`num_records` records of `num_facts` (min, max) facts each, in `language`, with facts in `facts_in`.
 
-    The record's messages follow `facts_in`; `meta` also carries the question, the verbalised facts (for the
-    paired builders) and a contradicting value with its evidence in both languages (for the conflict builder).
+    The question (and so the answer) is in `question_language` (default: `language`). The record's messages
+    follow `facts_in`; `meta` also carries the question, the verbalised facts (for the paired builders) and a
+    contradicting value with its evidence in both languages, as text and as cells of the record's image with
+    the asked key's cell holding the value or the counter-value (for the conflict builder).
     """
 
     def __init__(
@@ -45,6 +49,7 @@ class SyntheticFactsSource(Source):
         num_facts: tuple[int, int] = (2, 4),
         language: str = "en",
         second_language: str = "xx",
+        question_language: str | None = None,
         languages: dict | None = None,
         facts_in: str = "image",
         facts_template: str = "Facts: {facts}\n",
@@ -57,7 +62,8 @@ class SyntheticFactsSource(Source):
         if facts_in not in FACTS_IN:
             raise ValueError(f"facts_in must be one of {FACTS_IN}, got {facts_in!r}")
         self.languages = {code: dict(spec) for code, spec in (languages or DEFAULT_LANGUAGES).items()}
-        for code in (language, second_language):
+        question_language = question_language or language
+        for code in (language, second_language, question_language):
             if code not in self.languages:
                 raise ValueError(f"language {code!r} is not defined; defined: {sorted(self.languages)}")
         sizes = {(len(spec["keys"]), len(spec["values"])) for spec in self.languages.values()}
@@ -72,6 +78,7 @@ class SyntheticFactsSource(Source):
         self.num_facts = (low, high)
         self.language = language
         self.second_language = second_language
+        self.question_language = question_language
         self.facts_in = facts_in
         self.facts_template = facts_template
         self.fact_separator = fact_separator
@@ -95,14 +102,18 @@ class SyntheticFactsSource(Source):
 
     def _to_sample(self, file, record_id, raw):
         values, asked, counter = raw
-        spec = self.languages[self.language]
+        spec, asking = self.languages[self.language], self.languages[self.question_language]
         facts = [self.fact(self.language, key, value) for key, value in values.items()]
-        question = spec["question"].format(key=spec["keys"][asked])
-        answer = spec["values"][values[asked]]
+        question = asking["question"].format(key=asking["keys"][asked])
+        answer = asking["values"][values[asked]]
+
+        def cells(asked_value: int) -> list[str | None]:
+            shown = {**values, asked: asked_value}
+            return [spec["values"][shown[k]] if k in shown else None for k in range(self.num_keys)]
+
         parts, images = [], []
         if self.facts_in in ("image", "both"):
-            glyphs = [spec["values"][values[k]] if k in values else None for k in range(self.num_keys)]
-            images.append(render_cells(glyphs, self.image_size, root=self.cache_dir))
+            images.append(render_cells(cells(values[asked]), self.image_size, root=self.cache_dir))
             parts.append(image_part())
         facts_text = self.facts_template.format(facts=self.fact_separator.join(facts))
         parts.append(text_part(facts_text + question if self.facts_in in ("text", "both") else question))
@@ -113,17 +124,21 @@ class SyntheticFactsSource(Source):
             "facts_in": self.facts_in,
             "language": self.language,
             "cells": {spec["keys"][k]: spec["values"][v] for k, v in values.items()},
-            "conflict_qa": {
-                "question": question,
-                "answer": answer,
+            "conflict_qa": {  # in the record's language, whatever language its own question is in
+                "question": spec["question"].format(key=spec["keys"][asked]),
+                "answer": spec["values"][values[asked]],
                 "counter_answer": spec["values"][counter],
                 "evidence": self.fact(self.language, asked, values[asked]),
                 "counter_evidence": self.fact(self.language, asked, counter),
                 "evidence_l2": self.fact(other, asked, values[asked]),
                 "counter_evidence_l2": self.fact(other, asked, counter),
+                # the same evidence as the record's image: the conflict builder renders these for image slots
+                "evidence_cells": {"glyphs": cells(values[asked]), "image_size": self.image_size},
+                "counter_evidence_cells": {"glyphs": cells(counter), "image_size": self.image_size},
             },
         }
         messages = [message("user", parts), message("assistant", [text_part(answer)])]
         condition = {"image": "vision_centric", "text": "text_only", "both": "text_centric"}[self.facts_in]
-        sample_id = f"{self.name}/{self.language}/{self.seed}/{record_id}"
+        languages = dict.fromkeys((self.language, self.question_language))
+        sample_id = f"{self.name}/{'-'.join(languages)}/{self.seed}/{record_id}"
         return make_sample(sample_id, self.name, messages, images, condition=condition, meta=meta)

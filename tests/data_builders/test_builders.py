@@ -15,6 +15,7 @@ from data_builders.builders import (
     PairedBuilder,
     SingleBuilder,
 )
+from data_builders.render import render_cells, render_text
 from data_builders.sample import check_sample, prompt_text
 from data_builders.sources import ConflictQASource, MixtureSource, Pgps9kSource, SyntheticFactsSource
 
@@ -171,3 +172,26 @@ def test_conflict_rotate_and_missing_second_language(tmp_path):
     unimodal = [i for i in built if i["condition"] == "unimodal_text"]
     assert len(unimodal) == 8 and Counter(i["meta"]["true_side"] for i in unimodal) == {"text_a": 4, "text_b": 4}
     assert Counter(i["condition"] for i in built)["cross_lingual"] == 1
+
+
+def test_conflict_image_evidence_in_the_records_cell_format():
+    """Image slots show the synthetic record's own cell image (the counter-value in the asked cell), which the
+    tiny base model can read; `image_evidence=text` renders the passage instead."""
+    source = synthetic(4)
+    by_record = {r["id"]: r for r in source.records()}
+    for instance in ConflictBuilder(conditions=["unimodal_image", "cross_modal"]).build(source, seed=0):
+        record = by_record[instance["meta"]["record_id"]]
+        images = iter(instance["images"])
+        for piece in instance["meta"]["evidence"]:
+            if piece["modality"] == "image":
+                key = "evidence" if piece["supports"] == "answer" else "counter_evidence"
+                cells = record["meta"]["conflict_qa"][f"{key}_cells"]
+                assert next(images) == render_cells(cells["glyphs"], cells["image_size"])
+        if instance["meta"]["conflict"] is False and instance["meta"]["agree_on"] == "answer":
+            assert set(instance["images"]) <= set(record["images"])  # supporting evidence: the record's own image
+    as_text = ConflictBuilder(conditions=["cross_modal"], image_evidence="text").build(source, seed=0)[0]
+    image_piece = next(p for p in as_text["meta"]["evidence"] if p["modality"] == "image")
+    assert as_text["images"] == [render_text(image_piece["text"], {})]
+    with pytest.raises(ValueError, match="image_evidence"):
+        ConflictBuilder(image_evidence="pixels")
+

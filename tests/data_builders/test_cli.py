@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from data_builders.instances import build_instances
 from recipes.data import write_build
 from data_builders.sample import prompt_text
 
@@ -105,3 +107,19 @@ def test_command_line_entry_point(tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["conditions"] == {"instance_mix": 6}
     assert all(len(line["meta"]["groups"]) == 2 for line in read_lines(out))
+
+
+def test_conflict_mixture_teaches_unimodal_conflicts_beside_qa(tmp_path):
+    """data=conflict_mixture: built conflict instances join the mixture as sources; only unimodal conflicts."""
+    records = [f"data.sources.{name}.num_records=4" for name in ("image_qa", "text_qa", "bilingual_qa")]
+    records += [f"data.sources.{name}.source.num_records=4" for name in ("text_conflicts", "image_conflicts")]
+    cfg = config("data=conflict_mixture", "builder=dataset_mix", f"cache_dir={tmp_path}", *records)
+    built = build_instances(cfg).instances
+    assert Counter(i["source"] for i in built) == {
+        "image_qa": 4, "text_qa": 4, "bilingual_qa": 4, "text_conflicts": 8, "image_conflicts": 8
+    }
+    assert {i["condition"] for i in built if i["source"].endswith("conflicts")} == {
+        "unimodal_text", "unimodal_text_control", "unimodal_image", "unimodal_image_control"
+    }
+    bilingual = [i for i in built if i["source"] == "bilingual_qa"]
+    assert all(i["messages"][0]["content"][-1]["text"].split("\n")[-1].startswith("Which letter") for i in bilingual)

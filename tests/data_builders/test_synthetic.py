@@ -46,3 +46,29 @@ def test_second_language_is_a_disjoint_surface_form():
     assert list(en["meta"]["cells"].values()) != list(xx["meta"]["cells"].values())  # other value words
     assert set(en["meta"]["cells"]).isdisjoint(xx["meta"]["cells"])  # other key words, same positions
     assert en["meta"]["conflict_qa"]["evidence_l2"].split(" is ")[0] in {"red", "green", "blue", "yellow"}
+
+
+def test_question_language_makes_bilingual_records():
+    """Facts in English, question and answer in the second language: the answer is the translated value."""
+    en = SyntheticFactsSource(num_records=30, facts_in="text").records()
+    bilingual = SyntheticFactsSource(num_records=30, facts_in="text", question_language="xx").records()
+    english_keys, other_keys = ["A", "B", "C", "D"], ["red", "green", "blue", "yellow"]
+    english_values, other_values = [str(d) for d in range(10)], list("abcdefghjk")
+    for plain, record in zip(en, bilingual):
+        assert record["meta"]["facts"] == plain["meta"]["facts"]  # the same facts, still in English
+        asked = other_keys.index(record["meta"]["question"].removeprefix("Which letter is ").removesuffix("?"))
+        assert record["target"] == other_values[english_values.index(plain["meta"]["cells"][english_keys[asked]])]
+        assert record["meta"]["conflict_qa"] == plain["meta"]["conflict_qa"]  # conflicts stay in the record's language
+        assert record["id"] != plain["id"]
+
+
+def test_conflict_evidence_cells_are_the_record_image_with_the_asked_cell_set():
+    for record in SyntheticFactsSource(num_records=30).records():
+        qa, cells = record["meta"]["conflict_qa"], record["meta"]["cells"]
+        keys = ["A", "B", "C", "D"]
+        asked = keys.index(record["meta"]["question"].removeprefix("What is the value of ").removesuffix("?"))
+        shown = [cells.get(key) for key in keys]
+        assert qa["evidence_cells"] == {"glyphs": shown, "image_size": 64}
+        counter = qa["counter_evidence_cells"]["glyphs"]
+        assert counter[asked] == qa["counter_answer"] != shown[asked]
+        assert counter[:asked] + counter[asked + 1 :] == shown[:asked] + shown[asked + 1 :]
