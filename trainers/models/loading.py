@@ -39,7 +39,9 @@ def materialise_init(init_cfg: DictConfig, cache_dir: str, seed: int) -> str:
 
 
 def model_location(cfg: DictConfig) -> str:
-    """The checkpoint a run loads: `model.path`, or the tiny `model.init` materialised once into the cache.
+    """The checkpoint a run loads: `model.path`, or the tiny `model.init` materialised once into the cache,
+    seeded with `model.init_seed` where the config sets one (one base model for every run seed, as a released
+    base model is), else with the run's seed.
 
     Runs before the TrainingArguments exist: once they register a ZeRO-3 config, building a model enters
     the collective `zero.Init`, which a model built on rank 0 alone cannot join.
@@ -49,7 +51,8 @@ def model_location(cfg: DictConfig) -> str:
     if not cfg.model.init:
         raise ConfigError("model: set model.path (a hub name or directory) or model.init (a builder config)")
     with distributed.main_process_first():
-        return materialise_init(cfg.model.init, cfg.cache_dir, cfg.seed)
+        init_seed = OmegaConf.select(cfg, "model.init_seed", default=None)
+        return materialise_init(cfg.model.init, cfg.cache_dir, cfg.seed if init_seed is None else init_seed)
 
 
 def load_processor(path: str):

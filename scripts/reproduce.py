@@ -1,0 +1,593 @@
+"""Reproduce both papers' ablations on the embedded default (tiny LLaVA, offline synthetic task, CPU), 3 seeds.
+
+    python scripts/reproduce.py            # the full run (results/ and the README's reproduction section)
+    python scripts/reproduce.py --quick    # a smoke run of every step in a few minutes (what the tests run)
+    python scripts/reproduce.py --update-readme   # rewrite the README section from results/results.json only
+
+Every run is `xmodal-train`, then `xmodal-imbalance` and `xmodal-eval` on held-out records (another data seed):
+the same functions on the same composed configs as those console scripts, in one process per run with one
+thread, two runs at a time (the fastest on 2 cores, see the engineering notes). A run
+directory `<runs>/<paper>/<recipe>/seed<N>` is finished when it holds `final/` and `eval/eval.json`; a rerun
+skips finished runs, so an interrupted reproduction continues where it stopped.
+
+Writes to `--out` (default `results/`): `results.json` (every run's numbers, and per recipe the mean, standard
+deviation and 95 % t-interval over seeds), one Markdown table per paper, and plots: accuracy by condition per
+recipe, the gap per recipe, and imbalance / loss over training steps per recipe (from metrics.jsonl).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from data_builders.atomic import atomic_file, atomic_write_text  # noqa: E402
+
+EVAL_DATA_SEED = 7  # the held-out records: the training runs draw theirs with their own seed
+README_START, README_END = "<!-- reproduce:start -->", "<!-- reproduce:end -->"
+CONFLICT_CONDITIONS = ("unimodal_text", "unimodal_image", "cross_modal", "cross_lingual")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long and how thoroughly: the full run and `--quick` differ only here."""
+
+    seeds: tuple[int, ...]
+    gap_records: int  # synthetic training records of each paper-2 run
+    gap_steps: int  # training steps of each paper-2 recipe (kl_curriculum's stage 2 included)
+    mixing_records: int  # records per source of conf/data/conflict_mixture.yaml (a conflict record: 2 instances)
+    mixing_epochs: float  # passes over paper 1's instruction pool (matched data: the same for both mixings)
+    eval_per_condition: int
+    imbalance_per_condition: int
+    curve_points: int  # in-training imbalance probes per run
+    base_stage: dict = field(default_factory=dict)  # model.init.stage overrides (the quick run's tiny base)
+
+
+FULL = Budget(seeds=(0, 1, 2), gap_records=2000, gap_steps=600, mixing_records=1000, mixing_epochs=3,
+              eval_per_condition=128, imbalance_per_condition=32, curve_points=10)
+QUICK = Budget(
+    seeds=(0, 1, 2), gap_records=64, gap_steps=4, mixing_records=16, mixing_epochs=1, eval_per_condition=4,
+    imbalance_per_condition=2, curve_points=2,
+    base_stage={"train_records": 64, "held_out_records": 16, "classifier_steps": 2, "caption_steps": 2,
+                "text_qa_records": 16, "held_out_text_qa_records": 8, "min_classifier_accuracy": 0,
+                "min_caption_exact_match": 0, "min_text_qa_accuracy": 0},
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    overrides: tuple[str, ...]
+    starts_from: str | None = None  # the recipe (same seed) whose final/ this one fine-tunes
+
+
+@dataclass(frozen=True)
+class Paper:
+    key: str
+    title: str
+    recipes: tuple[Recipe, ...]
+    evaluate: tuple[str, ...]  # xmodal-eval overrides (builder) on the held-out records
+    imbalance: tuple[str, ...]  # xmodal-imbalance overrides
+    conditions: tuple[str, ...]  # plotted per recipe
+    gap: str  # the headline metric, plotted per recipe
+    columns: tuple[tuple[str, str], ...]  # (metric, column title) of the table
+
+
+MODALITY_GAP = Paper(
+    key="modality_gap",
+    title="Paper 2, the text-vision modality gap (arXiv 2510.22836)",
+    recipes=tuple(
+        Recipe(name, (f"experiment=modality_gap/{name}",), "kl" if name == "kl_curriculum" else None)
+        for name in ("full_text", "no_text", "mix", "curriculum", "kl", "kl_curriculum")
+    ),
+    evaluate=("builder=paired", "builder.emit=both"),
+    imbalance=("builder=paired", "builder.emit=mix", "imbalance.spans=image_text"),  # each view its own instances
+    conditions=("text_centric", "vision_centric"),
+    gap="modality_gap",
+    columns=(
+        ("text_centric", "text-centric acc."),
+        ("vision_centric", "vision-centric acc."),
+        ("modality_gap", "gap (text - vision)"),
+        ("imbalance/text_centric", "image share of attention, text-centric"),
+    ),
+)
+MIXING = ("data=conflict_mixture", "trainer.max_steps=-1")
+MODAL_IMBALANCE = Paper(
+    key="modal_imbalance",
+    title="Paper 1, cross-modal attention imbalance (arXiv 2510.02608)",
+    recipes=(
+        Recipe("dataset_mixing", (*MIXING, "builder=dataset_mix")),
+        Recipe("instance_mixing", (*MIXING, "builder=instance_mix")),
+    ),
+    evaluate=("builder=conflict",),
+    imbalance=("builder=conflict", "imbalance.spans=evidence"),
+    conditions=tuple(f"recognition/{c}" for c in CONFLICT_CONDITIONS) + ("false_alarm",),
+    gap="recognition_gap",
+    columns=(
+        *((f"recognition/{c}", f"recognised, {c.replace('_', ' ')}") for c in CONFLICT_CONDITIONS),
+        ("false_alarm", "false alarms (controls)"),
+        ("recognition_gap", "unimodal - cross-modal"),
+        ("imbalance/cross_modal", "image share of evidence attention, cross-modal"),
+    ),
+)
+PAPERS = (MODALITY_GAP, MODAL_IMBALANCE)
+
+
+@dataclass(frozen=True)
+class Run:
+    paper: Paper
+    recipe: Recipe
+    seed: int
+    directory: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.paper.key}/{self.recipe.name} seed {self.seed}"
+
+    def finished(self) -> bool:
+        return (self.directory / "final").is_dir() and (self.directory / "eval" / "eval.json").is_file()
+
+
+# The order runs start in: every seed of a recipe before the next recipe, the baselines and the papers' own
+# comparisons first, so that an interrupted reproduction has whole recipes to report.
+ORDER = ("full_text", "dataset_mixing", "instance_mixing", "mix", "no_text", "kl", "curriculum", "kl_curriculum")
+
+
+def plan(runs_root: Path, budget: Budget) -> list[Run]:
+    runs = [
+        Run(paper, recipe, seed, runs_root / paper.key / recipe.name / f"seed{seed}")
+        for paper in PAPERS
+        for recipe in paper.recipes
+        for seed in budget.seeds
+    ]
+    return sorted(runs, key=lambda run: ORDER.index(run.recipe.name))
+
+
+def dependencies(run: Run, runs: list[Run]) -> list[Run]:
+    """The first run builds (and caches) the base model every run starts from (`model.init_seed`: one for all
+    seeds), so the others wait for it instead of building it in parallel; a recipe that starts from another
+    recipe's model waits for that run."""
+    needs = [runs[0]] if run is not runs[0] else []
+    if run.recipe.starts_from:
+        needs += [other for other in runs if other.seed == run.seed and other.paper is run.paper
+                  and other.recipe.name == run.recipe.starts_from]
+    return needs
+
+
+# --- running ------------------------------------------------------------------------------------------------------
+
+
+def steps(run: Run, runs: dict[tuple, Run], budget: Budget) -> list[tuple[str, list[str]]]:
+    """(step, overrides) of one run: train (unless final/ exists), then measure imbalance, then evaluate (last, so
+    that eval.json marks a finished run). Each step is the entry point's own function on its composed config."""
+    base = [f"seed={run.seed}", f"output_dir={run.directory}"]
+    base += [f"model.init.stage.{key}={value}" for key, value in budget.base_stage.items()]
+    planned: list[tuple[str, list[str]]] = []
+    final = run.directory / "final"
+    if not final.is_dir():
+        train = [*base, *run.recipe.overrides, "metrics=imbalance", "trainer.save_strategy=no"]
+        if run.paper is MODALITY_GAP:
+            train += [f"data.num_records={budget.gap_records}", f"trainer.max_steps={budget.gap_steps}"]
+            every = max(1, budget.gap_steps // budget.curve_points)
+        else:
+            records = budget.mixing_records
+            train += [f"data.sources.{name}.num_records={records}" for name in ("image_qa", "text_qa", "bilingual_qa")]
+            train += [f"data.sources.{name}.source.num_records={records}" for name in ("text_conflicts", "image_conflicts")]
+            train += [f"+trainer.num_train_epochs={budget.mixing_epochs}"]  # conf/trainer has no such key
+            # dataset-level mixing: 7 x records instructions, one per row of 16 (instance-level: half the steps)
+            every = max(1, int(7 * records * budget.mixing_epochs / 16) // budget.curve_points)
+        train += [f"metrics.imbalance.every_n_steps={every}"]
+        if run.recipe.starts_from:
+            train += [f"model.path={runs[(run.paper.key, run.recipe.starts_from, run.seed)].directory / 'final'}"]
+        planned.append(("train", train))
+    # data=synthetic (the xmodal-eval default) on other records: enough for per_condition items of each condition
+    held_out = [*base, f"data.seed={EVAL_DATA_SEED}", f"data.num_records={budget.eval_per_condition}"]
+    planned.append(("imbalance", [
+        *held_out, *run.paper.imbalance, f"imbalance.checkpoint={final}",
+        f"imbalance.per_condition={budget.imbalance_per_condition}", f"imbalance.out_dir={run.directory / 'imbalance'}",
+    ]))
+    planned.append(("eval", [
+        *held_out, *run.paper.evaluate, f"evaluate.checkpoints=[{final}]",
+        f"evaluate.per_condition={budget.eval_per_condition}", f"evaluate.out_dir={run.directory / 'eval'}",
+    ]))
+    return planned
+
+
+# step -> (the entry point's config name, its module, the function its console script runs)
+ENTRY_POINTS = {
+    "train": ("config", "recipes.finetune", "train"),  # xmodal-train
+    "imbalance": ("imbalance", "recipes.imbalance", "run"),  # xmodal-imbalance
+    "eval": ("evaluate", "recipes.evaluate", "run"),  # xmodal-eval
+}
+
+
+def execute(run: Run, runs: dict[tuple, Run], budget: Budget, cache_dir: str) -> float:
+    """One process per run (`--worker`), one thread, logging to `<run>/run.log`; returns seconds, raises with the
+    log's tail. One process instead of one per step: starting Python and torch costs more than a quick run."""
+    started = time.perf_counter()
+    run.directory.mkdir(parents=True, exist_ok=True)
+    job = run.directory / "job.json"
+    atomic_write_text(job, json.dumps(steps(run, runs, budget), indent=1) + "\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "XMODAL_CACHE": cache_dir,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+           "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    log = run.directory / "run.log"
+    with open(log, "w") as handle:
+        command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(job)]
+        code = subprocess.run(command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT).returncode
+    if code != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
+        raise RuntimeError(f"{run.label}: exited {code} (log: {log})\n{tail}")
+    return time.perf_counter() - started
+
+
+def worker(job: Path) -> None:
+    """Run a job's steps in this process, each composed exactly as its console script composes it."""
+    import importlib
+    import logging
+
+    from hydra import compose, initialize_config_dir
+
+    from recipes import CONFIG_DIR
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="[%(asctime)s] %(name)s: %(message)s")
+    for step, overrides in json.loads(job.read_text()):
+        config_name, module, function = ENTRY_POINTS[step]
+        print(f"== {step}: {' '.join(overrides)}", flush=True)
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=overrides)
+        getattr(importlib.import_module(module), function)(cfg)
+
+
+def run_all(runs: list[Run], budget: Budget, jobs: int, cache_dir: str) -> list[str]:
+    """Run every unfinished run, `jobs` at a time, in dependency order; returns the failures' messages."""
+    by_key = {(r.paper.key, r.recipe.name, r.seed): r for r in runs}
+    todo = [r for r in runs if not r.finished()]
+    print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to run, {jobs} at a time", flush=True)
+    done = {r.label for r in runs if r.finished()}
+    failed: dict[str, str] = {}
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        running: dict = {}
+        while todo or running:
+            for run in list(todo):
+                needs = dependencies(run, runs)
+                if any(n.label in failed for n in needs):
+                    failed[run.label] = f"{run.label}: skipped, a run it needs failed"
+                    todo.remove(run)
+                elif len(running) < jobs and all(n.label in done for n in needs):
+                    todo.remove(run)
+                    print(f"[start] {run.label} -> {run.directory}", flush=True)
+                    running[pool.submit(execute, run, by_key, budget, cache_dir)] = run
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                run = running.pop(future)
+                try:
+                    seconds = future.result()
+                except RuntimeError as error:
+                    failed[run.label] = str(error)
+                    print(f"[FAILED] {error}", flush=True)
+                    continue
+                done.add(run.label)
+                elapsed = time.perf_counter() - started
+                print(f"[done {len(done)}/{len(runs)}] {run.label} in {seconds:.0f} s ({elapsed / 60:.1f} min so far)",
+                      flush=True)
+    return list(failed.values())
+
+
+# --- results ------------------------------------------------------------------------------------------------------
+
+
+def run_metrics(run: Run) -> dict[str, float]:
+    """The numbers of one finished run, from its eval.json and imbalance.json."""
+    report = json.loads((run.directory / "eval" / "eval.json").read_text())["results"][0]
+    conditions, derived = report["conditions"], report["derived"]
+    metrics: dict[str, float] = {}
+    imbalance_file = run.directory / "imbalance" / "imbalance.json"
+    imbalance = json.loads(imbalance_file.read_text())["results"]["checkpoint"] if imbalance_file.is_file() else {}
+    for condition, result in imbalance.items():
+        metrics[f"imbalance/{condition}"] = result["aggregate"]["ratio"]
+    if run.paper is MODALITY_GAP:
+        for condition in MODALITY_GAP.conditions:
+            metrics[condition] = conditions[condition]["accuracy"]
+        metrics["modality_gap"] = derived["modality_gap"]
+        return metrics
+    for condition in CONFLICT_CONDITIONS:
+        metrics[f"recognition/{condition}"] = derived[f"conflict_recognition/{condition}"]["accuracy"]
+        metrics[f"control_accuracy/{condition}"] = derived[f"control_accuracy/{condition}"]["accuracy"]
+    alarms = [derived[f"false_conflict/{c}"] for c in CONFLICT_CONDITIONS]
+    metrics["false_alarm"] = sum(a["correct"] for a in alarms) / sum(a["count"] for a in alarms)
+    unimodal = (metrics["recognition/unimodal_text"] + metrics["recognition/unimodal_image"]) / 2
+    metrics["recognition_gap"] = unimodal - metrics["recognition/cross_modal"]
+    return metrics
+
+
+def summarise(values: list[float]) -> dict:
+    """Mean, sample standard deviation and the 95 % t-interval of the mean over seeds."""
+    mean = statistics.fmean(values)
+    if len(values) < 2:
+        return {"mean": mean, "std": None, "ci95": None, "n": len(values)}
+    from scipy.stats import t
+
+    std = statistics.stdev(values)
+    half = t.ppf(0.975, len(values) - 1) * std / math.sqrt(len(values))
+    return {"mean": mean, "std": std, "ci95": [mean - half, mean + half], "n": len(values)}
+
+
+def collect(runs: list[Run]) -> dict:
+    papers: dict = {}
+    for paper in PAPERS:
+        recipes: dict = {}
+        for recipe in paper.recipes:
+            finished = [r for r in runs if r.paper is paper and r.recipe is recipe and r.finished()]
+            per_seed = {str(r.seed): run_metrics(r) for r in finished}  # str: as results.json reads back
+            names = sorted({name for metrics in per_seed.values() for name in metrics})
+            recipes[recipe.name] = {
+                "seeds": per_seed,
+                "summary": {name: summarise([m[name] for m in per_seed.values() if name in m]) for name in names},
+            }
+        papers[paper.key] = {"title": paper.title, "recipes": recipes}
+    return papers
+
+
+def format_value(summary: dict | None) -> str:
+    if not summary:
+        return "-"
+    if summary["std"] is None:
+        return f"{summary['mean']:.3f} (n={summary['n']})"
+    low, high = summary["ci95"]
+    return f"{summary['mean']:.3f} ± {summary['std']:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def markdown_table(paper: Paper, results: dict) -> str:
+    """One row per recipe: mean ± std over seeds [95 % interval] of each column's metric."""
+    header = ["recipe", "seeds", *(title for _, title in paper.columns)]
+    rows = [header, ["---"] * len(header)]
+    for recipe, entry in results["papers"][paper.key]["recipes"].items():
+        summary = entry["summary"]
+        rows.append([recipe, str(len(entry["seeds"])), *(format_value(summary.get(metric)) for metric, _ in paper.columns)])
+    return "\n".join("| " + " | ".join(row) + " |" for row in rows) + "\n"
+
+
+def verdicts(results: dict) -> list[str]:
+    """Which of the papers' directions appear, read off the intervals (never typed by hand)."""
+
+    def interval(paper: str, recipe: str, metric: str) -> dict | None:
+        return results["papers"][paper]["recipes"].get(recipe, {}).get("summary", {}).get(metric)
+
+    def sentence(claim: str, summary: dict | None) -> str:
+        if not summary or summary["ci95"] is None:
+            return f"- {claim}: not enough finished seeds to say."
+        low, high = summary["ci95"]
+        appears = "appears" if low > 0 else ("is reversed" if high < 0 else "does not appear (the interval contains 0)")
+        return f"- {claim}: {summary['mean']:+.3f} ± {summary['std']:.3f}, 95 % interval [{low:+.3f}, {high:+.3f}]: {appears}."
+
+    lines = [sentence("Paper 2, training on text-centric prompts only leaves a modality gap (text - vision accuracy, "
+                      "`full_text`)", interval("modality_gap", "full_text", "modality_gap"))]
+    full_text = results["papers"]["modality_gap"]["recipes"].get("full_text", {}).get("seeds", {})
+    for recipe in ("mix", "kl", "kl_curriculum"):
+        other = results["papers"]["modality_gap"]["recipes"].get(recipe, {}).get("seeds", {})
+        shared = sorted(set(full_text) & set(other))
+        if shared:
+            narrowed = summarise([full_text[s]["modality_gap"] - other[s]["modality_gap"] for s in shared])
+            lines.append(sentence(f"Paper 2, `{recipe}` narrows the gap of `full_text` (gap difference, same seeds)",
+                                  narrowed))
+    lines.append(sentence("Paper 1, conflicts are recognised less often across modalities than within one "
+                          "(unimodal - cross-modal recognition, dataset-level mixing)",
+                          interval("modal_imbalance", "dataset_mixing", "recognition_gap")))
+    mixing = results["papers"]["modal_imbalance"]["recipes"]
+    for condition in ("cross_modal", "cross_lingual"):
+        dataset, instance = (mixing.get(r, {}).get("seeds", {}) for r in ("dataset_mixing", "instance_mixing"))
+        shared = sorted(set(dataset) & set(instance))
+        if shared:
+            key = f"recognition/{condition}"
+            gain = summarise([instance[s][key] - dataset[s][key] for s in shared])
+            lines.append(sentence(f"Paper 1, instance-level mixing recognises more {condition.replace('_', '-')} "
+                                  "conflicts than dataset-level mixing (same seeds)", gain))
+    return lines
+
+
+# --- plots --------------------------------------------------------------------------------------------------------
+
+
+def plot_all(runs: list[Run], results: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    paths = []
+    for paper in PAPERS:
+        recipes = results["papers"][paper.key]["recipes"]
+        paths.append(_bars(paper, recipes, list(paper.conditions), out / f"{paper.key}_by_condition.png",
+                           f"{paper.title}: held-out accuracy / rate by condition"))
+        paths.append(_bars(paper, recipes, [paper.gap], out / f"{paper.key}_gap.png", f"{paper.title}: {paper.gap}"))
+        paths.append(_curves(paper, runs, out / f"{paper.key}_training.png"))
+    return paths
+
+
+def _bars(paper: Paper, recipes: dict, metrics: list[str], path: Path, title: str) -> Path:
+    """Grouped bars (mean over seeds) with 95 % interval whiskers and one dot per seed."""
+    import matplotlib.pyplot as plt
+
+    names = list(recipes)
+    width = 0.8 / len(metrics)
+    figure, axis = plt.subplots(figsize=(max(6, 1.4 * len(names) * max(1, len(metrics) / 2)), 4.2))
+    for index, metric in enumerate(metrics):
+        xs = [n + (index - (len(metrics) - 1) / 2) * width for n in range(len(names))]
+        summaries = [recipes[name]["summary"].get(metric) for name in names]
+        means = [s["mean"] if s else math.nan for s in summaries]
+        errors = [[s["mean"] - s["ci95"][0] if s and s["ci95"] else 0 for s in summaries],
+                  [s["ci95"][1] - s["mean"] if s and s["ci95"] else 0 for s in summaries]]
+        axis.bar(xs, means, width, yerr=errors, capsize=3, label=metric.removeprefix("recognition/"))
+        for x, name in zip(xs, names):
+            seeds = [m[metric] for m in recipes[name]["seeds"].values() if metric in m]
+            axis.scatter([x] * len(seeds), seeds, color="black", s=8, zorder=3)
+    axis.axhline(0, color="grey", linewidth=0.8)
+    axis.set_xticks(range(len(names)), names)
+    axis.set_title(title, fontsize=10)
+    axis.set_ylabel("mean over seeds (95 % interval; dots: seeds)")
+    if len(metrics) > 1:
+        axis.legend(fontsize=8, ncols=min(len(metrics), 5), loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def _curves(paper: Paper, runs: list[Run], path: Path) -> Path:
+    """Per recipe, the in-training imbalance probe and the LM loss over steps (mean over seeds)."""
+    import matplotlib.pyplot as plt
+
+    panels = (("imbalance/ratio", "image share of attention (probe set)"), ("lm_loss", "training LM loss"))
+    figure, axes = plt.subplots(1, len(panels), figsize=(12, 4))
+    for axis, (key, label) in zip(axes, panels):
+        for recipe in paper.recipes:
+            curves = [_series(r.directory / "metrics.jsonl", key) for r in runs
+                      if r.paper is paper and r.recipe is recipe and r.finished()]
+            steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+            if steps:
+                axis.plot(steps, [statistics.fmean(c[s] for c in curves) for s in steps], marker=".", label=recipe.name)
+        axis.set_xlabel("training step")
+        axis.set_ylabel(label)
+        axis.set_title(f"{label} (mean over seeds)", fontsize=10)
+    axes[0].legend(fontsize=8)
+    figure.suptitle(paper.title, fontsize=10)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def _series(metrics_file: Path, key: str) -> dict[int, float]:
+    if not metrics_file.is_file():
+        return {}
+    lines = (json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip())
+    return {line["step"]: line[key] for line in lines if key in line}
+
+
+def _save(figure, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    with atomic_file(path, "wb") as handle:
+        figure.savefig(handle, format="png", dpi=110)
+    plt.close(figure)
+    return path
+
+
+# --- README -------------------------------------------------------------------------------------------------------
+
+
+def readme_section(results: dict) -> str:
+    """The README's reproduction section body, entirely from results.json."""
+    run = results["run"]
+    lines = [
+        README_START,
+        f"Generated by `{run['command']}` from `results/results.json` (commit `{run['commit']}`, "
+        f"{run['finished_runs']} of {run['planned_runs']} runs finished, seeds {', '.join(map(str, run['seeds']))}; "
+        f"this invocation took {run['wall_minutes']:.1f} min on {run['cpus']} CPU cores, {run['jobs']} runs at a time; "
+        f"{run['settings_note']}).",
+        "",
+        "Cells: mean ± standard deviation over seeds [95 % t-interval of the mean]; held-out records "
+        f"(`data.seed={EVAL_DATA_SEED}`), {run['eval_per_condition']} items per condition and seed.",
+        "",
+    ]
+    for paper in PAPERS:
+        lines += [f"**{paper.title}**", "", markdown_table(paper, results)]
+    lines += ["Directions (read off the intervals):", "", *verdicts(results), "", README_END]
+    return "\n".join(lines)
+
+
+def update_readme(results: dict, readme: Path) -> None:
+    text = readme.read_text()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"{readme} has no {README_START} ... {README_END} markers to write between")
+    before, rest = text.split(README_START, 1)
+    after = rest.split(README_END, 1)[1]
+    atomic_write_text(readme, before + readme_section(results) + after)
+
+
+# --- main ---------------------------------------------------------------------------------------------------------
+
+
+def git_commit() -> str:
+    result = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True)
+    return (result.stdout.strip() or "unknown") + ("+uncommitted changes" if dirty.stdout.strip() else "")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run of every step (minutes, not hours)")
+    parser.add_argument("--out", type=Path, default=None, help="results directory (default results/, quick: "
+                        "results-quick/)")
+    parser.add_argument("--runs", type=Path, default=None, help="run directories (default runs/reproduce[-quick])")
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
+    parser.add_argument("--recipes", nargs="+", choices=ORDER, default=ORDER, help="run only these recipes (the "
+                        "tables report whatever runs have finished)")
+    parser.add_argument("--cache-dir", default=os.environ.get("XMODAL_CACHE", str(Path.home() / ".cache" / "xmodal")))
+    parser.add_argument("--readme", type=Path, default=REPO / "README.md")
+    parser.add_argument("--update-readme", action="store_true", help="only rewrite the README section from "
+                        "<out>/results.json")
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # internal: run one job.json
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(args.worker)
+        return 0
+    budget = QUICK if args.quick else FULL
+    suffix = "-quick" if args.quick else ""
+    out = args.out or REPO / f"results{suffix}"
+    runs_root = args.runs or REPO / "runs" / f"reproduce{suffix}"
+    if args.update_readme:
+        update_readme(json.loads((out / "results.json").read_text()), args.readme)
+        return 0
+
+    started = time.perf_counter()
+    planned = plan(runs_root, budget)
+    # a recipe that starts from another's model brings that recipe along
+    wanted = set(args.recipes) | {r.recipe.starts_from for r in planned if r.recipe.name in args.recipes} - {None}
+    runs = [run for run in planned if run.recipe.name in wanted]
+    failures = run_all(runs, budget, args.jobs, args.cache_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python scripts/reproduce.py" + (" --quick" if args.quick else "")
+    results = {
+        "run": {
+            "command": command,
+            "commit": git_commit(),
+            "quick": args.quick,
+            "seeds": list(budget.seeds),
+            "planned_runs": len(runs),
+            "finished_runs": sum(r.finished() for r in runs),
+            "failures": failures,
+            "wall_minutes": (time.perf_counter() - started) / 60,
+            "cpus": os.cpu_count(),
+            "jobs": args.jobs,
+            "eval_per_condition": budget.eval_per_condition,
+            "settings_note": f"paper 2: {budget.gap_steps} steps per recipe; paper 1: {budget.mixing_epochs} epochs "
+                             "over the same instructions for both mixings",
+            "budget": {k: v for k, v in vars(budget).items()},
+        },
+        "papers": collect(runs),
+    }
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
+    for paper in PAPERS:
+        atomic_write_text(out / f"{paper.key}.md", f"# {paper.title}\n\n{markdown_table(paper, results)}")
+    for path in plot_all(runs, results, out):
+        print(f"plot: {path}", flush=True)
+    if not args.quick:
+        update_readme(results, args.readme)
+    print(f"results: {out / 'results.json'} ({results['run']['wall_minutes']:.1f} min)", flush=True)
+    for failure in failures:
+        print(f"[FAILED] {failure.splitlines()[0]}", flush=True)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
