@@ -51,14 +51,15 @@ class Budget:
     eval_per_condition: int
     imbalance_per_condition: int
     curve_points: int  # in-training imbalance probes per run
+    logging_steps: int  # metrics.jsonl lines (the loss curves) every this many steps
     base_stage: dict = field(default_factory=dict)  # model.init.stage overrides (the quick run's tiny base)
 
 
 FULL = Budget(seeds=(0, 1, 2), gap_records=2000, gap_steps=600, mixing_records=1000, mixing_epochs=3,
-              eval_per_condition=128, imbalance_per_condition=32, curve_points=10)
+              eval_per_condition=128, imbalance_per_condition=32, curve_points=10, logging_steps=10)
 QUICK = Budget(
     seeds=(0, 1, 2), gap_records=64, gap_steps=4, mixing_records=16, mixing_epochs=1, eval_per_condition=4,
-    imbalance_per_condition=2, curve_points=2,
+    imbalance_per_condition=2, curve_points=2, logging_steps=1,
     base_stage={"train_records": 64, "held_out_records": 16, "classifier_steps": 2, "caption_steps": 2,
                 "text_qa_records": 16, "held_out_text_qa_records": 8, "min_classifier_accuracy": 0,
                 "min_caption_exact_match": 0, "min_text_qa_accuracy": 0},
@@ -176,7 +177,8 @@ def steps(run: Run, runs: dict[tuple, Run], budget: Budget) -> list[tuple[str, l
     planned: list[tuple[str, list[str]]] = []
     final = run.directory / "final"
     if not final.is_dir():
-        train = [*base, *run.recipe.overrides, "metrics=imbalance", "trainer.save_strategy=no"]
+        train = [*base, *run.recipe.overrides, "metrics=imbalance", "trainer.save_strategy=no",
+                 f"trainer.logging_steps={budget.logging_steps}"]
         if run.paper is MODALITY_GAP:
             train += [f"data.num_records={budget.gap_records}", f"trainer.max_steps={budget.gap_steps}"]
             every = max(1, budget.gap_steps // budget.curve_points)
@@ -329,7 +331,7 @@ def summarise(values: list[float]) -> dict:
 
 def collect(runs: list[Run]) -> dict:
     papers: dict = {}
-    for paper in PAPERS:
+    for paper in PAPERS:  # every finished run of the plan, whichever recipes this invocation ran
         recipes: dict = {}
         for recipe in paper.recipes:
             finished = [r for r in runs if r.paper is paper and r.recipe is recipe and r.finished()]
@@ -411,8 +413,9 @@ def plot_all(runs: list[Run], results: dict, out: Path) -> list[Path]:
     for paper in PAPERS:
         recipes = results["papers"][paper.key]["recipes"]
         paths.append(_bars(paper, recipes, list(paper.conditions), out / f"{paper.key}_by_condition.png",
-                           f"{paper.title}: held-out accuracy / rate by condition"))
-        paths.append(_bars(paper, recipes, [paper.gap], out / f"{paper.key}_gap.png", f"{paper.title}: {paper.gap}"))
+                           f"{paper.title}\nheld-out {'recognition / false-alarm rate' if paper is MODAL_IMBALANCE else 'accuracy'} by condition"))
+        paths.append(_bars(paper, recipes, [paper.gap], out / f"{paper.key}_gap.png",
+                           f"{paper.title}\n{dict(paper.columns)[paper.gap]} on held-out records"))
         paths.append(_curves(paper, runs, out / f"{paper.key}_training.png"))
     return paths
 
@@ -435,6 +438,8 @@ def _bars(paper: Paper, recipes: dict, metrics: list[str], path: Path, title: st
             seeds = [m[metric] for m in recipes[name]["seeds"].values() if metric in m]
             axis.scatter([x] * len(seeds), seeds, color="black", s=8, zorder=3)
     axis.axhline(0, color="grey", linewidth=0.8)
+    if len(metrics) > 1:  # rates: the whole [0, 1] range, so recipes compare at a glance
+        axis.set_ylim(0, 1.05)
     axis.set_xticks(range(len(names)), names)
     axis.set_title(title, fontsize=10)
     axis.set_ylabel("mean over seeds (95 % interval; dots: seeds)")
@@ -460,7 +465,8 @@ def _curves(paper: Paper, runs: list[Run], path: Path) -> Path:
         axis.set_xlabel("training step")
         axis.set_ylabel(label)
         axis.set_title(f"{label} (mean over seeds)", fontsize=10)
-    axes[0].legend(fontsize=8)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8)
     figure.suptitle(paper.title, fontsize=10)
     figure.tight_layout()
     return _save(figure, path)
@@ -563,8 +569,8 @@ def main(argv: list[str] | None = None) -> int:
             "commit": git_commit(),
             "quick": args.quick,
             "seeds": list(budget.seeds),
-            "planned_runs": len(runs),
-            "finished_runs": sum(r.finished() for r in runs),
+            "planned_runs": len(planned),
+            "finished_runs": sum(r.finished() for r in planned),
             "failures": failures,
             "wall_minutes": (time.perf_counter() - started) / 60,
             "cpus": os.cpu_count(),
@@ -574,12 +580,12 @@ def main(argv: list[str] | None = None) -> int:
                              "over the same instructions for both mixings",
             "budget": {k: v for k, v in vars(budget).items()},
         },
-        "papers": collect(runs),
+        "papers": collect(planned),
     }
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     for paper in PAPERS:
         atomic_write_text(out / f"{paper.key}.md", f"# {paper.title}\n\n{markdown_table(paper, results)}")
-    for path in plot_all(runs, results, out):
+    for path in plot_all(planned, results, out):
         print(f"plot: {path}", flush=True)
     if not args.quick:
         update_readme(results, args.readme)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,9 @@ from trainers.models.tiny_pretraining import (
     PretrainingError,
     PretrainingSettings,
     build_tiny_llava_base,
+    pretrain,
     render_cell_images,
+    text_qa_records,
     warm_up_vision_tower,
 )
 from trainers.models import load_model, load_processor, materialise_init
@@ -113,3 +116,28 @@ def test_shipped_config_materialises_through_the_model_cache(model_config, tmp_p
     assert Path(path).name.startswith(cfg.model.init._target_.rsplit(".", 1)[-1])
     load_model(path, cfg.model.dtype, cfg.model.attn_implementation)
     load_processor(path)
+
+
+def test_text_qa_records_cover_every_language_pair_and_hold_out_unseen_questions():
+    settings = PretrainingSettings(text_qa_records=64, held_out_text_qa_records=64)
+    train, held_out = text_qa_records(settings)
+    assert len(train) == 64 and 0 < len(held_out) <= 64
+    pairs = [record["id"].split("/")[1] for record in train[:4]]
+    assert pairs == ["en", "en-xx", "xx-en", "xx"]  # facts language - question language, in turn
+    assert all(not record["images"] for record in train + held_out)  # text only: the LM's own reading
+    seen = {(r["messages"][0]["content"][-1]["text"], r["target"]) for r in train}
+    assert not any((r["messages"][0]["content"][-1]["text"], r["target"]) in seen for r in held_out)
+    bilingual = next(r for r in train if r["id"].split("/")[1] == "en-xx")
+    assert bilingual["messages"][0]["content"][-1]["text"].startswith("Facts: ") and bilingual["target"] in "abcdefghjk"
+
+
+def test_stage_reports_text_qa_accuracy_when_taught(tmp_path):
+    torch.manual_seed(1234)
+    model, processor = build_tiny_llava(TEXT, VISION, vocab_size=512)
+    settings = PretrainingSettings(**{**SHORT_STAGE, "text_qa_records": 16, "held_out_text_qa_records": 8,
+                                      "cache_dir": str(tmp_path)})
+    scores = pretrain(model, processor, "llava", VISION["image_size"], settings)
+    assert set(scores) == {"classifier_accuracy", "caption_exact_match", "text_qa_accuracy"}
+    assert 0.0 <= scores["text_qa_accuracy"] <= 1.0
+    with pytest.raises(PretrainingError, match="text_qa_accuracy"):
+        pretrain(model, processor, "llava", VISION["image_size"], replace(settings, min_text_qa_accuracy=1.01))
