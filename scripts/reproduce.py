@@ -160,14 +160,9 @@ def plan(runs_root: Path, budget: Budget) -> list[Run]:
 
 
 def dependencies(run: Run, runs: list[Run]) -> list[Run]:
-    """The first run builds (and caches) the base model every run starts from (`model.init_seed`: one for all
-    seeds), so the others wait for it instead of building it in parallel; a recipe that starts from another
-    recipe's model waits for that run."""
-    needs = [runs[0]] if run is not runs[0] else []
-    if run.recipe.starts_from:
-        needs += [other for other in runs if other.seed == run.seed and other.paper is run.paper
-                  and other.recipe.name == run.recipe.starts_from]
-    return needs
+    """A recipe that starts from another recipe's model waits for that run (same seed)."""
+    return [other for other in runs if other.seed == run.seed and other.paper is run.paper
+            and other.recipe.name == run.recipe.starts_from]
 
 
 # --- running ------------------------------------------------------------------------------------------------------
@@ -176,8 +171,7 @@ def dependencies(run: Run, runs: list[Run]) -> list[Run]:
 def steps(run: Run, runs: dict[tuple, Run], budget: Budget) -> list[tuple[str, list[str]]]:
     """(step, overrides) of one run: train (unless final/ exists), then measure imbalance, then evaluate (last, so
     that eval.json marks a finished run). Each step is the entry point's own function on its composed config."""
-    base = [f"seed={run.seed}", f"output_dir={run.directory}"]
-    base += [f"model.init.stage.{key}={value}" for key, value in budget.base_stage.items()]
+    base = [f"seed={run.seed}", f"output_dir={run.directory}", *base_model_overrides(budget)]
     planned: list[tuple[str, list[str]]] = []
     final = run.directory / "final"
     if not final.is_dir():
@@ -210,31 +204,37 @@ def steps(run: Run, runs: dict[tuple, Run], budget: Budget) -> list[tuple[str, l
     return planned
 
 
+def base_model_overrides(budget: Budget) -> list[str]:
+    return [f"model.init.stage.{key}={value}" for key, value in budget.base_stage.items()]
+
+
 # step -> (the entry point's config name, its module, the function its console script runs)
 ENTRY_POINTS = {
+    "base": ("config", "trainers.models", "model_location"),  # build and cache the tiny base model (once)
     "train": ("config", "recipes.finetune", "train"),  # xmodal-train
     "imbalance": ("imbalance", "recipes.imbalance", "run"),  # xmodal-imbalance
     "eval": ("evaluate", "recipes.evaluate", "run"),  # xmodal-eval
 }
 
 
-def execute(run: Run, runs: dict[tuple, Run], budget: Budget, cache_dir: str) -> float:
-    """One process per run (`--worker`), one thread, logging to `<run>/run.log`; returns seconds, raises with the
-    log's tail. One process instead of one per step: starting Python and torch costs more than a quick run."""
+def execute(directory: Path, planned: list[tuple[str, list[str]]], label: str, cache_dir: str) -> float:
+    """Run `planned` steps in one process (`--worker`), one thread, logging to `<directory>/run.log`; returns
+    seconds, raises with the log's tail. One process, not one per step: starting Python and torch costs more than
+    a quick run's steps."""
     started = time.perf_counter()
-    run.directory.mkdir(parents=True, exist_ok=True)
-    job = run.directory / "job.json"
-    atomic_write_text(job, json.dumps(steps(run, runs, budget), indent=1) + "\n")
+    directory.mkdir(parents=True, exist_ok=True)
+    job = directory / "job.json"
+    atomic_write_text(job, json.dumps(planned, indent=1) + "\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "XMODAL_CACHE": cache_dir,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
            "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    log = run.directory / "run.log"
+    log = directory / "run.log"
     with open(log, "w") as handle:
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(job)]
         code = subprocess.run(command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT).returncode
     if code != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
-        raise RuntimeError(f"{run.label}: exited {code} (log: {log})\n{tail}")
+        raise RuntimeError(f"{label}: exited {code} (log: {log})\n{tail}")
     return time.perf_counter() - started
 
 
@@ -253,14 +253,21 @@ def worker(job: Path) -> None:
         print(f"== {step}: {' '.join(overrides)}", flush=True)
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=overrides)
-        getattr(importlib.import_module(module), function)(cfg)
+        result = getattr(importlib.import_module(module), function)(cfg)
+        print(f"== {step}: {result}", flush=True)
 
 
-def run_all(runs: list[Run], budget: Budget, jobs: int, cache_dir: str) -> list[str]:
+def run_all(runs: list[Run], runs_root: Path, budget: Budget, jobs: int, cache_dir: str) -> list[str]:
     """Run every unfinished run, `jobs` at a time, in dependency order; returns the failures' messages."""
     by_key = {(r.paper.key, r.recipe.name, r.seed): r for r in runs}
     todo = [r for r in runs if not r.finished()]
     print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to run, {jobs} at a time", flush=True)
+    if todo:  # every run starts from one cached base model (model.init_seed): build it once, before they start
+        print("[base] building or finding the cached base model", flush=True)
+        try:
+            execute(runs_root / "base", [("base", base_model_overrides(budget))], "base model", cache_dir)
+        except RuntimeError as error:
+            return [str(error)]
     done = {r.label for r in runs if r.finished()}
     failed: dict[str, str] = {}
     started = time.perf_counter()
@@ -275,7 +282,8 @@ def run_all(runs: list[Run], budget: Budget, jobs: int, cache_dir: str) -> list[
                 elif len(running) < jobs and all(n.label in done for n in needs):
                     todo.remove(run)
                     print(f"[start] {run.label} -> {run.directory}", flush=True)
-                    running[pool.submit(execute, run, by_key, budget, cache_dir)] = run
+                    work = (run.directory, steps(run, by_key, budget), run.label, cache_dir)
+                    running[pool.submit(execute, *work)] = run
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -572,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     # a recipe that starts from another's model brings that recipe along
     wanted = set(args.recipes) | {r.recipe.starts_from for r in planned if r.recipe.name in args.recipes} - {None}
     runs = [run for run in planned if run.recipe.name in wanted]
-    failures = [] if args.report else run_all(runs, budget, args.jobs, args.cache_dir)
+    failures = [] if args.report else run_all(runs, runs_root, budget, args.jobs, args.cache_dir)
     out.mkdir(parents=True, exist_ok=True)
     command = "python scripts/reproduce.py" + (" --quick" if args.quick else "")
     results = {
