@@ -55,7 +55,7 @@ class Budget:
     base_stage: dict = field(default_factory=dict)  # model.init.stage overrides (the quick run's tiny base)
 
 
-FULL = Budget(seeds=(0, 1, 2), gap_records=2000, gap_steps=600, mixing_records=1000, mixing_epochs=3,
+FULL = Budget(seeds=(0, 1, 2), gap_records=2000, gap_steps=600, mixing_records=600, mixing_epochs=3,
               eval_per_condition=128, imbalance_per_condition=32, curve_points=10, logging_steps=10)
 QUICK = Budget(
     seeds=(0, 1, 2), gap_records=64, gap_steps=4, mixing_records=16, mixing_epochs=1, eval_per_condition=4,
@@ -144,9 +144,11 @@ class Run:
         return (self.directory / "job.json").stat().st_mtime, (self.directory / "eval" / "eval.json").stat().st_mtime
 
 
-# The order runs start in: every seed of a recipe before the next recipe, the baselines and the papers' own
-# comparisons first, so that an interrupted reproduction has whole recipes to report.
-ORDER = ("full_text", "dataset_mixing", "instance_mixing", "mix", "no_text", "kl", "curriculum", "kl_curriculum")
+# The order runs start in: group by group, and within a group seed by seed (the recipes a comparison needs side by
+# side); the baselines and the papers' own comparisons first, so an interrupted reproduction reports whole ones.
+GROUPS = (("full_text",), ("dataset_mixing", "instance_mixing"), ("mix",), ("no_text",), ("kl",), ("curriculum",),
+          ("kl_curriculum",))
+ORDER = tuple(name for group in GROUPS for name in group)
 
 
 def plan(runs_root: Path, budget: Budget) -> list[Run]:
@@ -156,7 +158,8 @@ def plan(runs_root: Path, budget: Budget) -> list[Run]:
         for recipe in paper.recipes
         for seed in budget.seeds
     ]
-    return sorted(runs, key=lambda run: ORDER.index(run.recipe.name))
+    group = {name: index for index, names in enumerate(GROUPS) for name in names}
+    return sorted(runs, key=lambda run: (group[run.recipe.name], run.seed, ORDER.index(run.recipe.name)))
 
 
 def dependencies(run: Run, runs: list[Run]) -> list[Run]:
