@@ -320,13 +320,15 @@ def run_metrics(run: Run) -> dict[str, float]:
     if run.paper is MODALITY_GAP:
         for condition in MODALITY_GAP.conditions:
             metrics[condition] = conditions[condition]["accuracy"]
-        metrics["modality_gap"] = derived["modality_gap"]
+        gap = derived["modality_gap"]  # a number, or {"difference", "ci"} where xmodal-eval adds intervals
+        metrics["modality_gap"] = gap["difference"] if isinstance(gap, dict) else gap
         return metrics
     for condition in CONFLICT_CONDITIONS:
         metrics[f"recognition/{condition}"] = derived[f"conflict_recognition/{condition}"]["accuracy"]
         metrics[f"control_accuracy/{condition}"] = derived[f"control_accuracy/{condition}"]["accuracy"]
     alarms = [derived[f"false_conflict/{c}"] for c in CONFLICT_CONDITIONS]
-    metrics["false_alarm"] = sum(a["correct"] for a in alarms) / sum(a["count"] for a in alarms)
+    answers = sum(a.get("answers", a.get("count")) for a in alarms)  # "answers" where items are sampled repeatedly
+    metrics["false_alarm"] = sum(a["correct"] for a in alarms) / answers
     unimodal = (metrics["recognition/unimodal_text"] + metrics["recognition/unimodal_image"]) / 2
     metrics["recognition_gap"] = unimodal - metrics["recognition/cross_modal"]
     return metrics

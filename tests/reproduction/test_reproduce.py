@@ -20,10 +20,12 @@ SCRIPT = REPO / "scripts" / "reproduce.py"
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """scripts/ is no package: import the script by path (registered first, as dataclasses need)."""
+    if "reproduce" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("reproduce", SCRIPT)
+        sys.modules["reproduce"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["reproduce"])
+    return sys.modules["reproduce"]
 
 
 def test_summary_is_the_t_interval_over_seeds():
