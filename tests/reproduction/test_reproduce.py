@@ -31,7 +31,7 @@ def load_script():
 def test_summary_is_the_t_interval_over_seeds():
     summary = load_script().summarise([1.0, 2.0, 3.0])
     # mean 2, sample std 1, t(0.975, df=2) = 4.302653 -> half width 4.302653 / sqrt(3)
-    assert summary["mean"] == 2.0 and summary["std"] == 1.0 and summary["n"] == 3
+    assert summary["mean"] == 2.0 and summary["std"] == 1.0 and summary["n"] == 3 and summary["positive"] == 3
     assert summary["ci95"] == pytest.approx([2 - 2.484138, 2 + 2.484138], abs=1e-6)
     assert load_script().summarise([0.5])["ci95"] is None
 
@@ -48,22 +48,22 @@ def reproduce(*args, cache: Path) -> subprocess.CompletedProcess:
 def test_quick_reproduction_writes_tables_plots_and_skips_finished_runs(tmp_path):
     runs, out, cache = tmp_path / "runs", tmp_path / "results", tmp_path / "cache"
     first = reproduce("--quick", "--runs", str(runs), "--out", str(out), cache=cache)
-    assert "0 of 24 runs already finished" in first.stdout and "[done 24/24]" in first.stdout
+    assert "0 of 16 runs already finished" in first.stdout and "[done 16/16]" in first.stdout
     results = json.loads((out / "results.json").read_text())
-    assert results["run"]["finished_runs"] == 24 and results["run"]["failures"] == []
+    assert results["run"]["finished_runs"] == 16 and results["run"]["failures"] == []
     script = load_script()
     for paper in script.PAPERS:
         table = (out / f"{paper.key}.md").read_text()
         for recipe in paper.recipes:
             entry = results["papers"][paper.key]["recipes"][recipe.name]
-            assert sorted(entry["seeds"]) == ["0", "1", "2"]
-            assert f"| {recipe.name} | 3 |" in table
+            assert sorted(entry["seeds"]) == ["0", "1"]
+            assert f"| {recipe.name} | 2 |" in table
         for kind in ("by_condition", "gap", "training"):
             with Image.open(out / f"{paper.key}_{kind}.png") as image:
                 assert image.width > 300 and image.height > 200
-    # the table's numbers are the eval.json numbers of the three seeds, independently recomputed
+    # the table's numbers are the eval.json numbers of the two seeds, independently recomputed
     gaps = []
-    for seed in range(3):
+    for seed in range(2):
         report = json.loads((runs / "modality_gap" / "kl" / f"seed{seed}" / "eval" / "eval.json").read_text())
         conditions = report["results"][0]["conditions"]
         gaps.append(conditions["text_centric"]["accuracy"] - conditions["vision_centric"]["accuracy"])
@@ -82,7 +82,7 @@ def test_quick_reproduction_writes_tables_plots_and_skips_finished_runs(tmp_path
     # a rerun finds every run finished and only rewrites the results
     shutil.rmtree(out)
     again = reproduce("--quick", "--runs", str(runs), "--out", str(out), cache=cache)
-    assert "24 of 24 runs already finished; 0 to run" in again.stdout and "[start]" not in again.stdout
+    assert "16 of 16 runs already finished; 0 to run" in again.stdout and "[start]" not in again.stdout
     assert json.loads((out / "results.json").read_text())["papers"] == results["papers"]
 
     readme = tmp_path / "README.md"
