@@ -495,6 +495,8 @@ def _curves(paper: Paper, runs: list[Run], path: Path) -> Path:
                 axis.plot(steps, [statistics.fmean(c[s] for c in curves) for s in steps], marker=".", label=recipe.name)
         axis.set_xlabel("training step")
         axis.set_ylabel(label)
+        if key == "lm_loss" and axis.lines:
+            axis.set_yscale("log")  # the late plateau is what tells recipes apart
         axis.set_title(f"{label} (mean over seeds)", fontsize=10)
     if axes[0].get_legend_handles_labels()[0]:
         axes[0].legend(fontsize=8)
