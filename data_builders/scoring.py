@@ -14,6 +14,10 @@ conflict task). In order:
 4. A multiple-choice target (a single capital letter, `B` or `(B)`) matches the boxed letter, a bare letter,
    `(B)`, or "the answer is B".
 5. Any other target matches the normalised boxed answer exactly.
+
+Conflict recognition (`builder=conflict`) is decided by a judge, `judge(response, answer, counter_answer) -> bool`:
+`ExactConflictJudge` (the fine-tuned conflict answer) or `FreeTextConflictJudge` (free text that says the sources
+disagree or names both candidate answers, for off-the-shelf models); conf/judge/ selects one.
 """
 
 from __future__ import annotations
@@ -328,7 +332,7 @@ class FreeTextConflictJudge:
 
     def _negated(self, before: str) -> bool:
         # "n't" is split off so that "don't" and "doesn't" read as negations.
-        words = re.findall(r"n't|[a-z]+", before)[-self.negation_window :] if self.negation_window else []
+        words = re.findall(r"[a-z]+(?=n't)|n't|[a-z]+", before)[-self.negation_window :] if self.negation_window else []
         return any(word in self.negations for word in words)
 
 
