@@ -19,6 +19,7 @@ import json
 import logging
 import os
 from collections import defaultdict
+from dataclasses import asdict
 
 import hydra
 from hydra.utils import instantiate
@@ -35,11 +36,12 @@ from trainers.models import load_for_inference, model_location
 logger = logging.getLogger("xmodal.evaluate")
 
 
-def evaluate_checkpoint(path: str, items: list[EvalItem], cfg: DictConfig, judge) -> tuple[dict, list[Prediction]]:
+def evaluate_checkpoint(
+    path: str, items: list[EvalItem], cfg: DictConfig, generation: GenerationSettings, judge
+) -> tuple[dict, list[Prediction]]:
     """(report for eval.json, predictions) of one checkpoint."""
     settings = cfg.evaluate
     model, processor = load_for_inference(path, cfg.model.dtype, cfg.model.attn_implementation)
-    generation = GenerationSettings.from_config(settings)
     predictions = predict(model, processor, items, get_template(cfg.model.template), generation, judge)
     report = {"checkpoint": path, **summarise(predictions, settings.bootstrap_resamples, settings.seed, settings.confidence)}
     mismatches: dict[str, int] = defaultdict(int)
@@ -86,16 +88,18 @@ def run(cfg: DictConfig) -> str:
     items = eval_items(build_instances(cfg).instances, settings.per_condition)
     # Batches stay within one condition, so padding and per-condition timings stay comparable.
     items.sort(key=lambda item: item.condition)
+    generation = GenerationSettings.from_config(settings, OmegaConf.select(cfg, "data.prompt_style", default="compact"))
     judge = instantiate(cfg.judge)
     reports, lines = [], []
     for path in checkpoints:
-        report, predictions = evaluate_checkpoint(path, items, cfg, judge)
+        report, predictions = evaluate_checkpoint(path, items, cfg, generation, judge)
         reports.append(report)
         lines.extend(prediction_lines(path, predictions))
     out_dir = settings.out_dir
     summary = {
         "settings": {
             **OmegaConf.to_container(settings, resolve=True),
+            "generation": asdict(generation),
             "checkpoints": checkpoints,
             "data": OmegaConf.to_container(cfg.data, resolve=True),
             "builder": OmegaConf.to_container(cfg.builder, resolve=True),

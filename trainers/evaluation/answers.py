@@ -53,6 +53,11 @@ class Prediction:
         return sum(self.correct) / len(self.correct)
 
 
+# New tokens an answer may take, by the data's prompt style: a short answer, or step-by-step reasoning then a boxed
+# answer (data.prompt_style=paper; the modality-gap paper allows 4,096).
+MAX_NEW_TOKENS = {"compact": 16, "paper": 4096}
+
+
 @dataclass(frozen=True)
 class GenerationSettings:
     """How answers are generated and scored. `temperature` 0 is greedy decoding (then `num_samples` must be 1);
@@ -78,9 +83,15 @@ class GenerationSettings:
             )
 
     @classmethod
-    def from_config(cls, settings) -> GenerationSettings:
-        """The fields of this class found in a config node (other keys, e.g. checkpoints, are not generation's)."""
-        return cls(**{name: settings[name] for name in cls.__dataclass_fields__ if name in settings})
+    def from_config(cls, settings, prompt_style: str = "compact") -> GenerationSettings:
+        """The fields of this class found in a config node (other keys, e.g. checkpoints, are not generation's);
+        `max_new_tokens` null (or absent) = `MAX_NEW_TOKENS[prompt_style]`."""
+        fields = {name: settings[name] for name in cls.__dataclass_fields__ if settings.get(name) is not None}
+        if "max_new_tokens" not in fields:
+            if prompt_style not in MAX_NEW_TOKENS:
+                raise ValueError(f"no default max_new_tokens for prompt style {prompt_style!r}; set it explicitly")
+            fields["max_new_tokens"] = MAX_NEW_TOKENS[prompt_style]
+        return cls(**fields)
 
 
 # --- instances and prompts ---------------------------------------------------------------------------------------

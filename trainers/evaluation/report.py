@@ -80,9 +80,10 @@ def percentile_interval(values: np.ndarray, confidence: float) -> list[float]:
 
 def summarise(predictions: list[Prediction], resamples: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict:
     """{"conditions": {c: rate}, "derived": {name: rate or gap}} where a rate is {"accuracy", "correct",
-    "answers", "count" (items), "ci"} and the gap is {"difference", "ci"}; `ci` = [low, high] at `confidence`."""
+    "answers", "count" (items), "ci"} and the gap is {"difference", "ci"}; `ci` = [low, high] at `confidence`,
+    left out when `resamples` is 0 (the in-training callback logs point values only)."""
     tallies = rate_tallies(predictions)
-    names, resampled = bootstrap_rates(tallies, resamples, seed)
+    names, resampled = bootstrap_rates(tallies, resamples, seed) if resamples else (list(tallies), None)
     items: dict[str, int] = defaultdict(int)
     for prediction in predictions:
         items[prediction.item.condition] += 1
@@ -93,19 +94,20 @@ def summarise(predictions: list[Prediction], resamples: int = 1000, seed: int = 
         answers = sum(tally[1] for tally in tallies[name].values())
         rates[name] = hits / answers
         group, _, label = name.partition("/")
-        entry = {"accuracy": rates[name], "correct": hits, "answers": answers,
-                 "ci": percentile_interval(resampled[:, column], confidence)}
+        entry = {"accuracy": rates[name], "correct": hits, "answers": answers}
+        if resampled is not None:
+            entry["ci"] = percentile_interval(resampled[:, column], confidence)
         if group == "conditions":
             report["conditions"][label] = {**entry, "count": items[label]}
         else:
             report["derived"][name] = entry
     gap_name, minuend, subtrahend = GAP
-    if f"conditions/{minuend}" in rates and f"conditions/{subtrahend}" in rates:
-        differences = resampled[:, names.index(f"conditions/{minuend}")] - resampled[:, names.index(f"conditions/{subtrahend}")]
-        report["derived"][gap_name] = {
-            "difference": rates[f"conditions/{minuend}"] - rates[f"conditions/{subtrahend}"],
-            "ci": percentile_interval(differences, confidence),
-        }
+    first, second = f"conditions/{minuend}", f"conditions/{subtrahend}"
+    if first in rates and second in rates:
+        report["derived"][gap_name] = {"difference": rates[first] - rates[second]}
+        if resampled is not None:
+            differences = resampled[:, names.index(first)] - resampled[:, names.index(second)]
+            report["derived"][gap_name]["ci"] = percentile_interval(differences, confidence)
     report["derived"] = dict(sorted(report["derived"].items()))
     return report
 
