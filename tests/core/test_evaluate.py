@@ -10,7 +10,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from data_builders.scoring import ExactConflictJudge, answers_match
+from data_builders.instances import build_instances
+from data_builders.render import TextStyle, _fit
+from data_builders.scoring import ExactConflictJudge, FreeTextConflictJudge, answers_match
 from data_builders.templates import get_template
 from recipes import CONFIG_DIR
 from recipes.evaluate import run
@@ -166,29 +168,35 @@ def test_greedy_decoding_takes_one_sample():
         GenerationSettings(num_samples=4)
 
 
-def test_recipe_writes_eval_json_predictions_and_results_table(tmp_path):
+def _tiny_checkpoint(path) -> str:
     torch.manual_seed(0)
     model, processor = build_tiny_llava(text=TEXT, vision=VISION)
-    checkpoint = tmp_path / "checkpoint"
-    model.save_pretrained(checkpoint)
-    processor.save_pretrained(checkpoint)
-    out = tmp_path / "eval"
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return str(path)
+
+
+def _evaluate_config(tmp_path, checkpoint: str, *overrides: str):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(
+        return compose(
             config_name="evaluate",
             overrides=[
                 "model=tiny_llava",
-                "builder=paired",
-                "builder.emit=both",
-                "data.num_records=8",
-                "evaluate.per_condition=4",
                 "evaluate.max_new_tokens=3",
                 f"evaluate.checkpoints=[{checkpoint}]",
-                f"evaluate.out_dir={out}",
+                f"evaluate.out_dir={tmp_path / 'eval'}",
                 f"output_dir={tmp_path}",
                 f"cache_dir={tmp_path / 'cache'}",
+                *overrides,
             ],
         )
+
+
+def test_recipe_writes_eval_json_predictions_and_results_table(tmp_path):
+    checkpoint = _tiny_checkpoint(tmp_path / "checkpoint")
+    out = tmp_path / "eval"
+    cfg = _evaluate_config(tmp_path, checkpoint, "builder=paired", "builder.emit=both", "data.num_records=8",
+                           "evaluate.per_condition=4")
     with open(run(cfg)) as f:
         report = json.load(f)
     (result,) = report["results"]
@@ -214,3 +222,36 @@ def test_recipe_writes_eval_json_predictions_and_results_table(tmp_path):
     table = (out / "results.md").read_text().splitlines()
     assert table[0] == "| checkpoint | text_centric | vision_centric | modality_gap |"
     assert table[2].startswith(f"| {checkpoint} | ") and "/4)" in table[2] and "[" in table[2]
+
+
+def test_free_text_judge_scores_conflict_recognition_with_intervals(tmp_path):
+    checkpoint = _tiny_checkpoint(tmp_path / "checkpoint")
+    cfg = _evaluate_config(
+        tmp_path, checkpoint, "builder=conflict", "builder.variants=rotate", "builder.conditions=[cross_modal]",
+        "data.num_records=4", "judge=free_text", "evaluate.max_new_tokens=6",
+    )
+    with open(run(cfg)) as f:
+        (result,) = json.load(f)["results"]
+    assert result["conditions"]["cross_modal"]["count"] == 4  # the whole split: one conflict per record
+    for name in ("conflict_recognition/cross_modal", "false_conflict/cross_modal", "control_accuracy/cross_modal"):
+        low, high = result["derived"][name]["ci"]
+        assert 0 <= low <= result["derived"][name]["accuracy"] <= high <= 1
+    judge, meta = FreeTextConflictJudge(), {i["id"]: i["meta"] for i in build_instances(cfg).instances}
+    lines = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    for line in lines:
+        candidates = meta[line["id"]]["answer"], meta[line["id"]]["counter_answer"]
+        assert line["said_conflict"] == [judge(answer, *candidates) for answer in line["answers"]]
+    recognised = sum(hit for line in lines if line["condition"] == "cross_modal" for hit in line["said_conflict"])
+    assert result["derived"]["conflict_recognition/cross_modal"]["correct"] == recognised
+
+
+@pytest.mark.parametrize("model, width", [("tiny_llava", 64), ("qwen2_5_vl_7b", 448), ("llava_1_5_7b", 336)])
+def test_conflict_evidence_is_drawn_with_the_models_render_preset(model, width):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=["builder=conflict", f"model={model}"])
+    assert cfg.builder.render == cfg.model.render and cfg.builder.render.width == width
+    if width >= 336:
+        # A CMQA-sized passage (about 60 words) fits a real model's image at the preset's full font size.
+        passage = " ".join(["The bridge over the river was completed in 1932 by the city engineers."] * 5)
+        font, _ = _fit(passage, TextStyle(**cfg.builder.render))
+        assert font.size == cfg.builder.render.font_size
