@@ -43,7 +43,8 @@ def evaluate_checkpoint(
     settings = cfg.evaluate
     model, processor = load_for_inference(path, cfg.model.dtype, cfg.model.attn_implementation)
     predictions = predict(model, processor, items, get_template(cfg.model.template), generation, judge)
-    report = {"checkpoint": path, **summarise(predictions, settings.bootstrap_resamples, settings.seed, settings.confidence)}
+    summary = summarise(predictions, settings.bootstrap_resamples, settings.seed, settings.confidence)
+    report = {"checkpoint": path, **summary}
     mismatches: dict[str, int] = defaultdict(int)
     for prediction in predictions:
         mismatches[prediction.item.condition] += not prediction.prompt_matches_training

@@ -13,12 +13,13 @@ from trainers.evaluation.report import flat_scalars, results_table, summarise
 
 def _predictions(scores: dict[str, list[list[bool]]]) -> list[Prediction]:
     """{condition: per record, the correctness of that record's items} -> one single-sample Prediction per item."""
-    return [
-        Prediction(EvalItem(f"r{record}:{condition}:{n}", condition, [], [], "1", f"r{record}"), "", ["1"], [hit], None, True)
-        for condition, per_record in scores.items()
-        for record, hits in enumerate(per_record)
-        for n, hit in enumerate(hits)
-    ]
+    predictions = []
+    for condition, per_record in scores.items():
+        for record, hits in enumerate(per_record):
+            for n, hit in enumerate(hits):
+                item = EvalItem(f"r{record}:{condition}:{n}", condition, [], [], "1", f"r{record}")
+                predictions.append(Prediction(item, "", ["1"], [hit], None, True))
+    return predictions
 
 
 def _naive_bootstrap(scores: dict[str, list[list[bool]]], resamples: int, seed: int, confidence: float) -> dict:

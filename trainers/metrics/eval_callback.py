@@ -69,7 +69,8 @@ class EvalCallback(TrainerCallback):
     def bind(self, trainer) -> None:
         """Attach to `trainer` and build the held-out items once."""
         self.trainer = trainer
-        self.items = sorted(eval_items(build_instances(self.heldout).instances, self.per_condition), key=lambda i: i.condition)
+        items = eval_items(build_instances(self.heldout).instances, self.per_condition)
+        self.items = sorted(items, key=lambda item: item.condition)  # batches within one condition, as in xmodal-eval
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every_n_steps and state.global_step != state.max_steps:
