@@ -40,7 +40,9 @@ def _recomputed_on_final_weights(overrides: list[str], output_dir) -> dict[str, 
     items = eval_items(build_instances(callback.heldout).instances, callback.per_condition)
     model, processor = load_for_inference(str(output_dir / "final"), "float32", "sdpa")
     predictions = predict(model, processor, items, callback.template, callback.settings)
-    return {"eval/items": len(items), **flat_scalars(summarise(predictions, resamples=0), "eval")}
+    mismatches = sum(not prediction.prompt_matches_training for prediction in predictions)
+    scalars = {"eval/items": len(items), "eval/prompt_mismatches": mismatches}
+    return {**scalars, **flat_scalars(summarise(predictions, resamples=0), "eval")}
 
 
 @pytest.mark.slow
@@ -51,7 +53,7 @@ def test_eval_and_imbalance_metrics_log_held_out_accuracy_and_gap(tmp_path, cach
     logs = _eval_logs(out)
     assert sorted(logs) == [2, 4]
     for scalars in logs.values():
-        assert scalars["eval/items"] == 10
+        assert scalars["eval/items"] == 10 and scalars["eval/prompt_mismatches"] == 0
         assert scalars["eval/modality_gap"] == pytest.approx(
             scalars["eval/accuracy/text_centric"] - scalars["eval/accuracy/vision_centric"]
         )

@@ -2,7 +2,8 @@
 
 Logs `eval/accuracy/<condition>`, `eval/modality_gap` (text-centric minus vision-centric) and, with
 `builder=conflict`, `eval/conflict_recognition/<c>`, `eval/control_accuracy/<c>`, `eval/false_conflict/<c>`
-through `trainer.log` (metrics.jsonl, wandb, TensorBoard), plus `eval/items`. Generation and scoring are
+through `trainer.log` (metrics.jsonl, wandb, TensorBoard), plus `eval/items` and `eval/prompt_mismatches` (items
+whose generation prompt differs from the training tokens: should be 0). Generation and scoring are
 trainers/evaluation's, the same code as `xmodal-eval`.
 
 The held-out set is the run's `data` and `builder` configs with `data_overrides` and `builder_overrides` applied
@@ -77,10 +78,12 @@ class EvalCallback(TrainerCallback):
             return
         if self.trainer is None:
             raise RuntimeError("EvalCallback.bind(trainer) must be called before training")
-        summary = summarise(self.answer_heldout(), resamples=0)
+        predictions = self.answer_heldout()
+        mismatches = sum(not prediction.prompt_matches_training for prediction in predictions)
+        scalars = {f"{LOG_PREFIX}/items": len(predictions), f"{LOG_PREFIX}/prompt_mismatches": mismatches}
         # Trainer.log clears `should_log`, which the flow callback has just set for this step's loss log.
         should_log = control.should_log
-        self.trainer.log({f"{LOG_PREFIX}/items": len(self.items), **flat_scalars(summary, LOG_PREFIX)})
+        self.trainer.log({**scalars, **flat_scalars(summarise(predictions, resamples=0), LOG_PREFIX)})
         control.should_log = should_log
 
     def answer_heldout(self) -> list[Prediction]:
