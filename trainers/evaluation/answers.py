@@ -173,13 +173,11 @@ def _decoding(settings: GenerationSettings) -> dict:
     }
 
 
-def answer_batch(model, processor, items: list[EvalItem], settings: GenerationSettings, prepare: Callable | None = None):
+def answer_batch(model, processor, items: list[EvalItem], settings: GenerationSettings):
     """(prompts, prompt token ids per item, `num_samples` answers per item) of one batch, answers cut at the end
-    token. `prepare` moves the processor's tensors to the model (default `to_model`; in training the Trainer's own
-    `_prepare_inputs`, which also applies DeepSpeed's dtype)."""
+    token."""
     prompts = [generation_prompt(item, processor) for item in items]
-    inputs = prompt_inputs(prompts, items, processor)
-    inputs = prepare(inputs) if prepare is not None else to_model(inputs, model)
+    inputs = to_model(prompt_inputs(prompts, items, processor), model)
     with torch.no_grad():
         generated = model.generate(
             **inputs,
@@ -215,7 +213,6 @@ def predict(
     template: ChatTemplate,
     settings: GenerationSettings,
     judge: Callable | None = None,
-    prepare: Callable | None = None,
     batches: list[int] | None = None,
 ) -> list[Prediction]:
     """Answers to `items`, `settings.batch_size` prompts at a time (only the batch numbers in `batches`, when given:
@@ -228,7 +225,7 @@ def predict(
         torch.manual_seed(settings.seed)
         for start in chosen:
             batch = items[start : start + settings.batch_size]
-            prompts, prompt_ids, answers = answer_batch(model, processor, batch, settings, prepare)
+            prompts, prompt_ids, answers = answer_batch(model, processor, batch, settings)
             for item, prompt, ids, item_answers in zip(batch, prompts, prompt_ids, answers):
                 matches = ids == training_prompt_ids(item, processor, template)
                 predictions.append(score_item(item, prompt, item_answers, matches, settings, judge))

@@ -67,8 +67,9 @@ class EvalCallback(TrainerCallback):
         self.trainer = None
         self.items = []
 
-    def bind(self, trainer) -> None:
-        """Attach to `trainer` and build the held-out items once."""
+    def bind(self, trainer, probe_rows=None, probe_instances=None, collator=None) -> None:
+        """Attach to `trainer` and build the held-out items once. The held-out set is the callback's own: the
+        probe arguments a recipe hands every metric callback (for `metrics=imbalance`) are not used."""
         self.trainer = trainer
         items = eval_items(build_instances(self.heldout).instances, self.per_condition)
         self.items = sorted(items, key=lambda item: item.condition)  # batches within one condition, as in xmodal-eval
@@ -96,10 +97,10 @@ class EvalCallback(TrainerCallback):
         was_training = model.training
         model.eval()
         try:
+            # Inputs go to the model's device and dtype (DeepSpeed casts the module to bf16/fp16), not through
+            # trainer._prepare_inputs: a GRPO trainer's generates rollouts there.
             predictions = predict(
-                model, trainer.processing_class, self.items, self.template, self.settings, self.judge,
-                prepare=lambda inputs: trainer._prepare_inputs(dict(inputs)),  # device and DeepSpeed dtype
-                batches=batches,
+                model, trainer.processing_class, self.items, self.template, self.settings, self.judge, batches=batches
             )
         finally:
             model.train(was_training)
