@@ -14,6 +14,7 @@ from typing import Callable
 
 import torch
 
+from data_builders.sample import prompt_messages
 from data_builders.scoring import answers_match, cut_at_end
 from data_builders.templates import ChatTemplate
 from data_builders.tokenize import IGNORE_INDEX, encode_view, load_rgb
@@ -117,12 +118,6 @@ def eval_items(instances: list[dict], per_condition: int | None = None) -> list[
                     EvalItem(item_id, condition, view["messages"], view.get("images", []), instance["target"], record, meta)
                 )
     return items
-
-
-def prompt_messages(messages: list[dict]) -> list[dict]:
-    """The conversation up to (without) its last assistant turn: what the model answers."""
-    last = max(i for i, message in enumerate(messages) if message["role"] == "assistant")
-    return messages[:last]
 
 
 def generation_prompt(item: EvalItem, processor) -> str:
