@@ -12,8 +12,10 @@ import pytest
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
+from data_builders.errors import ConfigError
 from data_builders.instances import build_instances
 from recipes import CONFIG_DIR
+from recipes.finetune import build_train_dataset
 from tests.core.helpers import read_metrics, xmodal_train
 
 MODALITY_GAP = ["full_text", "no_text", "mix", "curriculum", "kl", "kl_mix", "kl_curriculum"]
@@ -101,6 +103,19 @@ def test_curriculum_lays_out_exactly_what_the_trainer_reads(world_size, monkeypa
     conditions = [instance["condition"] for instance in build_instances(cfg).instances]
     read = 6 * 2 * 2 * world_size  # steps x batch x accumulation x ranks
     assert conditions == ["text_centric"] * (read // 2) + ["vision_centric"] * (read // 2)
+
+
+def test_an_overlong_instance_of_the_schedule_stops_the_run_instead_of_shifting_it(tmp_path):
+    from trainers.models.tiny import build_tiny_llava
+
+    tiny = dict(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4)
+    _, processor = build_tiny_llava(text=dict(tiny, num_kv_heads=2), vision=dict(tiny, image_size=32, patch_size=8))
+    schedule = ["trainer.max_steps=2", "trainer.per_device_train_batch_size=2", f"cache_dir={tmp_path}"]
+    lengths = [len(row["input_ids"]) for row in build_train_dataset(curriculum(*schedule), processor)[0]]
+    assert len(lengths) == 4 and min(lengths) < max(lengths)  # text-centric prompts state the facts: longer
+    limit = max(lengths) - 1  # drops the longest instances only, which would shift the switch
+    with pytest.raises(ConfigError, match="of the ordered schedule.*raise encoding.max_length"):
+        build_train_dataset(curriculum(*schedule, f"encoding.max_length={limit}"), processor)
 
 
 @pytest.mark.slow
