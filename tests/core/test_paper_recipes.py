@@ -9,6 +9,8 @@ import sys
 from collections import Counter
 
 import pytest
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
@@ -24,8 +26,6 @@ QWEN = {"path": "Qwen/Qwen2.5-VL-7B-Instruct", "template": "qwen2", "dtype": "bf
 
 
 def compose(overrides):
-    from hydra import compose as hydra_compose, initialize_config_dir
-
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)  # output_dir and model.path interpolate ${hydra:runtime.choices...}
@@ -43,7 +43,8 @@ def plain(node):
 @pytest.mark.parametrize("recipe", MODALITY_GAP)
 def test_modality_gap_recipes_compose_to_the_released_setting(recipe):
     cfg = compose([f"experiment=modality_gap/{recipe}", "setting=paper", "data=pgps9k", "data.root=/data/PGPS9K"])
-    expected_model = dict(QWEN, path=f"outputs/modality_gap/kl/qwen2_5_vl_7b-pgps9k/final") if recipe == "kl_curriculum" else QWEN
+    stage_one = "outputs/modality_gap/kl/qwen2_5_vl_7b-pgps9k/final"  # kl_curriculum starts from kl's final/
+    expected_model = dict(QWEN, path=stage_one) if recipe == "kl_curriculum" else QWEN
     assert {key: cfg.model[key] for key in expected_model} == expected_model
     assert (cfg.finetune.mode, cfg.finetune.freeze_vision_tower) == ("full", False)
     trainer = plain(cfg.trainer)
