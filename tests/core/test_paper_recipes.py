@@ -9,11 +9,15 @@ import sys
 from collections import Counter
 
 import pytest
+from hydra import compose as hydra_compose
+from hydra import initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
+from data_builders.errors import ConfigError
 from data_builders.instances import build_instances
 from recipes import CONFIG_DIR
+from recipes.finetune import build_train_dataset
 from tests.core.helpers import read_metrics, xmodal_train
 
 MODALITY_GAP = ["full_text", "no_text", "mix", "curriculum", "kl", "kl_mix", "kl_curriculum"]
@@ -22,8 +26,6 @@ QWEN = {"path": "Qwen/Qwen2.5-VL-7B-Instruct", "template": "qwen2", "dtype": "bf
 
 
 def compose(overrides):
-    from hydra import compose as hydra_compose, initialize_config_dir
-
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)  # output_dir and model.path interpolate ${hydra:runtime.choices...}
@@ -41,7 +43,8 @@ def plain(node):
 @pytest.mark.parametrize("recipe", MODALITY_GAP)
 def test_modality_gap_recipes_compose_to_the_released_setting(recipe):
     cfg = compose([f"experiment=modality_gap/{recipe}", "setting=paper", "data=pgps9k", "data.root=/data/PGPS9K"])
-    expected_model = dict(QWEN, path=f"outputs/modality_gap/kl/qwen2_5_vl_7b-pgps9k/final") if recipe == "kl_curriculum" else QWEN
+    stage_one = "outputs/modality_gap/kl/qwen2_5_vl_7b-pgps9k/final"  # kl_curriculum starts from kl's final/
+    expected_model = dict(QWEN, path=stage_one) if recipe == "kl_curriculum" else QWEN
     assert {key: cfg.model[key] for key in expected_model} == expected_model
     assert (cfg.finetune.mode, cfg.finetune.freeze_vision_tower) == ("full", False)
     trainer = plain(cfg.trainer)
@@ -101,6 +104,19 @@ def test_curriculum_lays_out_exactly_what_the_trainer_reads(world_size, monkeypa
     conditions = [instance["condition"] for instance in build_instances(cfg).instances]
     read = 6 * 2 * 2 * world_size  # steps x batch x accumulation x ranks
     assert conditions == ["text_centric"] * (read // 2) + ["vision_centric"] * (read // 2)
+
+
+def test_an_overlong_instance_of_the_schedule_stops_the_run_instead_of_shifting_it(tmp_path):
+    from trainers.models.tiny import build_tiny_llava
+
+    tiny = dict(hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4)
+    _, processor = build_tiny_llava(text=dict(tiny, num_kv_heads=2), vision=dict(tiny, image_size=32, patch_size=8))
+    schedule = ["trainer.max_steps=2", "trainer.per_device_train_batch_size=2", f"cache_dir={tmp_path}"]
+    lengths = [len(row["input_ids"]) for row in build_train_dataset(curriculum(*schedule), processor)[0]]
+    assert len(lengths) == 4 and min(lengths) < max(lengths)  # text-centric prompts state the facts: longer
+    limit = max(lengths) - 1  # drops the longest instances only, which would shift the switch
+    with pytest.raises(ConfigError, match="of the ordered schedule.*raise encoding.max_length"):
+        build_train_dataset(curriculum(*schedule, f"encoding.max_length={limit}"), processor)
 
 
 @pytest.mark.slow

@@ -112,11 +112,11 @@ def test_training_config_never_reads_test_json_and_evaluation_reads_it(pgps9k_ro
     overrides = ["data=pgps9k", f"data.root={root}", "builder=paired"]
     trained_on = {i["meta"]["pair_id"] for i in build_instances(compose_config(overrides)).instances}
     assert trained_on == {f"pgps9k/train/prob_{i}" for i in range(3)}
+    evaluated_on = {i["meta"]["pair_id"] for i in build_instances(compose_config(overrides, "evaluate")).instances}
+    assert evaluated_on == {"pgps9k/test/prob_4", "pgps9k/test/prob_10"}
+    assert compose_config([*overrides, "data.split=test"]).data.split == "test"
     (root / "test.json").write_text("not JSON: a training run that opened it would fail")
     build_instances(compose_config(overrides))
-    evaluation = compose_config(overrides, config_name="evaluate")
-    assert evaluation.data.split == "test"
-    assert compose_config([*overrides, "data.split=test"]).data.split == "test"
 
 
 def test_missing_split_file_is_named(pgps9k_root, tmp_path):
