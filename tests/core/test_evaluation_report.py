@@ -130,3 +130,10 @@ def test_table_and_logged_scalars_show_every_rate_with_its_interval():
         "eval/accuracy/vision_centric": pytest.approx(1 / 3),
         "eval/modality_gap": pytest.approx(1 / 3),
     }
+
+
+def test_table_without_resamples_shows_point_values():
+    summary = summarise(_predictions({"text_centric": [[True], [False]], "vision_centric": [[False], [False]]}), 0)
+    assert "ci" not in summary["conditions"]["text_centric"] and "ci" not in summary["derived"]["modality_gap"]
+    row = results_table([{"checkpoint": "ckpt", **summary}]).splitlines()[2]
+    assert row == "| ckpt | 0.500 (1/2) | 0.000 (0/2) | +0.500 |"

@@ -75,6 +75,8 @@ class GenerationSettings:
     def __post_init__(self):
         if self.batch_size < 1 or self.max_new_tokens < 1 or self.num_samples < 1:
             raise ValueError("batch_size, max_new_tokens and num_samples must be positive")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if self.temperature == 0 and self.num_samples > 1:

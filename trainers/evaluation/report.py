@@ -139,7 +139,9 @@ def results_table(reports: list[dict]) -> str:
 def _cell(value: dict | None) -> str:
     if value is None:
         return "-"
-    low, high = value["ci"]
-    if "difference" in value:
-        return f"{value['difference']:+.3f} [{low:+.3f}, {high:+.3f}]"
-    return f"{value['accuracy']:.3f} [{low:.3f}, {high:.3f}] ({value['correct']}/{value['answers']})"
+    signed = "difference" in value
+    number = f"{value['difference']:+.3f}" if signed else f"{value['accuracy']:.3f}"
+    if "ci" in value:
+        low, high = value["ci"]
+        number += f" [{low:+.3f}, {high:+.3f}]" if signed else f" [{low:.3f}, {high:.3f}]"
+    return number if signed else f"{number} ({value['correct']}/{value['answers']})"
