@@ -29,7 +29,12 @@ __all__ = [
     "ExactConflictJudge",
     "FreeTextConflictJudge",
     "answers_match",
-    "cut_at_end", "evaluate_number", "extract_answer", "last_boxed", "normalise_answer"]
+    "cut_at_end",
+    "evaluate_number",
+    "extract_answer",
+    "last_boxed",
+    "normalise_answer",
+]
 
 
 def cut_at_end(text: str, end_markers: tuple[str, ...]) -> str:
