@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 from hydra.errors import InstantiationException
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from hydra.utils import instantiate
 
 from data_builders.instances import build_instances
@@ -48,7 +49,10 @@ def _recomputed_on_final_weights(overrides: list[str], output_dir) -> dict[str, 
 @pytest.mark.slow
 def test_eval_and_imbalance_metrics_log_held_out_accuracy_and_gap(tmp_path, cache_dir):
     out = tmp_path / "run"
-    overrides = [*FAST, "metrics=[imbalance,eval]", "metrics.imbalance.every_n_steps=2", *HELD_OUT, f"output_dir={out}"]
+    overrides = [
+        *FAST, "metrics=[imbalance,eval]", "metrics.imbalance.every_n_steps=2", *HELD_OUT, "logger=tensorboard",
+        f"output_dir={out}",
+    ]
     xmodal_train(overrides, cache_dir)
     logs = _eval_logs(out)
     assert sorted(logs) == [2, 4]
@@ -59,6 +63,10 @@ def test_eval_and_imbalance_metrics_log_held_out_accuracy_and_gap(tmp_path, cach
         )
     assert logs[4] == pytest.approx(_recomputed_on_final_weights(overrides, out))
     assert any("imbalance/ratio" in record for record in read_metrics(out))
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    # HF's TensorBoard callback files every logged key under train/.
+    assert {"train/eval/accuracy/vision_centric", "train/eval/modality_gap"} <= set(events.Tags()["scalars"])
 
 
 @pytest.mark.distributed
