@@ -7,6 +7,7 @@ from torch.utils.data import SequentialSampler
 from transformers import Trainer
 
 from losses.base import LossContext
+from trainers.resume import is_peft_model, load_full_weights, verify_checkpoint_weights
 
 
 class XModalTrainer(Trainer):
@@ -25,6 +26,21 @@ class XModalTrainer(Trainer):
         self.model_accepts_loss_kwargs = True
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_micro_batches = 0
+
+    def train(self, resume_from_checkpoint: str | None = None, **kwargs):
+        if resume_from_checkpoint:
+            # Every path, DeepSpeed included (it restores a PEFT model non-strictly): a checkpoint of another model
+            # or finetune setting stops the run instead of training on from partly base weights.
+            verify_checkpoint_weights(self.model, resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """Non-DeepSpeed resume: full weights by their saved names (see trainers.resume); PEFT adapters as the Trainer does."""
+        model = self.model if model is None else model
+        if is_peft_model(model):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+        else:
+            load_full_weights(model, resume_from_checkpoint)
 
     def _get_train_sampler(self, *args, **kwargs):
         if self.ordered:
