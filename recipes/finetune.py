@@ -26,6 +26,7 @@ from trainers import distributed
 from trainers.callbacks import CheckpointCompletionCallback, MetricsFileCallback, resolve_resume
 from trainers.finetuning import FinetuneSettings, apply_finetuning
 from trainers.models import load_model, load_processor, model_location
+from trainers.nonfinite import NonFiniteLossGuard
 from trainers.trainer import XModalTrainer
 
 logger = logging.getLogger("xmodal.finetune")
@@ -117,6 +118,7 @@ def train(cfg: DictConfig) -> str:
         callbacks=[MetricsFileCallback(cfg.output_dir), CheckpointCompletionCallback(), *metrics],
         loss_composer=build_loss(cfg.loss),
         ordered=getattr(builder, "ordered", False),
+        nonfinite=NonFiniteLossGuard(cfg.on_nonfinite_loss, cfg.max_skipped_steps, uses_deepspeed),
     )
     for callback in metrics:
         callback.bind(trainer)  # probes are collated from the training set with the run's own collator

@@ -7,6 +7,7 @@ from torch.utils.data import SequentialSampler
 from transformers import Trainer
 
 from losses.base import LossContext
+from trainers.nonfinite import NonFiniteLossGuard
 from trainers.resume import is_peft_model, load_full_weights, verify_checkpoint_weights
 
 
@@ -15,12 +16,15 @@ class XModalTrainer(Trainer):
 
     `loss_composer` (from `losses.build_loss`) returns the weighted total and each unweighted term.
     `ordered=True` keeps the dataset order (curriculum schedules), so resuming continues the schedule.
+    `nonfinite` decides what a NaN/inf loss term does (see trainers.nonfinite; default: stop the run).
     """
 
-    def __init__(self, *args, loss_composer, ordered: bool = False, **kwargs):
+    def __init__(self, *args, loss_composer, ordered: bool = False, nonfinite: NonFiniteLossGuard | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.loss_composer = loss_composer
         self.ordered = ordered
+        self.nonfinite = nonfinite or NonFiniteLossGuard()
+        self.add_callback(self.nonfinite)
         # The terms divide token sums by `num_items_in_batch` themselves: the Trainer must count it and
         # must not divide by the accumulation steps again.
         self.model_accepts_loss_kwargs = True
@@ -66,7 +70,7 @@ class XModalTrainer(Trainer):
         # ranks: scale back by the number of ranks so the result is the global token mean.
         scale = self.accelerator.num_processes if num_items_in_batch is not None else 1
         total = total * scale
-        if model.training:
+        if model.training and self.nonfinite.observe(terms, step=self.state.global_step + 1):
             self._accumulate_terms(terms, scale)
         return (total, outputs) if return_outputs else total
 
@@ -77,12 +81,21 @@ class XModalTrainer(Trainer):
         self._term_micro_batches += 1
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        """Add each loss term, averaged over ranks and over the optimizer steps since the last log."""
-        if "loss" in logs and self._term_micro_batches:
-            steps = self._term_micro_batches / self.args.gradient_accumulation_steps
-            for name, total in sorted(self._term_sums.items()):
-                mean = self.accelerator.reduce(total.to(self.args.device), reduction="mean")
-                logs[name] = round(float(mean) / steps, 6)
+        """Add each loss term, averaged over ranks and over the optimizer steps since the last log.
+
+        Micro-batches whose terms were not finite (`on_nonfinite_loss=skip`) are left out of the average; every
+        rank joins the same reductions even when it has nothing to add.
+        """
+        if "loss" in logs:
+            device = self.args.device
+            count = self.accelerator.reduce(torch.tensor(float(self._term_micro_batches), device=device), reduction="sum")
+            sums = {entry.name: self._term_sums.get(entry.name, torch.zeros(())) for entry in self.loss_composer.terms}
+            for name, total in sorted(sums.items()):
+                total = self.accelerator.reduce(total.to(device), reduction="sum")
+                if count.item():
+                    logs[name] = round(float(total / count) * self.args.gradient_accumulation_steps, 6)
             self._term_sums.clear()
             self._term_micro_batches = 0
+            if self.nonfinite.action == "skip":
+                logs["skipped_steps"] = self.nonfinite.skipped_steps
         super().log(logs, *args, **kwargs)
