@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from torch.utils.data import SequentialSampler
 from transformers import Trainer
 
 from losses.base import LossContext
 from trainers.nonfinite import NonFiniteLossGuard
+from trainers.preemption import PREEMPTED_EXIT_CODE, PreemptionCallback, TrainingPreempted
 from trainers.resume import is_peft_model, load_full_weights, verify_checkpoint_weights
+
+logger = logging.getLogger(__name__)
 
 
 class XModalTrainer(Trainer):
@@ -17,6 +22,7 @@ class XModalTrainer(Trainer):
     `loss_composer` (from `losses.build_loss`) returns the weighted total and each unweighted term.
     `ordered=True` keeps the dataset order (curriculum schedules), so resuming continues the schedule.
     `nonfinite` decides what a NaN/inf loss term does (see trainers.nonfinite; default: stop the run).
+    SIGTERM/SIGINT during `train()` save a checkpoint and raise `TrainingPreempted` (see trainers.preemption).
     """
 
     def __init__(self, *args, loss_composer, ordered: bool = False, nonfinite: NonFiniteLossGuard | None = None, **kwargs):
@@ -24,7 +30,9 @@ class XModalTrainer(Trainer):
         self.loss_composer = loss_composer
         self.ordered = ordered
         self.nonfinite = nonfinite or NonFiniteLossGuard()
+        self.preemption = PreemptionCallback()
         self.add_callback(self.nonfinite)
+        self.add_callback(self.preemption)
         # The terms divide token sums by `num_items_in_batch` themselves: the Trainer must count it and
         # must not divide by the accumulation steps again.
         self.model_accepts_loss_kwargs = True
@@ -36,7 +44,15 @@ class XModalTrainer(Trainer):
             # Every path, DeepSpeed included (it restores a PEFT model non-strictly): a checkpoint of another model
             # or finetune setting stops the run instead of training on from partly base weights.
             verify_checkpoint_weights(self.model, resume_from_checkpoint)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        checkpoint = self.preemption.checkpoint(self.args.output_dir)
+        if checkpoint is not None:
+            # Release the DeepSpeed engine while the process group exists (as the recipe does after saving).
+            self.accelerator.free_memory()
+            if self.is_world_process_zero():
+                logger.warning("preempted: %s written; continue with resume=true (exit status %d)", checkpoint, PREEMPTED_EXIT_CODE)
+            raise TrainingPreempted(checkpoint)
+        return output
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         """Non-DeepSpeed resume: full weights by their saved names (see trainers.resume); PEFT adapters as the Trainer does."""
