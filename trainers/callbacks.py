@@ -45,7 +45,8 @@ class MetricsFileCallback(TrainerCallback):
 
 
 def drop_rows_after(path: str, step: int) -> None:
-    """Rewrite a metrics.jsonl atomically without its rows past `step` and any line that is not whole JSON."""
+    """Rewrite a metrics.jsonl atomically without its rows past `step`, the end-of-training summary at `step`,
+    and any line that is not whole JSON."""
     kept = []
     with open(path) as f:
         for line in f:
@@ -54,7 +55,8 @@ def drop_rows_after(path: str, step: int) -> None:
             except json.JSONDecodeError:
                 logger.warning("%s: dropping a partly written line %r", path, line[:80])
                 continue
-            if row.get("step", 0) <= step:
+            # The end-of-training summary of a run that finished before it died is written again by this one.
+            if row.get("step", 0) < step or (row.get("step") == step and "train_runtime" not in row):
                 kept.append(line if line.endswith("\n") else line + "\n")
     atomic_write_text(path, "".join(kept))
 

@@ -62,6 +62,13 @@ class XModalTrainer(Trainer):
         else:
             load_full_weights(model, resume_from_checkpoint)
 
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        # A resume from a checkpoint at max_steps (a run killed while saving final/) would otherwise train one
+        # step past it: the Trainer only checks max_steps after a step. No batches: no step.
+        if self.state.max_steps and self.state.global_step >= self.state.max_steps:
+            return [], None
+        return super().get_batch_samples(epoch_iterator, num_batches, device)
+
     def _get_train_sampler(self, *args, **kwargs):
         if self.ordered:
             return SequentialSampler(self.train_dataset)

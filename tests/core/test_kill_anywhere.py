@@ -93,7 +93,8 @@ def run_until_killed(args: list[str], processes: int, cache_dir: str, due) -> bo
 
 def _assert_same_run(resumed, uninterrupted):
     rows = [row for row in read_metrics(str(resumed)) if "loss" in row]
-    assert [row["step"] for row in rows] == list(range(1, MAX_STEPS + 1)), "each step exactly once, in order"
+    steps = [row["step"] for row in rows]
+    assert steps == list(range(1, MAX_STEPS + 1)), f"each step exactly once, in order: {steps}"
     expected = {row["step"]: row for row in read_metrics(str(uninterrupted)) if "loss" in row}
     for row in rows:
         for key in STEP_KEYS:

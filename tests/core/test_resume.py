@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -10,6 +11,7 @@ from hydra.utils import instantiate
 from safetensors.torch import load_file, save_file
 
 from tests.core.helpers import FAST, compose_config, read_metrics, xmodal_train
+from trainers.callbacks import drop_rows_after
 from trainers.finetuning import FinetuneSettings, apply_finetuning
 from trainers.resume import CheckpointMismatchError, load_full_weights, verify_checkpoint_weights
 
@@ -62,6 +64,7 @@ def test_a_lora_run_refuses_a_full_finetune_checkpoint(tmp_path):
         verify_checkpoint_weights(lora, str(tmp_path))
 
 
+@pytest.mark.slow
 def test_a_resumed_full_finetune_continues_the_curriculum_exactly(tmp_path, cache_dir):
     """The default (single process, full fine-tune), in curriculum order: resumed steps equal uninterrupted ones."""
     common = [*FAST, "builder=curriculum", "trainer.max_steps=6", "trainer.save_steps=3"]
@@ -80,3 +83,17 @@ def test_a_resumed_full_finetune_continues_the_curriculum_exactly(tmp_path, cach
     final, final_resumed = load_file(uninterrupted / "final" / "model.safetensors"), load_file(resumed / "final" / "model.safetensors")
     assert final.keys() == final_resumed.keys()
     assert all(torch.equal(final[key], final_resumed[key]) for key in final)
+
+    # Resuming the finished run (as after a kill while final/ was saved) trains no step past max_steps.
+    xmodal_train([*common, f"output_dir={resumed}", "resume=true"], cache_dir)
+    assert [row["step"] for row in read_metrics(str(resumed)) if "loss" in row] == [4, 5, 6]
+    again = load_file(resumed / "final" / "model.safetensors")
+    assert all(torch.equal(final[key], again[key]) for key in final)
+
+
+def test_resume_drops_the_metrics_rows_written_after_the_checkpoint(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"step": 1, "loss": 3.0}, {"step": 2, "loss": 2.0}, {"step": 2, "train_runtime": 1.0}, {"step": 3, "loss": 1.0}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows) + '{"step": 4, "lo')  # died mid-line
+    drop_rows_after(str(path), 2)
+    assert [json.loads(line) for line in path.read_text().splitlines()] == rows[:2]
