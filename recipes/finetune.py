@@ -78,8 +78,9 @@ def save_final(trainer: XModalTrainer, processor, cfg: DictConfig, base_model: s
         if trainer.is_world_process_zero():
             from peft import PeftModel
 
-            base = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation)
-            PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().save_pretrained(staging)
+            with distributed.loading_whole_models(trainer.args):
+                base = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation)
+                PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().save_pretrained(staging)
     else:
         trainer.save_model(staging)
     if trainer.is_world_process_zero():

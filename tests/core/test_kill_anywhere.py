@@ -107,9 +107,9 @@ def _assert_same_run(resumed, uninterrupted):
 
 SCENARIOS = {
     # name: (overrides, processes, kills in order); each kill is followed by `resume=true` on the same directory.
-    "zero2_lora": (["deepspeed=zero2", "finetune=lora"], 2, "mid_checkpoint_write,random,random"),
+    "zero2_lora": (["deepspeed=zero2", "finetune=lora"], 2, "mid_checkpoint_write,random"),
     "zero3_full": (["deepspeed=zero3"], 2, "random"),
-    "single_process_full": ([], 1, "mid_checkpoint_write,random"),
+    "single_process_full": ([], 1, "mid_checkpoint_write,random,random"),
 }
 
 
