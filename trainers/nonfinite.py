@@ -56,6 +56,8 @@ class NonFiniteLossGuard(TrainerCallback):
         return not bad
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.action != "skip":  # `raise` stopped the run in `observe` already
+            return
         step = state.global_step + 1
         local = torch.tensor(float(bool(self._nonfinite_terms)), device=args.device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
