@@ -132,6 +132,8 @@ def test_a_run_killed_anywhere_resumes_to_the_uninterrupted_result(scenario, tmp
             due = after_step(moments.randint(max(resumed_from + 1, 3), MAX_STEPS - 1), delay=moments.uniform(0.0, 0.3))
         run_until_killed([*COMMON, *overrides, f"output_dir={killed}", resume], processes, cache_dir, due)
         assert _complete_steps(killed), "no complete checkpoint survived the kill"
+        if kill == "mid_checkpoint_write":
+            assert save_step not in _complete_steps(killed), "the kill landed inside the save"
         resume = "resume=true"
     xmodal_train([*COMMON, *overrides, f"output_dir={killed}", "resume=true"], cache_dir, processes=processes)
     assert all((killed / name / COMPLETE_MARKER).exists() for name in os.listdir(killed) if name.startswith("checkpoint-"))
