@@ -67,7 +67,8 @@ def test_a_lora_run_refuses_a_full_finetune_checkpoint(tmp_path):
 @pytest.mark.slow
 def test_a_resumed_full_finetune_continues_the_curriculum_exactly(tmp_path, cache_dir):
     """The default (single process, full fine-tune), in curriculum order: resumed steps equal uninterrupted ones."""
-    common = [*FAST, "builder=curriculum", "trainer.max_steps=6", "trainer.save_steps=3"]
+    # The switch to vision-centric instances falls inside the resumed steps: a lost position would show.
+    common = [*FAST, "builder=curriculum", "builder.switch_step=4", "trainer.max_steps=6", "trainer.save_steps=3"]
     uninterrupted, resumed = tmp_path / "uninterrupted", tmp_path / "resumed"
     xmodal_train([*common, f"output_dir={uninterrupted}"], cache_dir)
     resumed.mkdir()
