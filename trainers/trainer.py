@@ -25,7 +25,9 @@ class XModalTrainer(Trainer):
     SIGTERM/SIGINT during `train()` save a checkpoint and raise `TrainingPreempted` (see trainers.preemption).
     """
 
-    def __init__(self, *args, loss_composer, ordered: bool = False, nonfinite: NonFiniteLossGuard | None = None, **kwargs):
+    def __init__(
+        self, *args, loss_composer, ordered: bool = False, nonfinite: NonFiniteLossGuard | None = None, **kwargs
+    ):
         super().__init__(*args, **kwargs)
         self.loss_composer = loss_composer
         self.ordered = ordered
@@ -50,12 +52,14 @@ class XModalTrainer(Trainer):
             # Release the DeepSpeed engine while the process group exists (as the recipe does after saving).
             self.accelerator.free_memory()
             if self.is_world_process_zero():
-                logger.warning("preempted: %s written; continue with resume=true (exit status %d)", checkpoint, PREEMPTED_EXIT_CODE)
+                logger.warning(
+                    "preempted: %s written; continue with resume=true (exit status %d)", checkpoint, PREEMPTED_EXIT_CODE
+                )
             raise TrainingPreempted(checkpoint)
         return output
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        """Non-DeepSpeed resume: full weights by their saved names (see trainers.resume); PEFT adapters as the Trainer does."""
+        """Non-DeepSpeed resume: full weights by their saved names (trainers.resume); PEFT adapters as the Trainer does."""
         model = self.model if model is None else model
         if is_peft_model(model):
             super()._load_from_checkpoint(resume_from_checkpoint, model)

@@ -69,8 +69,13 @@ def _optimizer_state(checkpoint) -> dict:
 
 
 def _same(left: dict, right: dict) -> bool:
-    return left.keys() == right.keys() and all(
-        _same(left[key], right[key]) if isinstance(left[key], dict) else torch.equal(torch.as_tensor(left[key]), torch.as_tensor(right[key]))
+    """Equal nested dicts of tensors and numbers (weights, or an optimizer's per-parameter state)."""
+    if left.keys() != right.keys():
+        return False
+    return all(
+        _same(left[key], right[key])
+        if isinstance(left[key], dict)
+        else torch.equal(torch.as_tensor(left[key]), torch.as_tensor(right[key]))
         for key in left
     )
 

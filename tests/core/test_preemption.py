@@ -43,7 +43,8 @@ def importable_test_callback(monkeypatch):
 
 
 def _signal_at(step: int, signal_name: str, rank: int = 0) -> str:
-    return f"+metrics.preempt={{_target_:tests.core.test_preemption.SignalAtStep,step:{step},signal:{signal_name},rank:{rank}}}"
+    callback = f"_target_:tests.core.test_preemption.SignalAtStep,step:{step},signal:{signal_name},rank:{rank}"
+    return f"+metrics.preempt={{{callback}}}"
 
 
 def _rows_by_step(output_dir) -> dict[int, dict]:
@@ -79,7 +80,11 @@ def test_a_signal_mid_step_checkpoints_exits_preempted_and_resumes_exactly(
 
     args = [*common, f"output_dir={preempted}"]
     result = subprocess.run(
-        train_command([*args, _signal_at(3, signal_name)]), env=entry_point_env(cache_dir), capture_output=True, text=True, timeout=600
+        train_command([*args, _signal_at(3, signal_name)]),
+        env=entry_point_env(cache_dir),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == PREEMPTED_EXIT_CODE, result.stderr[-3000:]
     assert "preempted" in result.stdout + result.stderr

@@ -81,7 +81,8 @@ def test_a_resumed_full_finetune_continues_the_curriculum_exactly(tmp_path, cach
     for step, row in continued.items():
         for key in STEP_KEYS:
             assert row[key] == pytest.approx(expected[step][key], rel=1e-6), (step, key)
-    final, final_resumed = load_file(uninterrupted / "final" / "model.safetensors"), load_file(resumed / "final" / "model.safetensors")
+    final = load_file(uninterrupted / "final" / "model.safetensors")
+    final_resumed = load_file(resumed / "final" / "model.safetensors")
     assert final.keys() == final_resumed.keys()
     assert all(torch.equal(final[key], final_resumed[key]) for key in final)
 
