@@ -9,9 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from data_builders.errors import ConfigError
 from tests.core.helpers import FAST, entry_point_env, loss_by_step, read_metrics, train_command, xmodal_train
+from trainers.nonfinite import NonFiniteLossGuard
 
-pytestmark = pytest.mark.slow
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -53,6 +54,7 @@ def _run_failing(args: list[str], cache_dir: str) -> str:
     return result.stdout + result.stderr
 
 
+@pytest.mark.slow
 def test_raise_stops_at_the_step_naming_the_term(tmp_path, cache_dir):
     output = _run_failing(_args(tmp_path, _nan_term("[3]")), cache_dir)
     assert "optimizer step 3: loss term 'nan_loss' is not finite" in output
@@ -80,6 +82,7 @@ def _same(left: dict, right: dict) -> bool:
     )
 
 
+@pytest.mark.slow
 def test_skip_drops_the_steps_without_touching_weights_or_optimizer_state(tmp_path, cache_dir):
     xmodal_train(_args(tmp_path, _nan_term("[2,3]"), "on_nonfinite_loss=skip", "max_skipped_steps=3"), cache_dir)
     after = {step: tmp_path / f"checkpoint-{step}" for step in (1, 2, 3, 4)}
@@ -94,6 +97,20 @@ def test_skip_drops_the_steps_without_touching_weights_or_optimizer_state(tmp_pa
     assert sorted(step for step, row in rows.items() if "lm_loss" in row) == [1, 4]
 
 
+@pytest.mark.slow
 def test_skip_stops_after_max_skipped_steps_in_a_row(tmp_path, cache_dir):
     output = _run_failing(_args(tmp_path, _nan_term("[2,3]"), "on_nonfinite_loss=skip", "max_skipped_steps=2"), cache_dir)
     assert "optimizer step 3: 2 steps in a row skipped for non-finite loss terms (max_skipped_steps=2)" in output
+
+
+@pytest.mark.parametrize(
+    "action, max_skipped_steps, uses_deepspeed, message",
+    [
+        ("ignore", 5, False, "on_nonfinite_loss must be one of"),
+        ("skip", 0, False, "max_skipped_steps must be at least 1"),
+        ("skip", 5, True, "on_nonfinite_loss=skip does not work with DeepSpeed"),
+    ],
+)
+def test_a_policy_that_cannot_work_is_refused(action, max_skipped_steps, uses_deepspeed, message):
+    with pytest.raises(ConfigError, match=message):
+        NonFiniteLossGuard(action, max_skipped_steps, uses_deepspeed)
