@@ -26,6 +26,7 @@ from trainers import distributed
 from trainers.callbacks import CheckpointCompletionCallback, MetricsFileCallback, resolve_resume
 from trainers.finetuning import FinetuneSettings, apply_finetuning
 from trainers.models import load_model, load_processor, model_location
+from trainers.nonfinite import NonFiniteLossGuard
 from trainers.trainer import XModalTrainer
 
 logger = logging.getLogger("xmodal.finetune")
@@ -84,8 +85,9 @@ def save_final(trainer: XModalTrainer, processor, cfg: DictConfig, base_model: s
         if trainer.is_world_process_zero():
             from peft import PeftModel
 
-            base = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation)
-            PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().save_pretrained(staging)
+            with distributed.loading_whole_models(trainer.args):
+                base = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation)
+                PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().save_pretrained(staging)
     else:
         trainer.save_model(staging)
     if trainer.is_world_process_zero():
@@ -124,6 +126,7 @@ def train(cfg: DictConfig) -> str:
         callbacks=[MetricsFileCallback(cfg.output_dir), CheckpointCompletionCallback(), *metrics],
         loss_composer=build_loss(cfg.loss),
         ordered=getattr(builder, "ordered", False),
+        nonfinite=NonFiniteLossGuard(cfg.on_nonfinite_loss, cfg.max_skipped_steps, uses_deepspeed),
     )
     for callback in metrics:
         callback.bind(trainer)  # probes are collated from the training set with the run's own collator
