@@ -90,6 +90,8 @@ def save_final(trainer: XModalTrainer, processor, cfg: DictConfig, base_model: s
 
 def train(cfg: DictConfig) -> str:
     """Run one fine-tune; returns the directory of the final model."""
+    if cfg.packing and cfg.metrics:
+        raise ConfigError("packing=true: the metric callbacks' probes need one row per sequence; set packing=false")
     uses_deepspeed = bool(OmegaConf.to_container(cfg.deepspeed))
     if uses_deepspeed:
         distributed.ensure_launcher_environment()
@@ -112,7 +114,7 @@ def train(cfg: DictConfig) -> str:
         model=model,
         args=args,
         train_dataset=train_dataset,
-        data_collator=MultimodalCollator(processor, cfg.model.template),
+        data_collator=MultimodalCollator(processor, cfg.model.template, packing=cfg.packing),
         processing_class=processor,
         callbacks=[MetricsFileCallback(cfg.output_dir), CheckpointCompletionCallback(), *metrics],
         loss_composer=build_loss(cfg.loss),
