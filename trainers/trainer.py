@@ -9,6 +9,7 @@ from transformers import Trainer
 from losses.base import LossContext
 from losses.registry import LossComposer
 from losses.selective import forward_with_target_logits
+from trainers.sampling import LengthGroupedSampler
 
 
 def loss_context(
@@ -60,6 +61,9 @@ class XModalTrainer(Trainer):
     def _get_train_sampler(self, *args, **kwargs):
         if self.ordered:
             return SequentialSampler(self.train_dataset)
+        if self.args.train_sampling_strategy == "group_by_length":
+            group_size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return LengthGroupedSampler(self.train_dataset[self.args.length_column_name], group_size)
         return super()._get_train_sampler(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

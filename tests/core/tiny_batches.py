@@ -25,9 +25,9 @@ QUESTIONS = ["Find x.", "What is the length of segment AB in the figure?", "Is t
 ANSWERS = ["12", "4 7", "yes"]
 
 
-def encoded_instances(image_dir, processor, template: str, paired: bool) -> list[dict]:
+def instances(image_dir, paired: bool) -> list[dict]:
     """Three records of different prompt lengths; the teacher view states the facts as text, without the image."""
-    encoded = []
+    built = []
     for index, (question, answer) in enumerate(zip(QUESTIONS, ANSWERS)):
         path = image_dir / f"figure_{index}.png"
         Image.new("RGB", (40, 40), (60 * index, 90, 200)).save(path)
@@ -48,5 +48,11 @@ def encoded_instances(image_dir, processor, template: str, paired: bool) -> list
                 ],
                 "images": [],
             }
-        encoded.append(encode_instance(instance, processor, get_template(template), EncodingSettings(max_length=512)))
-    return encoded
+        built.append(instance)
+    return built
+
+
+def encoded_instances(image_dir, processor, template: str, paired: bool) -> list[dict]:
+    """`instances` encoded as the training set encodes them."""
+    settings = EncodingSettings(max_length=512)
+    return [encode_instance(i, processor, get_template(template), settings) for i in instances(image_dir, paired)]
