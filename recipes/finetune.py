@@ -25,7 +25,7 @@ from recipes import CONFIG_DIR
 from trainers import distributed
 from trainers.callbacks import CheckpointCompletionCallback, MetricsFileCallback, resolve_resume
 from trainers.finetuning import FinetuneSettings, apply_finetuning
-from trainers.models import load_model, load_processor, model_location
+from trainers.models import load_model, load_processor, model_location, set_image_pixels
 from trainers.trainer import XModalTrainer
 
 logger = logging.getLogger("xmodal.finetune")
@@ -103,7 +103,7 @@ def train(cfg: DictConfig) -> str:
     if args.process_index == 0:
         atomic_write_text(os.path.join(cfg.output_dir, "config.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
 
-    processor = load_processor(base_model)
+    processor = set_image_pixels(load_processor(base_model), cfg.model.get("min_pixels"), cfg.model.get("max_pixels"))
     # Data first: a bad record stops the run before a large model is loaded.
     with args.main_process_first(desc="build and tokenize instances"):
         train_dataset, builder = build_train_dataset(cfg, processor)
