@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 
@@ -115,7 +116,7 @@ def main() -> None:
         "targets": int((batch["labels"][:, 1:] != -100).sum()),
         "threads": args.threads,
         "rounds": args.steps,
-        "machine": f"{platform.machine()} {platform.processor() or ''} torch {torch.__version__}".strip(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores visible, torch {torch.__version__}",
     }
     results = []
     for loss in args.losses:

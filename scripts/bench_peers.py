@@ -49,8 +49,8 @@ CONFIGS = {
         {"text": {**TEXT, "hidden_size": 64, "intermediate_size": 128, "num_layers": 2},
          "vision": {**VISION, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "image_size": 128, "patch_size": 4}},
         151_936,
+        1,
         2,
-        3,
     ),
 }
 
@@ -209,7 +209,7 @@ def bench_config(config: str, args, workdir: Path, env: dict) -> dict:
             else:
                 seconds = peer_run(framework, checkpoint, data, images, output, batch, steps, env)
             runtimes[framework].append(seconds)
-            print(f"  {config} repetition {repeat} {framework}: {batch * steps / seconds:.1f} samples/s", flush=True)
+            print(f"  {config} repetition {repeat} {framework}: {batch * steps / seconds:.3g} samples/s", flush=True)
     speed = {f: [batch * steps / s for s in runtimes[f]] for f in FRAMEWORKS}
     return {
         "config": config,
@@ -243,7 +243,7 @@ def main() -> None:
     print(f"{'config':<8}{'batch':>6}{'steps':>6}{'xmodal/s':>10}{'HF/s':>8}{'TRL/s':>8}{'xmodal/HF':>11}{'xmodal/TRL':>12}")
     for r in results:
         s = r["samples_per_s"]
-        print(f"{r['config']:<8}{r['batch']:>6}{r['steps']:>6}{s['xmodal']:>10.1f}{s['hf']:>8.1f}{s['trl']:>8.1f}"
+        print(f"{r['config']:<8}{r['batch']:>6}{r['steps']:>6}{s['xmodal']:>10.3g}{s['hf']:>8.3g}{s['trl']:>8.3g}"
               f"{r['xmodal_vs_hf']:>11.2f}{r['xmodal_vs_trl']:>12.2f}")
     report = {"machine": machine, "results": results}
     print(json.dumps(report))
