@@ -1,11 +1,17 @@
 """Padding-free packing: one row per batch whose sequences do not see each other, and the same loss and gradients."""
 
+import math
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
 from data_builders.collate import MultimodalCollator
 from data_builders.errors import ConfigError
 from losses import build_loss
+from tests.core.helpers import FAST, loss_by_step, xmodal_train
 from tests.core.tiny_batches import MODELS, encoded_instances
 from trainers.trainer import loss_context
 
@@ -57,3 +63,21 @@ def test_packing_refuses_paired_batches_and_m_rope_models(tiny_llava, tmp_path):
     _, qwen_processor = build()
     with pytest.raises(ConfigError, match="M-RoPE"):
         MultimodalCollator(qwen_processor, qwen_template, packing=True)
+
+
+@pytest.mark.slow
+def test_the_recipe_trains_packed_length_grouped_batches(tmp_path, cache_dir):
+    out = str(tmp_path / "run")
+    knobs = ["packing=true", "trainer.train_sampling_strategy=group_by_length",
+             "finetune.activation_checkpointing=[language_model]"]
+    xmodal_train([*FAST, *knobs, f"output_dir={out}"], cache_dir)
+    losses = loss_by_step(out)
+    assert sorted(losses) == [1, 2, 3, 4] and all(math.isfinite(loss) for loss in losses.values())
+
+
+def test_packing_with_metric_probes_is_refused_before_training(tmp_path, cache_dir):
+    command = [os.path.join(os.path.dirname(sys.executable), "xmodal-train"), *FAST, "packing=true",
+               "metrics=imbalance", f"output_dir={tmp_path / 'run'}"]
+    result = subprocess.run(command, env={**os.environ, "XMODAL_CACHE": cache_dir}, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "packing=true: the metric callbacks' probes need one row per sequence" in result.stdout + result.stderr
