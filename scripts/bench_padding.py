@@ -19,7 +19,6 @@ import argparse
 import json
 import os
 import statistics
-import tempfile
 
 import torch
 from hydra.utils import instantiate
@@ -69,7 +68,7 @@ def pad_fraction(strategy: str, index_batches: list[list[int]], lengths: list[in
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    cache = os.environ.get("XMODAL_CACHE") or tempfile.mkdtemp(prefix="xmodal-bench-padding-")
+    cache = os.environ.get("XMODAL_CACHE") or os.path.expanduser("~/.cache/xmodal")  # the recipes' default cache
     cfg = compose_config(
         [f"model={args.model}", "data=pgps9k", f"data.root={args.root}", "builder=paired",
          "builder.emit=text_centric", f"trainer.per_device_train_batch_size={args.batch}", f"cache_dir={cache}"]

@@ -29,6 +29,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from data_builders.atomic import atomic_write_text
+
 FRAMEWORKS = ("xmodal", "hf", "trl")
 # The optimizer and schedule of conf/trainer/default.yaml, given to every framework.
 TRAINING = {
@@ -227,8 +229,19 @@ def main() -> None:
     if args.run_peer:
         train_peer(args.run_peer, json.loads(args.peer_args))
         return
+    if args.workdir:
+        report = bench(args, Path(args.workdir))
+    else:
+        with tempfile.TemporaryDirectory(prefix="xmodal-bench-peers-") as workdir:
+            report = bench(args, Path(workdir))
+    print(json.dumps(report))
+    if args.json:
+        atomic_write_text(args.json, json.dumps(report, indent=2) + "\n")
+
+
+def bench(args, workdir: Path) -> dict:
+    """Every config's runs under `workdir`; prints the table and returns the report."""
     repo = str(Path(__file__).resolve().parents[1])
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="xmodal-bench-peers-"))
     env = {
         **os.environ,
         "OMP_NUM_THREADS": str(args.threads),
@@ -245,10 +258,7 @@ def main() -> None:
         s = r["samples_per_s"]
         print(f"{r['config']:<8}{r['batch']:>6}{r['steps']:>6}{s['xmodal']:>10.3g}{s['hf']:>8.3g}{s['trl']:>8.3g}"
               f"{r['xmodal_vs_hf']:>11.2f}{r['xmodal_vs_trl']:>12.2f}")
-    report = {"machine": machine, "results": results}
-    print(json.dumps(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return {"machine": machine, "results": results}
 
 
 if __name__ == "__main__":

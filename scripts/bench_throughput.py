@@ -153,14 +153,14 @@ def run_variant(base_model, processor, args, finetune: str, loss: str, metrics: 
 def main() -> None:
     args = parse_args()
     base_model, processor = build_model(args)
-    workdir = tempfile.mkdtemp(prefix="xmodal-bench-throughput-")
     os.environ.setdefault("WANDB_MODE", "disabled")
     peak = peak_flops(args)
     results = []
-    for finetune, loss, metrics in itertools.product(args.finetune, args.losses, args.metrics):
-        result = run_variant(base_model, processor, args, finetune, loss, metrics, workdir)
-        result["mfu"] = result["model_tflops_per_s"] * 1e12 / peak if peak else None
-        results.append(result)
+    with tempfile.TemporaryDirectory(prefix="xmodal-bench-throughput-") as workdir:
+        for finetune, loss, metrics in itertools.product(args.finetune, args.losses, args.metrics):
+            result = run_variant(base_model, processor, args, finetune, loss, metrics, workdir)
+            result["mfu"] = result["model_tflops_per_s"] * 1e12 / peak if peak else None
+            results.append(result)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or platform.machine()})"
     parameters = sum(p.numel() for p in base_model.parameters())
     setup = {"device": device, "preset": args.preset, "parameters": parameters, "dtype": args.dtype,
