@@ -25,7 +25,7 @@ from recipes import CONFIG_DIR
 from trainers import distributed
 from trainers.callbacks import CheckpointCompletionCallback, MetricsFileCallback, resolve_resume
 from trainers.finetuning import FinetuneSettings, apply_finetuning
-from trainers.models import load_model, load_processor, model_location
+from trainers.models import load_model, load_processor, model_location, set_image_pixels
 from trainers.nonfinite import NonFiniteLossGuard
 from trainers.trainer import XModalTrainer
 
@@ -99,6 +99,8 @@ def save_final(trainer: XModalTrainer, processor, cfg: DictConfig, base_model: s
 
 def train(cfg: DictConfig) -> str:
     """Run one fine-tune; returns the directory of the final model."""
+    if cfg.packing and cfg.metrics:
+        raise ConfigError("packing=true: the metric callbacks' probes need one row per sequence; set packing=false")
     uses_deepspeed = bool(OmegaConf.to_container(cfg.deepspeed))
     if uses_deepspeed:
         distributed.ensure_launcher_environment()
@@ -110,7 +112,7 @@ def train(cfg: DictConfig) -> str:
     if args.process_index == 0:
         atomic_write_text(os.path.join(cfg.output_dir, "config.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
 
-    processor = load_processor(base_model)
+    processor = set_image_pixels(load_processor(base_model), cfg.model.get("min_pixels"), cfg.model.get("max_pixels"))
     # Data first: a bad record stops the run before a large model is loaded.
     with args.main_process_first(desc="build and tokenize instances"):
         train_dataset, builder = build_train_dataset(cfg, processor)
@@ -121,7 +123,7 @@ def train(cfg: DictConfig) -> str:
         model=model,
         args=args,
         train_dataset=train_dataset,
-        data_collator=MultimodalCollator(processor, cfg.model.template),
+        data_collator=MultimodalCollator(processor, cfg.model.template, packing=cfg.packing),
         processing_class=processor,
         callbacks=[MetricsFileCallback(cfg.output_dir), CheckpointCompletionCallback(), *metrics],
         loss_composer=build_loss(cfg.loss),

@@ -9,15 +9,47 @@ from torch.utils.data import SequentialSampler
 from transformers import Trainer
 
 from losses.base import LossContext
+from losses.registry import LossComposer
+from losses.selective import forward_with_target_logits
 from trainers.nonfinite import NonFiniteLossGuard
 from trainers.preemption import PREEMPTED_EXIT_CODE, PreemptionCallback, TrainingPreempted
 from trainers.resume import is_peft_model, load_full_weights, verify_checkpoint_weights
+from trainers.sampling import LengthGroupedSampler
 
 logger = logging.getLogger(__name__)
 
 
+def loss_context(
+    model, inputs: dict, composer: LossComposer, *, full_logits: bool, num_items_in_batch=None, global_step: int = 0
+) -> LossContext:
+    """One forward over the batch `inputs` (model inputs + `labels`, optional `branch`) for the composer's terms.
+
+    `full_logits=False` runs the output head at the targets' prediction positions only (`losses.selective`):
+    the same loss values and gradients without the `[rows, tokens, vocab]` logits.
+    """
+    model_inputs = dict(inputs)
+    labels = model_inputs.pop("labels")
+    branch = model_inputs.pop("branch", None)
+    forward_options = dict(output_hidden_states=composer.needs_hidden_states, use_cache=False)
+    if full_logits:
+        outputs = model(**model_inputs, **forward_options)
+    else:
+        outputs = forward_with_target_logits(model, model_inputs, labels, **forward_options)
+    return LossContext(
+        model=model,
+        batch={**model_inputs, "labels": labels, "branch": branch},
+        outputs=outputs,
+        num_items_in_batch=num_items_in_batch,
+        global_step=global_step,
+        logits_at_targets=not full_logits,
+    )
+
+
 class XModalTrainer(Trainer):
     """One forward per micro-batch feeds every loss term; terms are token-normalised over the global batch.
+
+    The forward computes logits only where a term reads them (the targets) unless a term needs them all
+    (`loss_context`); `compute_loss(..., return_outputs=True)` then returns those `[M, V]` target logits.
 
     `loss_composer` (from `losses.build_loss`) returns the weighted total and each unweighted term.
     `ordered=True` keeps the dataset order (curriculum schedules), so resuming continues the schedule.
@@ -76,19 +108,17 @@ class XModalTrainer(Trainer):
     def _get_train_sampler(self, *args, **kwargs):
         if self.ordered:
             return SequentialSampler(self.train_dataset)
+        if self.args.train_sampling_strategy == "group_by_length":
+            group_size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return LengthGroupedSampler(self.train_dataset[self.args.length_column_name], group_size)
         return super()._get_train_sampler(*args, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        model_inputs = dict(inputs)
-        labels = model_inputs.pop("labels")
-        branch = model_inputs.pop("branch", None)
-        outputs = model(
-            **model_inputs, output_hidden_states=self.loss_composer.needs_hidden_states, use_cache=False
-        )
-        context = LossContext(
-            model=model,
-            batch={**model_inputs, "labels": labels, "branch": branch},
-            outputs=outputs,
+        context = loss_context(
+            model,
+            inputs,
+            self.loss_composer,
+            full_logits=self.loss_composer.needs_full_logits,
             num_items_in_batch=num_items_in_batch,
             global_step=self.state.global_step,
         )
@@ -99,7 +129,7 @@ class XModalTrainer(Trainer):
         total = total * scale
         if model.training and self.nonfinite.observe(terms, step=self.state.global_step + 1):
             self._accumulate_terms(terms, scale)
-        return (total, outputs) if return_outputs else total
+        return (total, context.outputs) if return_outputs else total
 
     def _accumulate_terms(self, terms: dict[str, torch.Tensor], scale: int) -> None:
         for name, value in terms.items():
