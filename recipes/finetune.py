@@ -11,11 +11,10 @@ import os
 import sys
 
 import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from transformers import TrainingArguments, set_seed
+from transformers import set_seed
 
-from data_builders.atomic import atomic_write_text, publish_directory
+from data_builders.atomic import atomic_write_text
 from data_builders.collate import MultimodalCollator
 from data_builders.errors import ConfigError
 from data_builders.instances import build_instances
@@ -26,28 +25,10 @@ from trainers import distributed
 from trainers.callbacks import CheckpointCompletionCallback, MetricsFileCallback, resolve_resume
 from trainers.finetuning import FinetuneSettings, apply_finetuning
 from trainers.models import load_model, load_processor, model_location
+from trainers.runs import build_training_args, export_logger_environment, metric_callbacks, save_final
 from trainers.trainer import XModalTrainer
 
 logger = logging.getLogger("xmodal.finetune")
-
-
-def build_training_args(cfg: DictConfig) -> TrainingArguments:
-    """TrainingArguments from `trainer` + `deepspeed`; built before the model so ZeRO-3 partitions at load."""
-    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    deepspeed_config = OmegaConf.to_container(cfg.deepspeed, resolve=True) or None
-    if deepspeed_config and distributed.configure_cpu_deepspeed_state():
-        kwargs.setdefault("accelerator_config", {})["use_configured_state"] = True
-    try:
-        return TrainingArguments(**kwargs, deepspeed=deepspeed_config)
-    except TypeError as error:
-        raise ConfigError(f"trainer: {error} (every trainer.* key must be a TrainingArguments field)") from error
-
-
-def export_logger_environment(logger_cfg: DictConfig) -> None:
-    for key, value in (logger_cfg.get("env") or {}).items():
-        os.environ.setdefault(key, str(value))
-    if "wandb" in list(logger_cfg.report_to) and not os.environ.get("WANDB_API_KEY"):
-        os.environ.setdefault("WANDB_MODE", "offline")  # no key: log locally, never prompt
 
 
 def build_train_dataset(cfg: DictConfig, processor):
@@ -60,32 +41,6 @@ def build_train_dataset(cfg: DictConfig, processor):
     if len(dataset) == 0:
         raise ConfigError(f"every instance is longer than encoding.max_length={settings.max_length}")
     return dataset, built.builder
-
-
-def metric_callbacks(cfg: DictConfig) -> list:
-    return [instantiate(callback_cfg) for _, callback_cfg in sorted((cfg.metrics or {}).items())]
-
-
-def save_final(trainer: XModalTrainer, processor, cfg: DictConfig, base_model: str) -> str:
-    """`<output_dir>/final`: full weights + processor, loadable with the Auto classes (LoRA merged in)."""
-    final_dir = os.path.join(cfg.output_dir, "final")
-    staging = os.path.join(cfg.output_dir, ".final.staging")
-    if cfg.finetune.mode == "lora":
-        adapter_dir = os.path.join(cfg.output_dir, "adapter")
-        trainer.save_model(adapter_dir)  # every rank: gathers the ZeRO-3 shards of the adapters
-        distributed.barrier()
-        if trainer.is_world_process_zero():
-            from peft import PeftModel
-
-            base = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation)
-            PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().save_pretrained(staging)
-    else:
-        trainer.save_model(staging)
-    if trainer.is_world_process_zero():
-        processor.save_pretrained(staging)
-        publish_directory(staging, final_dir)
-    distributed.barrier()
-    return final_dir
 
 
 def train(cfg: DictConfig) -> str:
