@@ -10,9 +10,8 @@ Each instance is prompted with everything up to its last assistant turn through 
 on; instances where it is not are counted per condition (`prompt_mismatches`) and logged. A paired instance with a
 `teacher` view is evaluated as two conditions (its own and the teacher's), on the same records.
 
-Scoring: normalised exact match (`normalise_answer`): the text is cut at the first end-of-turn token, whitespace
-runs are collapsed, case is folded, and trailing periods and spaces are dropped; it must then equal the normalised
-`target`. Derived metrics: `modality_gap` = acc(text_centric) - acc(vision_centric) (paper 2); with the conflict
+Scoring: the answer is cut at the first end-of-turn token and scored by `data_builders.scoring.answers_match`
+(normalised exact match, else the last boxed answer or last number within 1 %, or the choice letter). Derived metrics: `modality_gap` = acc(text_centric) - acc(vision_centric) (paper 2); with the conflict
 builder, per condition `conflict_recognition/<c>` (share of conflict instances answered with the builder's
 `target_conflict`), `control_accuracy/<c>` (exact match on `<c>_control`) and `false_conflict/<c>` (share of
 controls answered with `target_conflict`: a model that always says "conflict" recognises every conflict).
@@ -31,6 +30,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from data_builders.instances import build_instances
+from data_builders.scoring import answers_match, cut_at_end
 from data_builders.templates import ChatTemplate, get_template
 from data_builders.tokenize import IGNORE_INDEX, encode_view, load_rgb
 from recipes import CONFIG_DIR
@@ -63,21 +63,6 @@ class Prediction:
 # --- scoring ---------------------------------------------------------------------------------------------------
 
 
-def cut_at_end(text: str, end_markers: tuple[str, ...]) -> str:
-    """The text before the first end marker (end-of-turn or padding token), if any."""
-    return text[: min((text.find(marker) for marker in end_markers if marker and marker in text), default=len(text))]
-
-
-def normalise_answer(text: str, end_markers: tuple[str, ...] = ()) -> str:
-    """The comparable form of an answer: cut at the first end marker, whitespace collapsed, case-folded, no
-    trailing periods. "  The sources conflict.</s>" and "the sources conflict" compare equal."""
-    return " ".join(cut_at_end(text, end_markers).split()).casefold().rstrip(". ")
-
-
-def is_correct(prediction: str, target: str, end_markers: tuple[str, ...] = ()) -> bool:
-    return normalise_answer(prediction, end_markers) == normalise_answer(target)
-
-
 def accuracy_by_condition(predictions: list[Prediction]) -> dict[str, dict]:
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for prediction in predictions:
@@ -101,7 +86,7 @@ def derived_metrics(predictions: list[Prediction], per_condition: dict[str, dict
     for prediction in predictions:
         by_condition[prediction.item.condition].append(prediction)
     for condition, group in sorted(by_condition.items()):
-        said_conflict = _rate(sum(is_correct(p.prediction, conflict_answer) for p in group), len(group))
+        said_conflict = _rate(sum(answers_match(p.prediction, conflict_answer) for p in group), len(group))
         if condition.endswith("_control"):
             base = condition.removesuffix("_control")
             derived[f"control_accuracy/{base}"] = _rate(sum(p.correct for p in group), len(group))
@@ -193,7 +178,7 @@ def predict(model, processor, items: list[EvalItem], template: ChatTemplate, set
             answer = cut_at_end(answer, markers).strip()
             prompt_ids = inputs["input_ids"][row][inputs["attention_mask"][row].bool()].tolist()
             matches = prompt_ids == training_prompt_ids(item, processor, template)
-            predictions.append(Prediction(item, prompt, answer, is_correct(answer, item.target), matches))
+            predictions.append(Prediction(item, prompt, answer, answers_match(answer, item.target), matches))
     return predictions
 
 
@@ -287,8 +272,7 @@ def run(cfg: DictConfig) -> str:
             "data": OmegaConf.to_container(cfg.data, resolve=True),
             "builder": OmegaConf.to_container(cfg.builder, resolve=True),
             "seed": cfg.seed,
-            "scoring": "normalised exact match: cut at the first end token, whitespace collapsed, case-folded, "
-            "trailing periods dropped",
+            "scoring": "data_builders.scoring.answers_match after cutting at the first end token",
         },
         "results": reports,
     }

@@ -10,6 +10,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from PIL import Image
 
+from data_builders.scoring import answers_match
 from data_builders.templates import get_template
 from recipes import CONFIG_DIR
 from recipes.evaluate import (
@@ -19,8 +20,6 @@ from recipes.evaluate import (
     derived_metrics,
     eval_items,
     generation_prompt,
-    is_correct,
-    normalise_answer,
     predict,
     prompt_inputs,
     run,
@@ -33,31 +32,9 @@ VISION = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
 BUILDERS = {"llava": build_tiny_llava, "qwen2": build_tiny_qwen2_vl}
 
 
-@pytest.mark.parametrize(
-    "prediction,target,correct",
-    [
-        ("7", "7", True),
-        ("  7 </s><pad>", "7", True),  # cut at the end token, spaces dropped
-        ("The Sources Conflict.", "The sources conflict.", True),  # case and the final period do not count
-        ("the sources  agree.\n 3", "The sources agree. 3", True),  # whitespace runs collapse
-        ("the sources agree. 3.", "The sources agree. 3", True),
-        ("The sources agree. 4", "The sources agree. 3", False),
-        ("7<|im_end|>\n<|im_start|>user", "7", True),
-        ("77", "7", False),
-        ("", "7", False),
-    ],
-)
-def test_normalised_exact_match(prediction, target, correct):
-    assert is_correct(prediction, target, end_markers=("</s>", "<pad>", "<|im_end|>")) is correct
-
-
-def test_normalise_keeps_inner_periods():
-    assert normalise_answer(" The sources agree. 3.5. ") == "the sources agree. 3.5"
-
-
 def _prediction(condition: str, prediction: str, target: str) -> Prediction:
     item = EvalItem(f"{condition}-{prediction}", condition, [], [], target)
-    return Prediction(item, "prompt", prediction, is_correct(prediction, target), True)
+    return Prediction(item, "prompt", prediction, answers_match(prediction, target), True)
 
 
 def test_modality_gap_is_text_minus_vision_accuracy():
