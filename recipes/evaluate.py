@@ -31,6 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from data_builders.instances import build_instances
 from data_builders.scoring import answers_match, cut_at_end
+from data_builders.sample import prompt_messages
 from data_builders.templates import ChatTemplate, get_template
 from data_builders.tokenize import IGNORE_INDEX, encode_view, load_rgb
 from recipes import CONFIG_DIR
@@ -115,12 +116,6 @@ def eval_items(instances: list[dict], per_condition: int) -> list[EvalItem]:
                 taken[condition] += 1
                 items.append(EvalItem(item_id, condition, view["messages"], view.get("images", []), instance["target"]))
     return items
-
-
-def prompt_messages(messages: list[dict]) -> list[dict]:
-    """The conversation up to (without) its last assistant turn: what the model answers."""
-    last = max(i for i, message in enumerate(messages) if message["role"] == "assistant")
-    return messages[:last]
 
 
 def generation_prompt(item: EvalItem, processor) -> str:
