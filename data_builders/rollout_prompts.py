@@ -14,11 +14,20 @@ from datasets import Dataset, Image, Sequence
 from .sample import prompt_messages
 
 
+def sampled_view(instance: dict) -> dict:
+    """The view rollouts are sampled from, as an unpaired instance: a paired instance's text-centric `teacher`."""
+    teacher = instance.get("teacher")
+    if not teacher:
+        return instance
+    unpaired = {key: value for key, value in instance.items() if key != "teacher"}
+    return {**unpaired, "id": f"{instance['id']}:{teacher['condition']}", **teacher}
+
+
 def rollout_rows(instances: list[dict]) -> list[dict]:
     rows = []
     for instance in instances:
         teacher = instance.get("teacher")
-        sampled = teacher or instance
+        sampled = sampled_view(instance)
         rows.append(
             {
                 "id": instance["id"],

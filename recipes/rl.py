@@ -21,7 +21,9 @@ from trl import GRPOConfig
 from data_builders.atomic import atomic_write_text
 from data_builders.errors import ConfigError
 from data_builders.instances import build_instances
-from data_builders.rollout_prompts import rollout_dataset
+from data_builders.collate import MultimodalCollator
+from data_builders.rollout_prompts import rollout_dataset, sampled_view
+from data_builders.tokenize import EncodingSettings, tokenize_instances
 from recipes import CONFIG_DIR
 from trainers import distributed
 from trainers.callbacks import CheckpointCompletionCallback, MetricsFileCallback, resolve_resume
@@ -32,6 +34,7 @@ from trainers.rewards import build_rewards
 from trainers.runs import build_training_args, export_logger_environment, metric_callbacks, save_final
 
 logger = logging.getLogger("xmodal.rl")
+PROBE_INSTANCES = 16  # instances tokenized for the metric callbacks' probe sets
 
 
 def build_rl_args(cfg: DictConfig, reward_weights: list[float], ordered: bool) -> GRPOConfig:
@@ -50,8 +53,8 @@ def check_alignment_data(alignment: RolloutAlignment, dataset) -> None:
         )
 
 
-def train(cfg: DictConfig) -> str:
-    """Run one RL fine-tune; returns the directory of the final model."""
+def build_trainer(cfg: DictConfig) -> tuple[XModalGRPOTrainer, object, str]:
+    """(trainer, processor, base model location) of the configured run, callbacks bound, ready to train."""
     if OmegaConf.to_container(cfg.deepspeed):
         distributed.ensure_launcher_environment()
         distributed.init_deepspeed_backend()  # before the arguments: the "auto" batch sizes read the world size
@@ -82,8 +85,27 @@ def train(cfg: DictConfig) -> str:
         alignment=alignment,
         filter_equal_reward_groups=cfg.rl.filter_equal_reward_groups,
     )
+    bind_metric_callbacks(metrics, trainer, built.instances, processor, cfg)
+    return trainer, processor, base_model
+
+
+def bind_metric_callbacks(metrics: list, trainer, instances: list[dict], processor, cfg: DictConfig) -> None:
+    """GRPO trains on prompts, not token rows: metric callbacks probe the sampled views of the first instances
+    with image, tokenized and collated as xmodal-train does."""
+    if not metrics:
+        return
+    views = [sampled_view(instance) for instance in instances if instance["images"]][:PROBE_INSTANCES]
+    rows = tokenize_instances(
+        views, processor, cfg.model.template, EncodingSettings(**cfg.encoding), os.path.join(cfg.cache_dir, "tokenized")
+    )
+    collator = MultimodalCollator(processor, cfg.model.template)
     for callback in metrics:
-        callback.bind(trainer)
+        callback.bind(trainer, probe_rows=[rows[i] for i in range(len(rows))], collator=collator)
+
+
+def train(cfg: DictConfig) -> str:
+    """Run one RL fine-tune; returns the directory of the final model."""
+    trainer, processor, base_model = build_trainer(cfg)
     trainer.train(resume_from_checkpoint=resolve_resume(cfg.resume, cfg.output_dir))
     final_dir = save_final(trainer, processor, cfg, base_model)
     trainer.accelerator.free_memory()  # release the DeepSpeed engine while the process group still exists

@@ -1,4 +1,4 @@
-"""Verifiable rewards for `xmodal-rl`, built from `conf/reward/*.yaml` by their `_target_` like loss terms.
+r"""Verifiable rewards for `xmodal-rl`, built from `conf/reward/*.yaml` by their `_target_` like loss terms.
 
 A reward is a callable with TRL's reward-function signature: `reward(prompts, completions, **columns)` returns
 one float in [0, 1] per completion; `columns` are the dataset's columns, one value per completion (`target`,

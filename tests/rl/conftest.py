@@ -1,0 +1,15 @@
+"""Fixtures for the RL tests."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> str:
+    """One cache for the session, so tiny models and rendered images are built once."""
+    path = str(tmp_path_factory.mktemp("xmodal-cache"))
+    os.environ["XMODAL_CACHE"] = path
+    return path
