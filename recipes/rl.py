@@ -34,7 +34,7 @@ from trainers.rewards import build_rewards
 from trainers.runs import build_training_args, export_logger_environment, metric_callbacks, save_final
 
 logger = logging.getLogger("xmodal.rl")
-PROBE_INSTANCES = 16  # instances tokenized for the metric callbacks' probe sets
+PROBE_INSTANCES = 64  # instances tokenized for the metric callbacks' probe sets (each takes its probe_size)
 
 
 def build_rl_args(cfg: DictConfig, reward_weights: list[float], ordered: bool) -> GRPOConfig:
@@ -100,7 +100,8 @@ def bind_metric_callbacks(metrics: list, trainer, instances: list[dict], process
     )
     collator = MultimodalCollator(processor, cfg.model.template)
     for callback in metrics:
-        callback.bind(trainer, probe_rows=[rows[i] for i in range(len(rows))], collator=collator)
+        size = min(len(rows), getattr(callback, "probe_size", len(rows)))
+        callback.bind(trainer, probe_rows=[rows[i] for i in range(size)], collator=collator)
 
 
 def train(cfg: DictConfig) -> str:

@@ -6,6 +6,8 @@ import os
 import sys
 
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
 
 from recipes import CONFIG_DIR
 from recipes.rl import build_trainer
@@ -21,8 +23,13 @@ SMALL = [
 
 
 def compose_rl(overrides: list[str]):
+    """conf/rl.yaml with `overrides`; `${hydra:...}` interpolations (run directories) resolve as in a run."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="rl", overrides=overrides)
+        cfg = compose(config_name="rl", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
 
 
 def build_rl_trainer(output_dir, overrides: list[str]):

@@ -22,10 +22,12 @@ def logged(output_dir: str, key: str) -> list[float]:
 
 
 @pytest.mark.slow
-def test_single_process_logs_rl_metrics_resumes_and_saves_an_auto_loadable_model(tmp_path, cache_dir):
+def test_single_process_logs_rl_and_imbalance_metrics_resumes_and_saves_an_auto_loadable_model(tmp_path, cache_dir):
     out = str(tmp_path / "run")
-    xmodal_rl([*KL_RUN, "trainer.max_steps=4", "trainer.save_steps=2", f"output_dir={out}"], cache_dir)
+    imbalance = ["metrics=imbalance", "metrics.imbalance.every_n_steps=2", "metrics.imbalance.probe_size=4"]
+    xmodal_rl([*KL_RUN, *imbalance, "trainer.max_steps=4", "trainer.save_steps=2", f"output_dir={out}"], cache_dir)
     rows = read_metrics(out)
+    assert [row["step"] for row in rows if "imbalance/ratio" in row] == [2, 4]
     for key in PER_STEP:
         assert [row["step"] for row in rows if key in row] == [1, 2, 3, 4], key
     assert logged(out, "align_loss"), "no step with a full-reward rollout logged align_loss"
