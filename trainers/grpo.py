@@ -98,8 +98,11 @@ class XModalGRPOTrainer(GRPOTrainer):
         self._metrics[mode]["full_reward"].append(full_reward.float().mean().item())
 
         if self.filter_equal_reward_groups:
-            output["completion_mask"] = output["completion_mask"] * kept_rows.unsqueeze(1).to(output["completion_mask"])
-            loss_mask = output["completion_mask"] * output.get("tool_mask", 1)
+            # TRL multiplies its loss mask (never the attention mask) by `tool_mask`: the filtered rows leave the
+            # loss and the DAPO normaliser while their tokens stay in place (M-RoPE positions need them).
+            kept = kept_rows.unsqueeze(1).to(output["completion_mask"])
+            output["tool_mask"] = output.get("tool_mask", torch.ones_like(output["completion_mask"])) * kept
+            loss_mask = output["completion_mask"] * output["tool_mask"]
             output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
 
         if self.alignment.weight > 0:

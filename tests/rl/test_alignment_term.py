@@ -1,4 +1,4 @@
-"""The RL alignment term on a real tiny LLaVA and a real XModalGRPOTrainer: which rollouts it reads, where its
+"""The RL alignment term on real tiny LLaVA and Qwen2-VL models and a real XModalGRPOTrainer: which rollouts it reads, where its
 gradient goes, and the released clamps, each checked against an independent per-row computation."""
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from tests.rl.helpers import build_rl_trainer
 TEMPERATURE = 0.8  # the released rollout temperature: both branches' log-probs are taken at it
 
 
-@pytest.fixture(scope="module")
-def trainer(tmp_path_factory, cache_dir):
+@pytest.fixture(scope="module", params=["tiny_llava", "tiny_qwen2_vl"])
+def trainer(request, tmp_path_factory, cache_dir):
     trainer = build_rl_trainer(
         tmp_path_factory.mktemp("rl-align"),
-        ["model=tiny_llava", "builder=paired", "rl.align.weight=0.01", f"rl.grpo.temperature={TEMPERATURE}"],
+        [f"model={request.param}", "builder=paired", "rl.align.weight=0.01", f"rl.grpo.temperature={TEMPERATURE}"],
     )
     trainer.current_gradient_accumulation_steps = 1  # what the training loop sets for a window of one micro-batch
     return trainer
@@ -45,7 +45,10 @@ def independent_student_logps(trainer, inputs: dict, row: int) -> torch.Tensor:
     length = int(inputs["completion_mask"][row].sum())
     response = inputs["completion_ids"][row, :length]
     input_ids = torch.cat([vision["input_ids"][0], response]).unsqueeze(0)
-    logits = trainer.model(input_ids=input_ids, pixel_values=vision["pixel_values"]).logits[0]
+    image_inputs = {key: value for key, value in vision.items() if key != "input_ids"}
+    if "mm_token_type_ids" in image_inputs:  # Qwen2-VL: the response tokens are text
+        image_inputs["mm_token_type_ids"] = torch.nn.functional.pad(image_inputs["mm_token_type_ids"], (0, length))
+    logits = trainer.model(input_ids=input_ids, **image_inputs).logits[0]
     prompt_length = vision["input_ids"].size(1)
     logps = (logits[prompt_length - 1 : -1] / TEMPERATURE).log_softmax(-1)
     return logps.gather(-1, response.unsqueeze(1)).squeeze(1)
