@@ -6,7 +6,6 @@ or `deepspeed --num_gpus N --module recipes.finetune ...`. See README.md.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -22,13 +21,12 @@ from data_builders.tokenize import EncodingSettings, tokenize_instances
 from losses.registry import build_loss
 from recipes import CONFIG_DIR
 from trainers import distributed
-from trainers.callbacks import CheckpointCompletionCallback, MetricsFileCallback, resolve_resume
+from trainers.callbacks import CheckpointCompletionCallback, MetricsFileCallback
 from trainers.finetuning import FinetuneSettings, apply_finetuning
 from trainers.models import load_model, load_processor, model_location
-from trainers.runs import build_training_args, export_logger_environment, metric_callbacks, save_final
+from trainers.runs import build_training_args, export_logger_environment, metric_callbacks, train_and_save
 from trainers.trainer import XModalTrainer
 
-logger = logging.getLogger("xmodal.finetune")
 
 
 def build_train_dataset(cfg: DictConfig, processor):
@@ -75,14 +73,7 @@ def train(cfg: DictConfig) -> str:
     )
     for callback in metrics:
         callback.bind(trainer)  # probes are collated from the training set with the run's own collator
-    trainer.train(resume_from_checkpoint=resolve_resume(cfg.resume, cfg.output_dir))
-    final_dir = save_final(trainer, processor, cfg, base_model)
-    # Release the DeepSpeed engine (ZeRO-3 hooks, optimizer state) while the process group still exists;
-    # left to interpreter shutdown, a ZeRO-3 rank can abort in teardown.
-    trainer.accelerator.free_memory()
-    if trainer.is_world_process_zero():
-        logger.info("final model: %s", final_dir)
-    return final_dir
+    return train_and_save(trainer, processor, cfg, base_model)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

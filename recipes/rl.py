@@ -9,7 +9,6 @@ deepspeed, logger, metrics, experiment) plus `reward` and the `rl` node. Launch 
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -26,14 +25,13 @@ from data_builders.rollout_prompts import rollout_dataset, sampled_view
 from data_builders.tokenize import EncodingSettings, tokenize_instances
 from recipes import CONFIG_DIR
 from trainers import distributed
-from trainers.callbacks import CheckpointCompletionCallback, MetricsFileCallback, resolve_resume
+from trainers.callbacks import CheckpointCompletionCallback, MetricsFileCallback
 from trainers.finetuning import FinetuneSettings, apply_finetuning
 from trainers.grpo import RolloutAlignment, XModalGRPOTrainer
 from trainers.models import load_model, load_processor, model_location
 from trainers.rewards import build_rewards
-from trainers.runs import build_training_args, export_logger_environment, metric_callbacks, save_final
+from trainers.runs import build_training_args, export_logger_environment, metric_callbacks, train_and_save
 
-logger = logging.getLogger("xmodal.rl")
 PROBE_INSTANCES = 64  # instances tokenized for the metric callbacks' probe sets (each takes its probe_size)
 
 
@@ -108,13 +106,7 @@ def bind_metric_callbacks(metrics: list, trainer, instances: list[dict], process
 
 def train(cfg: DictConfig) -> str:
     """Run one RL fine-tune; returns the directory of the final model."""
-    trainer, processor, base_model = build_trainer(cfg)
-    trainer.train(resume_from_checkpoint=resolve_resume(cfg.resume, cfg.output_dir))
-    final_dir = save_final(trainer, processor, cfg, base_model)
-    trainer.accelerator.free_memory()  # release the DeepSpeed engine while the process group still exists
-    if trainer.is_world_process_zero():
-        logger.info("final model: %s", final_dir)
-    return final_dir
+    return train_and_save(*build_trainer(cfg), cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="rl")

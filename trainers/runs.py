@@ -3,6 +3,7 @@ environment, metric callbacks, and the final model directory."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 from hydra.utils import instantiate
@@ -12,7 +13,10 @@ from transformers import TrainingArguments
 from data_builders.atomic import publish_directory
 from data_builders.errors import ConfigError
 from trainers import distributed
+from trainers.callbacks import resolve_resume
 from trainers.models import load_model
+
+logger = logging.getLogger(__name__)
 
 
 def build_training_args(cfg: DictConfig, args_class: type = TrainingArguments, **extra) -> TrainingArguments:
@@ -60,4 +64,16 @@ def save_final(trainer, processor, cfg: DictConfig, base_model: str) -> str:
         processor.save_pretrained(staging)
         publish_directory(staging, final_dir)
     distributed.barrier()
+    return final_dir
+
+
+def train_and_save(trainer, processor, cfg: DictConfig, base_model: str) -> str:
+    """Train (resuming per `cfg.resume`), save `final/`, release the engine; returns the final directory."""
+    trainer.train(resume_from_checkpoint=resolve_resume(cfg.resume, cfg.output_dir))
+    final_dir = save_final(trainer, processor, cfg, base_model)
+    # Release the DeepSpeed engine (ZeRO-3 hooks, optimizer state) while the process group still exists;
+    # left to interpreter shutdown, a ZeRO-3 rank can abort in teardown.
+    trainer.accelerator.free_memory()
+    if trainer.is_world_process_zero():
+        logger.info("final model: %s", final_dir)
     return final_dir
