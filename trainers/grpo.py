@@ -24,6 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import Trainer
 from trl import GRPOTrainer
 from trl.trainer.utils import pad
 
@@ -125,7 +126,8 @@ class XModalGRPOTrainer(GRPOTrainer):
             return_tensors="pt", **self.chat_template_kwargs,
         )
         encoded.pop("attention_mask", None)
-        return dict(encoded)
+        # The Trainer's own input preparation (device, and DeepSpeed's dtype for floating inputs), as TRL's prompts get.
+        return Trainer._prepare_inputs(self, dict(encoded))
 
     # -- loss -------------------------------------------------------------------------------------------------
     def _get_per_token_logps_and_entropies(self, *args, **kwargs):
@@ -160,11 +162,11 @@ class XModalGRPOTrainer(GRPOTrainer):
                 vision[key] = torch.cat([vision[key], vision[key].new_zeros(completion_ids.shape)], dim=1)
         student_logps, _, _ = self._get_per_token_logps_and_entropies(
             model,
-            torch.cat([prompt_ids.to(completion_ids.device), completion_ids], dim=1),
-            torch.cat([prompt_mask.to(completion_mask.device), completion_mask], dim=1),
+            torch.cat([prompt_ids, completion_ids], dim=1),
+            torch.cat([prompt_mask, completion_mask], dim=1),
             completion_ids.size(1),
             num_images=vision.pop("num_images"),
-            **{key: value.to(completion_ids.device) for key, value in vision.items()},
+            **vision,
         )
         mask = completion_mask.bool() & aligned[rows_to_run].unsqueeze(1)
         summed = masked_alignment_sum(student_logps, teacher_logps[rows_to_run], mask, self.alignment)
@@ -197,8 +199,7 @@ def _collate_vision_prompts(encoded_rows: list[dict], pad_token_id: int) -> dict
     batch = {
         "input_ids": pad(ids, padding_value=pad_token_id, padding_side="left"),
         "prompt_mask": pad([torch.ones_like(i) for i in ids], padding_value=0, padding_side="left"),
-        "num_images": [int(row["image_grid_thw"].size(0)) if "image_grid_thw" in row else int(row["pixel_values"].size(0))
-                       if "pixel_values" in row else 0 for row in encoded_rows],
+        "num_images": [_num_images(row) for row in encoded_rows],
     }
     for key in encoded_rows[0]:
         if key == "input_ids":
@@ -209,3 +210,10 @@ def _collate_vision_prompts(encoded_rows: list[dict], pad_token_id: int) -> dict
         else:
             batch[key] = pad([v[0] for v in values], padding_value=0, padding_side="left")
     return batch
+
+
+def _num_images(encoded_row: dict) -> int:
+    """Images of one encoded prompt: one grid row each (Qwen2-VL), else one pixel tensor each (LLaVA)."""
+    if "image_grid_thw" in encoded_row:
+        return int(encoded_row["image_grid_thw"].size(0))
+    return int(encoded_row["pixel_values"].size(0)) if "pixel_values" in encoded_row else 0
