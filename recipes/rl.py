@@ -106,7 +106,8 @@ def bind_metric_callbacks(metrics: list, trainer, instances: list[dict], process
 
 def train(cfg: DictConfig) -> str:
     """Run one RL fine-tune; returns the directory of the final model."""
-    return train_and_save(*build_trainer(cfg), cfg)
+    trainer, processor, base_model = build_trainer(cfg)
+    return train_and_save(trainer, processor, cfg, base_model)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="rl")
