@@ -1,15 +1,3 @@
-"""Fixtures for the RL tests."""
+"""Fixtures for the RL tests: the core tests' session cache (tiny models and rendered images built once)."""
 
-from __future__ import annotations
-
-import os
-
-import pytest
-
-
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> str:
-    """One cache for the session, so tiny models and rendered images are built once."""
-    path = str(tmp_path_factory.mktemp("xmodal-cache"))
-    os.environ["XMODAL_CACHE"] = path
-    return path
+from tests.core.conftest import cache_dir  # noqa: F401  (a fixture, found by name)
