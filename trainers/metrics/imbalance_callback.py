@@ -15,7 +15,7 @@ import math
 
 import torch
 import torch.distributed as dist
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from trainers.metrics.imbalance import MODES, SpanStats, measure
 from trainers.metrics.imbalance_probes import QUERY_SETS, SPAN_PAIRS, ProbeMasks, collate_probe
@@ -106,7 +106,9 @@ class ImbalanceCallback(TrainerCallback):
             index = turn * world + rank
             counted = index < len(self.probe)
             batch, masks = self.probe[index if counted else 0]
-            inputs = self.trainer._prepare_inputs(dict(batch))  # device and DeepSpeed dtype, as in training
+            # Device and DeepSpeed dtype as in training: the base Trainer's preparation (TRL's GRPO trainer
+            # overrides `_prepare_inputs` to generate rollouts).
+            inputs = Trainer._prepare_inputs(self.trainer, dict(batch))
             measured = measure(model, inputs, masks.query, masks.a, masks.b, layers=self.layers, mode=self.mode)
             batch_sums, batch_count = measured.totals()
             if counted:
