@@ -16,9 +16,9 @@ from recipes import CONFIG_DIR
 FAST = ["debug=fast", "data.num_records=48", "model=tiny_llava"]
 
 
-def compose_config(overrides: list[str]):
+def compose_config(overrides: list[str], config_name: str = "config"):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+        return compose(config_name=config_name, overrides=overrides)
 
 
 def run_entry_point(command: list[str], cache_dir: str, timeout: int = 600) -> subprocess.CompletedProcess:

@@ -27,6 +27,14 @@ GROUP_OPTIONS = sorted(
 )
 
 
+# Groups the root config selects; the others (paper_setting/, loaded by the paper experiments) are appended with `+`.
+ROOT_GROUPS = {
+    next(iter(entry)).split("override ")[-1]
+    for entry in OmegaConf.load(os.path.join(CONFIG_DIR, "config.yaml")).defaults
+    if not isinstance(entry, str)
+}
+
+
 def _resolve(overrides: list[str], config_name: str = "config") -> dict:
     from hydra import compose, initialize_config_dir
 
@@ -42,16 +50,14 @@ def test_every_group_has_options():
     assert {"model", "data", "builder", "loss", "trainer", "deepspeed", "logger", "metrics", "experiment"} <= groups
 
 
-# Groups that only an entry point's own root config declares (the rest are in config.yaml).
-ROOT_OF_GROUP = {"reward": "rl", "setting": "rl"}
-# Options that need a value only a user can give (a dataset on their disk).
-REQUIRED_BY_OPTION = {("setting", "paper"): ["data.root=/data/pgps9k"]}
+# Groups that only an entry point's own root config selects, composed under that root (conf/rl.yaml: reward).
+ROOT_OF_GROUP = {"reward": "rl"}
 
 
 @pytest.mark.parametrize("group,option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_group_option_composes_and_resolves(group, option):
-    overrides = [f"{group}={option}", *REQUIRED_BY_OPTION.get((group, option), [])]
-    resolved = _resolve(overrides, config_name=ROOT_OF_GROUP.get(group, "config"))
+    root = ROOT_OF_GROUP.get(group, "config")
+    resolved = _resolve([f"{'' if group in ROOT_GROUPS or root != 'config' else '+'}{group}={option}"], config_name=root)
     assert resolved["output_dir"]
     assert resolved["trainer"]["output_dir"] == resolved["output_dir"]
 
