@@ -14,6 +14,10 @@ conflict task). In order:
 4. A multiple-choice target (a single capital letter, `B` or `(B)`) matches the boxed letter, a bare letter,
    `(B)`, or "the answer is B".
 5. Any other target matches the normalised boxed answer exactly.
+
+Conflict recognition (`builder=conflict`) is decided by a judge, `judge(response, answer, counter_answer) -> bool`:
+`ExactConflictJudge` (the fine-tuned conflict answer) or `FreeTextConflictJudge` (free text that says the sources
+disagree or names both candidate answers, for off-the-shelf models); conf/judge/ selects one.
 """
 
 from __future__ import annotations
@@ -21,7 +25,16 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["answers_match", "cut_at_end", "evaluate_number", "extract_answer", "last_boxed", "normalise_answer"]
+__all__ = [
+    "ExactConflictJudge",
+    "FreeTextConflictJudge",
+    "answers_match",
+    "cut_at_end",
+    "evaluate_number",
+    "extract_answer",
+    "last_boxed",
+    "normalise_answer",
+]
 
 
 def cut_at_end(text: str, end_markers: tuple[str, ...]) -> str:
@@ -264,3 +277,70 @@ def answers_match(prediction: str, target: str, tolerance: float = 0.01) -> bool
     if target_letter is not None:
         return _predicted_letter(prediction) == target_letter
     return normalise_answer(extract_answer(prediction)) == normalise_answer(reference)
+
+
+# --- conflict recognition ----------------------------------------------------------------------------------------
+
+
+class ExactConflictJudge:
+    """A response recognises the conflict when it is the trained conflict answer (`answers_match`, e.g.
+    "The sources conflict."): the format of models fine-tuned with `builder=conflict`."""
+
+    def __init__(self, answer: str = "The sources conflict."):
+        self.answer = answer
+
+    def __call__(self, response: str, answer: str | None = None, counter_answer: str | None = None) -> bool:
+        return answers_match(response, self.answer)
+
+
+# Word starts that say the sources disagree ("contradict" also finds "contradictory"), and the words that negate them.
+DISAGREEMENT_PHRASES = (
+    "conflict", "disagree", "contradict", "inconsistent", "inconsistency", "discrepanc", "mismatch", "differ",
+    "do not agree", "don't agree", "does not agree", "doesn't agree",
+)
+NEGATIONS = ("no", "not", "never", "without", "neither", "nor", "n't")
+
+
+class FreeTextConflictJudge:
+    """A response recognises the conflict when it says the sources disagree, or names both candidate answers.
+
+    For off-the-shelf models that answer in their own words (the cross-modal conflict paper scores those).
+    "Says they disagree": one of `phrases` (case-insensitive, as a word start: "contradict" also finds
+    "contradictory") with none of `negations` among the `negation_window` words before it, so "the sources do
+    not conflict" and "there is no contradiction" do not count. "Names both": `answer` and `counter_answer`
+    both occur as whole words (only when `both_answers` is on and both are given).
+    """
+
+    def __init__(
+        self,
+        phrases: list[str] | None = None,
+        negations: list[str] | None = None,
+        negation_window: int = 3,
+        both_answers: bool = True,
+    ):
+        phrases = DISAGREEMENT_PHRASES if phrases is None else phrases
+        negations = NEGATIONS if negations is None else negations
+        self.phrases = [re.compile(r"(?<![a-z])" + re.escape(phrase.casefold())) for phrase in phrases]
+        self.negations = {negation.casefold() for negation in negations}
+        self.negation_window = negation_window
+        self.both_answers = both_answers
+
+    def __call__(self, response: str, answer: str | None = None, counter_answer: str | None = None) -> bool:
+        text = response.casefold()
+        for phrase in self.phrases:
+            for match in phrase.finditer(text):
+                if not self._negated(text[: match.start()]):
+                    return True
+        if self.both_answers and answer and counter_answer:
+            return all(_names(text, candidate) for candidate in (answer, counter_answer))
+        return False
+
+    def _negated(self, before: str) -> bool:
+        # "n't" is split off so that "don't" and "doesn't" read as negations.
+        words = re.findall(r"[a-z]+(?=n't)|n't|[a-z]+", before)[-self.negation_window :] if self.negation_window else []
+        return any(word in self.negations for word in words)
+
+
+def _names(text: str, candidate: str) -> bool:
+    """Whether `candidate` occurs in the case-folded `text` as a whole word or number."""
+    return re.search(r"(?<![\w.])" + re.escape(candidate.casefold()) + r"(?![\w]|\.\d)", text) is not None

@@ -12,6 +12,12 @@ from hydra import compose, initialize_config_dir
 
 from recipes import CONFIG_DIR
 
+# The real PGPS9K sample lies beside the checkout (as in tests/data_builders).
+PGPS9K_SAMPLE = os.environ.get(
+    "XMODAL_PGPS9K_SAMPLE",
+    os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "pgps9k_sample"),
+)
+
 # A few steps on a few records: every test run of the recipe is seconds long.
 FAST = ["debug=fast", "data.num_records=48", "model=tiny_llava"]
 

@@ -7,7 +7,14 @@ import doctest
 import pytest
 
 from data_builders import scoring
-from data_builders.scoring import answers_match, evaluate_number, last_boxed, normalise_answer
+from data_builders.scoring import (
+    ExactConflictJudge,
+    FreeTextConflictJudge,
+    answers_match,
+    evaluate_number,
+    last_boxed,
+    normalise_answer,
+)
 
 
 @pytest.mark.parametrize(
@@ -129,3 +136,40 @@ def test_docstring_examples_hold():
 )
 def test_normalise_answer_cuts_at_the_first_end_marker(response, normalised):
     assert normalise_answer(response, end_markers=("</s>", "<pad>", "<|im_end|>")) == normalised
+
+
+@pytest.mark.parametrize(
+    "response,recognised",
+    [
+        ("The sources conflict.", True),
+        ("The two passages are contradictory: one says 3, the other 5.", True),
+        ("There is a discrepancy between the image and the text.", True),
+        ("The image and the text disagree about A.", True),
+        ("They don't agree with each other.", True),  # "do not agree" is itself the disagreement
+        ("Evidence 1 gives 3 while evidence 2 gives 5.", True),  # names both candidate answers
+        ("The sources do not conflict; A is 3.", False),
+        ("There is no contradiction here. The answer is 3.", False),
+        ("I don't see any inconsistency: 3.", False),
+        ("The sources agree. 3", False),
+        ("A is 3.", False),
+        ("A is 35 or 53.", False),  # 3 and 5 only inside other numbers
+        ("", False),
+    ],
+)
+def test_free_text_judge_hand_checked_cases(response, recognised):
+    assert FreeTextConflictJudge()(response, answer="3", counter_answer="5") is recognised
+
+
+def test_free_text_judge_options():
+    naming_both = "Evidence 1 gives 3 while evidence 2 gives 5."
+    assert not FreeTextConflictJudge(both_answers=False)(naming_both, "3", "5")
+    assert not FreeTextConflictJudge()(naming_both)  # without the candidates only the wording counts
+    assert FreeTextConflictJudge(phrases=["clash"])("The passages clash.")
+    assert not FreeTextConflictJudge(phrases=["clash"])("The sources conflict.")
+    assert FreeTextConflictJudge(negation_window=0)("The sources do not conflict.")
+
+
+def test_exact_judge_accepts_only_the_trained_conflict_answer():
+    judge = ExactConflictJudge("The sources conflict.")
+    assert judge(" the sources conflict") and judge("The Sources Conflict.")
+    assert not judge("The sources disagree.") and not judge("The sources agree. 3")
