@@ -50,9 +50,14 @@ def test_every_group_has_options():
     assert {"model", "data", "builder", "loss", "trainer", "deepspeed", "logger", "metrics", "experiment"} <= groups
 
 
+# Groups that only an entry point's own root config selects, composed under that root (conf/rl.yaml: reward).
+ROOT_OF_GROUP = {"reward": "rl"}
+
+
 @pytest.mark.parametrize("group,option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_group_option_composes_and_resolves(group, option):
-    resolved = _resolve([f"{'' if group in ROOT_GROUPS else '+'}{group}={option}"])
+    root = ROOT_OF_GROUP.get(group, "config")
+    resolved = _resolve([f"{'' if group in ROOT_GROUPS or root != 'config' else '+'}{group}={option}"], config_name=root)
     assert resolved["output_dir"]
     assert resolved["trainer"]["output_dir"] == resolved["output_dir"]
 
