@@ -26,7 +26,6 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -35,6 +34,7 @@ from data_builders.templates import ChatTemplate, get_template
 from data_builders.tokenize import IGNORE_INDEX, encode_view, load_rgb
 from recipes import CONFIG_DIR
 from data_builders.atomic import atomic_write_text
+from trainers.console import hydra_console_script
 from trainers.models import load_for_inference, model_location, to_model
 
 logger = logging.getLogger("xmodal.evaluate")
@@ -199,7 +199,7 @@ def predict(model, processor, items: list[EvalItem], template: ChatTemplate, set
 
 def evaluate_checkpoint(path: str, items: list[EvalItem], cfg: DictConfig, conflict_answer: str | None):
     """(report for eval.json, predictions) of one checkpoint."""
-    model, processor = load_for_inference(path, cfg.model.dtype, cfg.model.attn_implementation)
+    model, processor = load_for_inference(path, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
     predictions = predict(model, processor, items, get_template(cfg.model.template), cfg.evaluate)
     per_condition = accuracy_by_condition(predictions)
     mismatches: dict[str, int] = defaultdict(int)
@@ -303,7 +303,7 @@ def run(cfg: DictConfig) -> str:
 
 
 # The console script: compose `conf/evaluate.yaml` with the command-line overrides, then `run` it.
-main = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")(run)
+main = hydra_console_script("xmodal-eval", run, CONFIG_DIR, "evaluate")
 
 
 if __name__ == "__main__":

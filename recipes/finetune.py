@@ -10,12 +10,11 @@ import logging
 import os
 import sys
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
 
-from data_builders.atomic import atomic_write_text, publish_directory
+from data_builders.atomic import publish_directory
 from data_builders.collate import MultimodalCollator
 from data_builders.errors import ConfigError
 from data_builders.instances import build_instances
@@ -23,9 +22,11 @@ from data_builders.tokenize import EncodingSettings, tokenize_instances
 from losses.registry import build_loss
 from recipes import CONFIG_DIR
 from trainers import distributed
-from trainers.callbacks import CheckpointCompletionCallback, MetricsFileCallback, resolve_resume
+from trainers.callbacks import CheckpointCompletionCallback, MetricsFileCallback
+from trainers.console import hydra_console_script
 from trainers.finetuning import FinetuneSettings, apply_finetuning
 from trainers.models import load_model, load_processor, model_location
+from trainers.run_directory import claim_output_dir, open_output_dir
 from trainers.trainer import XModalTrainer
 
 logger = logging.getLogger("xmodal.finetune")
@@ -38,9 +39,11 @@ def build_training_args(cfg: DictConfig) -> TrainingArguments:
     if deepspeed_config and distributed.configure_cpu_deepspeed_state():
         kwargs.setdefault("accelerator_config", {})["use_configured_state"] = True
     try:
-        return TrainingArguments(**kwargs, deepspeed=deepspeed_config)
+        args = TrainingArguments(**kwargs, deepspeed=deepspeed_config)
     except TypeError as error:
         raise ConfigError(f"trainer: {error} (every trainer.* key must be a TrainingArguments field)") from error
+    distributed.check_deepspeed_config(args)
+    return args
 
 
 def export_logger_environment(logger_cfg: DictConfig) -> None:
@@ -77,7 +80,7 @@ def save_final(trainer: XModalTrainer, processor, cfg: DictConfig, base_model: s
         if trainer.is_world_process_zero():
             from peft import PeftModel
 
-            base = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation)
+            base = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
             PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().save_pretrained(staging)
     else:
         trainer.save_model(staging)
@@ -90,6 +93,7 @@ def save_final(trainer: XModalTrainer, processor, cfg: DictConfig, base_model: s
 
 def train(cfg: DictConfig) -> str:
     """Run one fine-tune; returns the directory of the final model."""
+    resume_from = claim_output_dir(cfg)
     uses_deepspeed = bool(OmegaConf.to_container(cfg.deepspeed))
     if uses_deepspeed:
         distributed.ensure_launcher_environment()
@@ -99,13 +103,13 @@ def train(cfg: DictConfig) -> str:
     args = build_training_args(cfg)
     set_seed(cfg.seed)
     if args.process_index == 0:
-        atomic_write_text(os.path.join(cfg.output_dir, "config.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
+        open_output_dir(cfg)
 
-    processor = load_processor(base_model)
+    processor = load_processor(base_model, cfg.model.trust_remote_code)
     # Data first: a bad record stops the run before a large model is loaded.
     with args.main_process_first(desc="build and tokenize instances"):
         train_dataset, builder = build_train_dataset(cfg, processor)
-    model = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation)
+    model = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
     model = apply_finetuning(model, FinetuneSettings(**OmegaConf.to_container(cfg.finetune, resolve=True)))
     metrics = metric_callbacks(cfg)
     trainer = XModalTrainer(
@@ -120,7 +124,7 @@ def train(cfg: DictConfig) -> str:
     )
     for callback in metrics:
         callback.bind(trainer)  # probes are collated from the training set with the run's own collator
-    trainer.train(resume_from_checkpoint=resolve_resume(cfg.resume, cfg.output_dir))
+    trainer.train(resume_from_checkpoint=resume_from)
     final_dir = save_final(trainer, processor, cfg, base_model)
     # Release the DeepSpeed engine (ZeRO-3 hooks, optimizer state) while the process group still exists;
     # left to interpreter shutdown, a ZeRO-3 rank can abort in teardown.
@@ -130,17 +134,19 @@ def train(cfg: DictConfig) -> str:
     return final_dir
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def _hydra_entry(cfg: DictConfig) -> None:
+def _train_and_teardown(cfg: DictConfig) -> None:
     try:
         train(cfg)
     finally:
         distributed.teardown()
 
 
+_hydra_main = hydra_console_script("xmodal-train", _train_and_teardown, CONFIG_DIR, "config")
+
+
 def main() -> None:
     sys.argv = distributed.strip_local_rank_argument(sys.argv)
-    _hydra_entry()
+    _hydra_main()
 
 
 if __name__ == "__main__":

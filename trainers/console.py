@@ -1,0 +1,144 @@
+"""What every console script shows: a user error as one message on stderr, quiet logs, unexpected errors in full.
+
+A user error is something the person running the command can fix without reading code: a bad record
+(`DataError`), a config that cannot work (`ConfigError`, an unknown key or group, a `_target_` that does not
+import), a model that cannot be loaded, a resume path without a checkpoint. It prints
+`<script>: error: <message>` once (rank 0 under torchrun) and exits with `USER_ERROR_STATUS`; the other ranks exit
+with the same status, and torchrun stops the rest. Anything else keeps its traceback, and `HYDRA_FULL_ERROR=1`
+shows the traceback for user errors too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import sys
+import warnings
+from typing import Callable
+
+import hydra
+from hydra.errors import CompactHydraException, InstantiationException
+from omegaconf.errors import OmegaConfBaseException
+
+from data_builders.errors import ConfigError, DataError
+
+USER_ERROR_STATUS = 2  # 1 stays Python's status for an unexpected error (a traceback)
+_FULL_ERROR = "HYDRA_FULL_ERROR"
+
+# Messages a user cannot act on. DeepSpeed guesses its accelerator whenever it is imported (transformers imports
+# it in every run) and warns on CPU; runs that use DeepSpeed on CPU say so themselves (trainers.distributed).
+_QUIET_LOG_MESSAGES = {
+    "DeepSpeed": ("Setting accelerator to CPU",),
+    "transformers": ("mtime may not be reliable on this filesystem",),
+}
+_QUIET_WARNINGS = (
+    r"'pin_memory' argument is set as true but no accelerator is found",
+    r".*`torch_dtype` is deprecated",
+)
+
+
+def user_error_message(error: BaseException) -> str | None:
+    """The message of a user error (following `raise ... from` causes), or None for an unexpected error."""
+    link: BaseException | None = error
+    while link is not None:
+        if isinstance(link, (DataError, ConfigError)):
+            return str(link)
+        if isinstance(link, InstantiationException):
+            if str(link).startswith("Error locating target"):
+                return f"{str(link).split(', set env var', 1)[0]}: is its module on PYTHONPATH?"
+        elif isinstance(link, CompactHydraException):  # a config that does not compose: unknown key, group, option
+            cause = link.__cause__
+            detail = f"\n{cause}" if isinstance(cause, OmegaConfBaseException) else ""
+            return f"{link}{detail}".strip()
+        link = link.__cause__
+    return None
+
+
+def _wants_traceback() -> bool:
+    return os.environ.get(_FULL_ERROR, "") not in ("", "0")
+
+
+def _exit_on_user_error(script: str, error: Exception, show_traceback: bool) -> None:
+    message = None if show_traceback else user_error_message(error)
+    if message is None:
+        return
+    if int(os.environ.get("RANK", "0")) == 0:
+        sys.stderr.write(f"{script}: error: {message}\n")
+        sys.stderr.flush()
+    raise SystemExit(USER_ERROR_STATUS) from None
+
+
+def quiet_known_messages() -> None:
+    """Filter the log lines and warnings listed above (before the libraries emitting them are imported)."""
+    for logger_name, fragments in _QUIET_LOG_MESSAGES.items():
+        logging.getLogger(logger_name).addFilter(
+            lambda record, fragments=fragments: not any(f in record.getMessage() for f in fragments)
+        )
+    for pattern in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+
+
+@contextlib.contextmanager
+def _hydra_raises():
+    """Let Hydra raise composition errors instead of printing them, so they are reported here like the rest."""
+    previous = os.environ.get(_FULL_ERROR)
+    os.environ[_FULL_ERROR] = "1"
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[_FULL_ERROR]
+        else:
+            os.environ[_FULL_ERROR] = previous
+
+
+def console_script(script: str) -> Callable:
+    """Decorate a plain console script's `main`: quiet logs, a user error in one line."""
+
+    def decorate(main: Callable) -> Callable:
+        @functools.wraps(main)
+        def run(*args, **kwargs):
+            quiet_known_messages()
+            try:
+                return main(*args, **kwargs)
+            except Exception as error:
+                _exit_on_user_error(script, error, show_traceback=_wants_traceback())
+                raise
+
+        return run
+
+    return decorate
+
+
+def hydra_console_script(script: str, task: Callable, config_path: str, config_name: str) -> Callable[[], None]:
+    """The console script that composes `config_name` with the command line and runs `task(cfg)`.
+
+    User errors from composition and from the task are one line; Hydra's "Error executing job" line and traceback
+    appear for unexpected errors (and for all with HYDRA_FULL_ERROR=1).
+    """
+    show_traceback = False
+
+    @functools.wraps(task)
+    def guarded_task(cfg):
+        try:
+            return task(cfg)
+        except Exception as error:  # exit here: Hydra prints "Error executing job" for what leaves the task
+            _exit_on_user_error(script, error, show_traceback)
+            raise
+
+    hydra_main = hydra.main(version_base="1.3", config_path=config_path, config_name=config_name)(guarded_task)
+
+    def main() -> None:
+        nonlocal show_traceback
+        show_traceback = _wants_traceback()
+        quiet_known_messages()
+        try:
+            with _hydra_raises():
+                hydra_main()
+        except Exception as error:
+            _exit_on_user_error(script, error, show_traceback)
+            raise
+
+    return main
