@@ -19,7 +19,7 @@ import warnings
 from typing import Callable
 
 import hydra
-from hydra.errors import CompactHydraException, InstantiationException
+from hydra.errors import CompactHydraException, InstantiationException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
 from data_builders.errors import ConfigError, DataError
@@ -27,16 +27,23 @@ from data_builders.errors import ConfigError, DataError
 USER_ERROR_STATUS = 2  # 1 stays Python's status for an unexpected error (a traceback)
 _FULL_ERROR = "HYDRA_FULL_ERROR"
 
-# Messages a user cannot act on. DeepSpeed guesses its accelerator whenever it is imported (transformers imports
-# it in every run) and warns on CPU; runs that use DeepSpeed on CPU say so themselves (trainers.distributed).
-_QUIET_LOG_MESSAGES = {
-    "DeepSpeed": ("Setting accelerator to CPU",),
-    "transformers": ("mtime may not be reliable on this filesystem",),
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *fragments: str):
+        super().__init__()
+        self.fragments = fragments
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(fragment in record.getMessage() for fragment in self.fragments)
+
+
+# Messages a user cannot act on, by the logger that emits them. DeepSpeed guesses its accelerator whenever it is
+# imported (the Trainer imports it in every run) and warns on a machine without GPU.
+_QUIET_LOGS = {
+    "DeepSpeed": _DropMessages("Setting accelerator to CPU"),
+    "transformers.trainer_utils": _DropMessages("mtime may not be reliable on this filesystem"),
 }
-_QUIET_WARNINGS = (
-    r"'pin_memory' argument is set as true but no accelerator is found",
-    r".*`torch_dtype` is deprecated",
-)
+_QUIET_WARNINGS = (r"'pin_memory' argument is set as true but no accelerator is found",)
 
 
 def user_error_message(error: BaseException) -> str | None:
@@ -51,7 +58,9 @@ def user_error_message(error: BaseException) -> str | None:
         elif isinstance(link, CompactHydraException):  # a config that does not compose: unknown key, group, option
             cause = link.__cause__
             detail = f"\n{cause}" if isinstance(cause, OmegaConfBaseException) else ""
-            return f"{link}{detail}".strip()
+            where = f"{link.override}: " if isinstance(link, OverrideParseException) else ""  # the bad argument
+            # Hydra lists its search path after the options of a missing group option: internals, not advice.
+            return f"{where}{link}{detail}".split("\nConfig search path:", 1)[0].strip()
         link = link.__cause__
     return None
 
@@ -72,10 +81,8 @@ def _exit_on_user_error(script: str, error: Exception, show_traceback: bool) -> 
 
 def quiet_known_messages() -> None:
     """Filter the log lines and warnings listed above (before the libraries emitting them are imported)."""
-    for logger_name, fragments in _QUIET_LOG_MESSAGES.items():
-        logging.getLogger(logger_name).addFilter(
-            lambda record, fragments=fragments: not any(f in record.getMessage() for f in fragments)
-        )
+    for logger_name, message_filter in _QUIET_LOGS.items():
+        logging.getLogger(logger_name).addFilter(message_filter)  # once: a logger keeps one copy of a filter
     for pattern in _QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
 
