@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -23,7 +24,7 @@ from losses.registry import build_loss
 from recipes import CONFIG_DIR
 from trainers import distributed
 from trainers.callbacks import CheckpointCompletionCallback, MetricsFileCallback
-from trainers.console import hydra_console_script
+from trainers.console import hydra_console_script, run_summary
 from trainers.finetuning import FinetuneSettings, apply_finetuning
 from trainers.models import load_model, load_processor, model_location
 from trainers.run_directory import claim_output_dir, open_output_dir
@@ -93,6 +94,7 @@ def save_final(trainer: XModalTrainer, processor, cfg: DictConfig, base_model: s
 
 def train(cfg: DictConfig) -> str:
     """Run one fine-tune; returns the directory of the final model."""
+    started = time.monotonic()
     resume_from = claim_output_dir(cfg)
     uses_deepspeed = bool(OmegaConf.to_container(cfg.deepspeed))
     if uses_deepspeed:
@@ -130,7 +132,8 @@ def train(cfg: DictConfig) -> str:
     # left to interpreter shutdown, a ZeRO-3 rank can abort in teardown.
     trainer.accelerator.free_memory()
     if trainer.is_world_process_zero():
-        logger.info("final model: %s", final_dir)
+        state = trainer.state
+        logger.info(run_summary(state.log_history, state.global_step, cfg.output_dir, final_dir, time.monotonic() - started))
     return final_dir
 
 

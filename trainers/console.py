@@ -43,7 +43,10 @@ _QUIET_LOGS = {
     "DeepSpeed": _DropMessages("Setting accelerator to CPU"),
     "transformers.trainer_utils": _DropMessages("mtime may not be reliable on this filesystem"),
 }
-_QUIET_WARNINGS = (r"'pin_memory' argument is set as true but no accelerator is found",)
+_QUIET_WARNINGS = (
+    r"'pin_memory' argument is set as true but no accelerator is found",  # the Trainer's default, on CPU
+    r"`is_gradient_checkpointing` is deprecated",  # PEFT calls the old name
+)
 
 
 def user_error_message(error: BaseException) -> str | None:
@@ -149,3 +152,19 @@ def hydra_console_script(script: str, task: Callable, config_path: str, config_n
             raise
 
     return main
+
+
+def run_summary(log_history: list[dict], global_step: int, output_dir: str, final_dir: str, seconds: float) -> str:
+    """The lines a training run ends with: steps, the last logged loss terms, where its outputs are, wall time."""
+    last = next((record for record in reversed(log_history) if "loss" in record), None)
+    losses = ""
+    if last is not None:
+        terms = [f"{name} {value:.4g}" for name, value in last.items() if name == "loss" or name.endswith("_loss")]
+        losses = f"; step {last.get('step', global_step)}: {', '.join(terms)}"
+    minutes, rest = divmod(seconds, 60)
+    duration = f"{int(minutes)} min {rest:.0f} s" if minutes else f"{rest:.1f} s"
+    return (
+        f"done: {global_step} steps in {duration}{losses}\n"
+        f"  final model: {final_dir}\n"
+        f"  metrics:     {os.path.join(output_dir, 'metrics.jsonl')}"
+    )
