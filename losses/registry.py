@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from data_builders.errors import ConfigError
+from data_builders.errors import NOT_IMPORTABLE_HINT, ConfigError
 from losses.base import LossContext
 
 _ENTRY_KEYS = ("_target_", "weight", "warmup_steps", "name")
@@ -125,7 +125,7 @@ def _resolve_class(key: str, entry: Mapping[str, Any]) -> type:
         return getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError, ValueError) as error:
         raise ConfigError(
-            f"loss term {key!r}: cannot import `_target_` {entry['_target_']!r} ({error}): is its module on PYTHONPATH?"
+            f"loss term {key!r}: cannot import `_target_` {entry['_target_']!r} ({error}): {NOT_IMPORTABLE_HINT}"
         ) from error
 
 

@@ -22,7 +22,7 @@ import hydra
 from hydra.errors import CompactHydraException, InstantiationException, OverrideParseException
 from omegaconf.errors import OmegaConfBaseException
 
-from data_builders.errors import ConfigError, DataError
+from data_builders.errors import NOT_IMPORTABLE_HINT, ConfigError, DataError
 
 USER_ERROR_STATUS = 2  # 1 stays Python's status for an unexpected error (a traceback)
 _FULL_ERROR = "HYDRA_FULL_ERROR"
@@ -57,7 +57,7 @@ def user_error_message(error: BaseException) -> str | None:
             return str(link)
         if isinstance(link, InstantiationException):
             if str(link).startswith("Error locating target"):
-                return f"{str(link).split(', set env var', 1)[0]}: is its module on PYTHONPATH?"
+                return f"{str(link).split(', set env var', 1)[0]}: {NOT_IMPORTABLE_HINT}"
         elif isinstance(link, CompactHydraException):  # a config that does not compose: unknown key, group, option
             cause = link.__cause__
             detail = f"\n{cause}" if isinstance(cause, OmegaConfBaseException) else ""
@@ -144,6 +144,10 @@ def hydra_console_script(script: str, task: Callable, config_path: str, config_n
         nonlocal show_traceback
         show_traceback = _wants_traceback()
         quiet_known_messages()
+        # As with `python -m`, modules in the working directory import (a custom loss term's my_terms.py, named by
+        # `_target_`); appended, so such a file never shadows an installed package.
+        if os.getcwd() not in sys.path:
+            sys.path.append(os.getcwd())
         try:
             with _hydra_raises():
                 hydra_main()
