@@ -137,14 +137,7 @@ def train(cfg: DictConfig) -> str:
     return final_dir
 
 
-def _train_and_teardown(cfg: DictConfig) -> None:
-    try:
-        train(cfg)
-    finally:
-        distributed.teardown()
-
-
-_hydra_main = hydra_console_script("xmodal-train", _train_and_teardown, CONFIG_DIR, "config")
+_hydra_main = hydra_console_script("xmodal-train", train, CONFIG_DIR, "config", cleanup=distributed.teardown)
 
 
 def main() -> None:

@@ -46,6 +46,7 @@ _QUIET_LOGS = {
 _QUIET_WARNINGS = (
     r"'pin_memory' argument is set as true but no accelerator is found",  # the Trainer's default, on CPU
     r"`is_gradient_checkpointing` is deprecated",  # PEFT calls the old name
+    r"`torch.distributed.all_gather_into_tensor` is deprecated",  # DeepSpeed ZeRO calls the old name
 )
 
 
@@ -122,11 +123,14 @@ def console_script(script: str) -> Callable:
     return decorate
 
 
-def hydra_console_script(script: str, task: Callable, config_path: str, config_name: str) -> Callable[[], None]:
-    """The console script that composes `config_name` with the command line and runs `task(cfg)`.
+def hydra_console_script(
+    script: str, task: Callable, config_path: str, config_name: str, cleanup: Callable[[], None] | None = None
+) -> Callable[[], None]:
+    """The console script that composes `config_name` with the command line and runs `task(cfg)`, then `cleanup()`.
 
-    User errors from composition and from the task are one line; Hydra's "Error executing job" line and traceback
-    appear for unexpected errors (and for all with HYDRA_FULL_ERROR=1).
+    User errors from composition and from the task are one line, printed before `cleanup` (which may wait for other
+    ranks); Hydra's "Error executing job" line and traceback appear for unexpected errors (and for all with
+    HYDRA_FULL_ERROR=1).
     """
     show_traceback = False
 
@@ -137,6 +141,9 @@ def hydra_console_script(script: str, task: Callable, config_path: str, config_n
         except Exception as error:  # exit here: Hydra prints "Error executing job" for what leaves the task
             _exit_on_user_error(script, error, show_traceback)
             raise
+        finally:
+            if cleanup is not None:
+                cleanup()
 
     hydra_main = hydra.main(version_base="1.3", config_path=config_path, config_name=config_name)(guarded_task)
 
