@@ -53,7 +53,9 @@ _QUIET_WARNINGS = (
 def user_error_message(error: BaseException) -> str | None:
     """The message of a user error (following `raise ... from` causes), or None for an unexpected error."""
     link: BaseException | None = error
-    while link is not None:
+    seen = set()
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
         if isinstance(link, (DataError, ConfigError)):
             return str(link)
         if isinstance(link, InstantiationException):

@@ -12,9 +12,11 @@ import pytest
 import yaml
 from hydra.core.global_hydra import GlobalHydra
 
-from recipes import finetune
+from data_builders.errors import ConfigError
+from recipes import CONFIG_DIR, finetune
 from tests.core.helpers import FAST, read_metrics
 from trainers.console import USER_ERROR_STATUS
+from trainers.models import load_model
 from trainers.run_directory import REDACTED, redact_secrets
 
 
@@ -104,3 +106,24 @@ def test_redaction_keeps_everything_that_is_not_a_secret(monkeypatch):
         "tags": ["a", REDACTED],
     }
     assert json.dumps(redact_secrets({"nested": [{"password": ""}]})) == '{"nested": [{"password": ""}]}'
+
+
+def test_code_shipped_with_a_checkpoint_runs_only_with_trust_remote_code(tmp_path):
+    """A checkpoint whose config maps the Auto classes to its own module: that module runs only when trusted."""
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "xmodal_remote_test",
+        "auto_map": {"AutoConfig": "remote_code.RemoteConfig", "AutoModelForImageTextToText": "remote_code.RemoteModel"},
+    }))
+    (tmp_path / "remote_code.py").write_text(
+        f"import pathlib\npathlib.Path({str(tmp_path / 'ran')!r}).write_text('ran')\n"  # transformers runs a copy
+        "from transformers import PretrainedConfig\n"
+        "class RemoteConfig(PretrainedConfig):\n    model_type = 'xmodal_remote_test'\n"
+    )
+    with pytest.raises(ConfigError, match="model.trust_remote_code=true"):
+        load_model(str(tmp_path), "float32", "sdpa")
+    assert not (tmp_path / "ran").exists()
+    with pytest.raises(Exception):  # the module has no model class; what matters is that it ran
+        load_model(str(tmp_path), "float32", "sdpa", trust_remote_code=True)
+    assert (tmp_path / "ran").exists()
+    for model_config in Path(CONFIG_DIR, "model").glob("*.yaml"):
+        assert yaml.safe_load(model_config.read_text())["trust_remote_code"] is False, model_config

@@ -64,9 +64,10 @@ def load_processor(path: str, trust_remote_code: bool = False):
     except (ImportError, AttributeError, OSError, TypeError, ValueError) as error:
         config = json.loads(_read_text(path, "processor_config.json") or "{}")
         if config.get("processor_class") not in ("Qwen2VLProcessor", "Qwen2_5_VLProcessor"):
-            if isinstance(error, OSError):
-                raise unloadable(path, error) from error
-            raise
+            refusal = unloadable(path, error)
+            if refusal is None:
+                raise
+            raise refusal from error
         from transformers import AutoImageProcessor
 
         from trainers.models.tiny import ImageOnlyQwen2VLProcessor
@@ -93,8 +94,11 @@ def load_model(path: str, dtype: str, attn_implementation: str, trust_remote_cod
         return AutoModelForImageTextToText.from_pretrained(
             path, dtype=getattr(torch, dtype), attn_implementation=attn_implementation, trust_remote_code=trust_remote_code
         )
-    except OSError as error:
-        raise unloadable(path, error) from error
+    except (OSError, ValueError) as error:
+        refusal = unloadable(path, error)
+        if refusal is None:
+            raise
+        raise refusal from error
 
 
 def load_for_inference(path: str, dtype: str, attn_implementation: str, trust_remote_code: bool = False):
@@ -113,8 +117,16 @@ def check_checkpoint_path(path: str) -> None:
         raise ConfigError(f"model: {path} does not exist")
 
 
-def unloadable(path: str, error: OSError) -> ConfigError:
-    """The error for a checkpoint that cannot be read: a broken local directory, or a hub name with no way to fetch it."""
+def unloadable(path: str, error: Exception) -> ConfigError | None:
+    """The user error for a checkpoint that cannot be read (code it ships that may not run, a broken local
+    directory, a hub name with no way to fetch it), or None for an error of another kind."""
+    if "trust_remote_code" in str(error):
+        return ConfigError(
+            f"model: {path} ships its own code (auto_map in its config); it runs only with model.trust_remote_code=true, "
+            "which you should set only if you trust that code"
+        )
+    if not isinstance(error, OSError):
+        return None
     if os.path.isdir(path):
         return ConfigError(f"model: {path} is not a loadable checkpoint: {error}")
     offline = hub_constants.HF_HUB_OFFLINE or "couldn't connect" in str(error)
