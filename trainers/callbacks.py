@@ -74,7 +74,8 @@ def resolve_resume(resume, output_dir: str) -> str | None:
         if checkpoint is None:
             raise ConfigError(
                 f"resume=true but {output_dir} holds no complete checkpoint (checkpoint-N/ with {COMPLETE_MARKER}): "
-                "start the run without resume=true first, or pass resume=<checkpoint directory>"
+                "start the run without resume=true (adding overwrite=true if an interrupted run left files there), "
+                "or pass resume=<checkpoint directory>"
             )
         return checkpoint
     if not os.path.isdir(str(resume)):

@@ -3,8 +3,8 @@
 A user error is something the person running the command can fix without reading code: a bad record
 (`DataError`), a config that cannot work (`ConfigError`, an unknown key or group, a `_target_` that does not
 import), a model that cannot be loaded, a resume path without a checkpoint. It prints
-`<script>: error: <message>` once (rank 0 under torchrun) and exits with `USER_ERROR_STATUS`; the other ranks exit
-with the same status, and torchrun stops the rest. Anything else keeps its traceback, and `HYDRA_FULL_ERROR=1`
+`<script>: error: <message>` once (rank 0 under torchrun) and exits with `USER_ERROR_STATUS`; torchrun then stops
+the other ranks (a rank whose error rank 0 did not share reports it itself). Anything else keeps its traceback, and `HYDRA_FULL_ERROR=1`
 shows the traceback for user errors too.
 """
 
@@ -15,6 +15,7 @@ import functools
 import logging
 import os
 import sys
+import time
 import warnings
 from typing import Callable
 
@@ -25,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from data_builders.errors import NOT_IMPORTABLE_HINT, ConfigError, DataError
 
 USER_ERROR_STATUS = 2  # 1 stays Python's status for an unexpected error (a traceback)
+OTHER_RANKS_WAIT_S = 10.0
 _FULL_ERROR = "HYDRA_FULL_ERROR"
 
 
@@ -79,9 +81,14 @@ def _exit_on_user_error(script: str, error: Exception, show_traceback: bool) -> 
     message = None if show_traceback else user_error_message(error)
     if message is None:
         return
-    if int(os.environ.get("RANK", "0")) == 0:
-        sys.stderr.write(f"{script}: error: {message}\n")
-        sys.stderr.flush()
+    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:
+        # Every rank usually meets the same error: rank 0 reports it, exits, and torchrun then stops this rank
+        # while it waits. A rank still here afterwards met an error of its own and reports it itself.
+        time.sleep(OTHER_RANKS_WAIT_S)
+        message = f"[rank {rank}] {message}"
+    sys.stderr.write(f"{script}: error: {message}\n")
+    sys.stderr.flush()
     raise SystemExit(USER_ERROR_STATUS) from None
 
 
