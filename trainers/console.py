@@ -135,23 +135,26 @@ def console_script(script: str) -> Callable:
 def hydra_console_script(
     script: str, task: Callable, config_path: str, config_name: str, cleanup: Callable[[], None] | None = None
 ) -> Callable[[], None]:
-    """The console script that composes `config_name` with the command line and runs `task(cfg)`, then `cleanup()`.
+    """The console script that composes `config_name` with the command line and runs `task(cfg)`.
 
-    User errors from composition and from the task are one line, printed before `cleanup` (which may wait for other
-    ranks); Hydra's "Error executing job" line and traceback appear for unexpected errors (and for all with
-    HYDRA_FULL_ERROR=1).
+    User errors from composition and from the task are one line; Hydra's "Error executing job" line and traceback
+    appear for unexpected errors (and for all with HYDRA_FULL_ERROR=1). `cleanup()` follows the task (a deliberate
+    SystemExit included) unless it raised an error: then a rank exits at once instead of waiting for ranks that
+    may never arrive (torchrun stops them).
     """
     show_traceback = False
 
     @functools.wraps(task)
     def guarded_task(cfg):
+        failed = False
         try:
             return task(cfg)
         except Exception as error:  # exit here: Hydra prints "Error executing job" for what leaves the task
+            failed = True
             _exit_on_user_error(script, error, show_traceback)
             raise
         finally:
-            if cleanup is not None:
+            if cleanup is not None and not failed:
                 cleanup()
 
     hydra_main = hydra.main(version_base="1.3", config_path=config_path, config_name=config_name)(guarded_task)
