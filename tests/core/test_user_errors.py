@@ -130,12 +130,6 @@ def test_every_console_script_reports_user_errors_the_same_way(script, main, arg
     assert_one_line_error(script, status, err, output, *fragments)
 
 
-def _command(script: str, args: list[str], cache_dir: str, timeout: int = 300, **env) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "XMODAL_CACHE": cache_dir, "DS_ACCELERATOR": "cpu", "HF_HUB_OFFLINE": "1", **env}
-    environment = {key: value for key, value in environment.items() if value is not None}
-    return subprocess.run([os.path.join(BIN, script), *args], env=environment, capture_output=True, text=True, timeout=timeout)
-
-
 class ExplodingTerm:
     """A loss term whose constructor fails like a bug would: an unexpected error, not a user error."""
 
