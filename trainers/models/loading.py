@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-from data_builders.atomic import atomic_directory
+from data_builders.atomic import atomic_directory, published_directory
 from data_builders.errors import ConfigError
 from trainers import distributed
 
@@ -45,7 +45,7 @@ def model_location(cfg: DictConfig) -> str:
     the collective `zero.Init`, which a model built on rank 0 alone cannot join.
     """
     if cfg.model.path:
-        return cfg.model.path
+        return published_directory(cfg.model.path)  # e.g. another run's final/, even mid-publish
     if not cfg.model.init:
         raise ConfigError("model: set model.path (a hub name or directory) or model.init (a builder config)")
     with distributed.main_process_first():
@@ -88,6 +88,7 @@ def load_model(path: str, dtype: str, attn_implementation: str):
 
 def load_for_inference(path: str, dtype: str, attn_implementation: str):
     """(model in eval mode on the GPU when there is one, its processor) for measuring and evaluating."""
+    path = published_directory(path)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return load_model(path, dtype, attn_implementation).to(device).eval(), load_processor(path)
 
