@@ -181,4 +181,4 @@ def test_a_record_with_a_missing_image_stops_the_run_naming_file_record_and_fiel
     result = subprocess.run(command, env={**os.environ, "XMODAL_CACHE": cache_dir}, capture_output=True, text=True)
     assert result.returncode != 0
     message = result.stdout + result.stderr
-    assert "llava.json" in message and "'r1'" in message and "image" in message and "missing.jpg" in message
+    assert "llava.json: record 'r1', field 'image'" in message and "missing.jpg" in message
