@@ -12,11 +12,13 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from omegaconf import OmegaConf
+from peft import PeftModel
 from transformers import AutoModelForImageTextToText
 
 from tests.core.helpers import FAST, loss_by_step, read_metrics, xmodal_train
 from trainers.callbacks import COMPLETE_MARKER
-from trainers.models import load_processor
+from trainers.models import load_processor, model_location
 
 # The real PGPS9K sample lies beside the checkout (as in tests/data_builders).
 PGPS9K_SAMPLE = os.environ.get(
@@ -25,16 +27,40 @@ PGPS9K_SAMPLE = os.environ.get(
 )
 
 
+def _prompt_inputs(processor) -> dict:
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is the value of A?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return processor(text=[prompt], images=[Image.new("RGB", (64, 64), (255, 255, 255))], return_tensors="pt")
+
+
 def _generate(final_dir: str) -> str:
     model = AutoModelForImageTextToText.from_pretrained(final_dir)
     processor = load_processor(final_dir)
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is the value of A?"}]}]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    inputs = processor(text=[prompt], images=[Image.new("RGB", (64, 64), (255, 255, 255))], return_tensors="pt")
+    inputs = _prompt_inputs(processor)
     with torch.no_grad():
         generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert generated.shape[1] > inputs["input_ids"].shape[1]
     return processor.tokenizer.decode(generated[0, inputs["input_ids"].shape[1] :])
+
+
+def _logits(model, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(**inputs).logits
+
+
+def _assert_final_is_the_trained_model(out, finetune: str):
+    """`final/` answers as the last checkpoint's model (LoRA: base + unmerged adapter) does, and not as the base."""
+    base_dir = model_location(OmegaConf.load(out / "config.yaml"))  # the run's own base, from its resolved config
+    inputs = _prompt_inputs(load_processor(str(out / "final")))
+    final = _logits(AutoModelForImageTextToText.from_pretrained(out / "final"), inputs)
+    last_checkpoint = out / "checkpoint-4"
+    if finetune == "lora":
+        trained = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base_dir), last_checkpoint)
+    else:
+        trained = AutoModelForImageTextToText.from_pretrained(last_checkpoint)
+    base = _logits(AutoModelForImageTextToText.from_pretrained(base_dir), inputs)
+    torch.testing.assert_close(final, _logits(trained, inputs), rtol=1e-4, atol=1e-4)
+    assert (final - base).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("model", ["tiny_llava", "tiny_qwen2_vl"])
@@ -49,6 +75,7 @@ def test_train_saves_a_model_that_reloads_and_generates(model, finetune, tmp_pat
     assert all(record["loss"] == pytest.approx(record["lm_loss"], rel=1e-5) for record in read_metrics(str(out)) if "lm_loss" in record)
     checkpoints = sorted(glob.glob(str(out / "checkpoint-*")))
     assert checkpoints and all(os.path.exists(os.path.join(c, COMPLETE_MARKER)) for c in checkpoints)
+    _assert_final_is_the_trained_model(out, finetune)
     _generate(str(out / "final"))
 
 
