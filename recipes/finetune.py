@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 
 import hydra
@@ -70,6 +71,9 @@ def save_final(trainer: XModalTrainer, processor, cfg: DictConfig, base_model: s
     """`<output_dir>/final`: full weights + processor, loadable with the Auto classes (LoRA merged in)."""
     final_dir = os.path.join(cfg.output_dir, "final")
     staging = os.path.join(cfg.output_dir, ".final.staging")
+    if trainer.is_world_process_zero():  # a save killed earlier may have left files that this model does not overwrite
+        shutil.rmtree(staging, ignore_errors=True)
+    distributed.barrier()
     if cfg.finetune.mode == "lora":
         adapter_dir = os.path.join(cfg.output_dir, "adapter")
         trainer.save_model(adapter_dir)  # every rank: gathers the ZeRO-3 shards of the adapters

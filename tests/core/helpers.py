@@ -21,16 +21,17 @@ def compose_config(overrides: list[str]):
         return compose(config_name="config", overrides=overrides)
 
 
-def run_entry_point(command: list[str], cache_dir: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_entry_point(command: list[str], cache_dir: str, timeout: int = 600, cwd=None) -> subprocess.CompletedProcess:
     """Run an installed console script (or torchrun) as a user would, failing with its output on error."""
     env = {**os.environ, "XMODAL_CACHE": cache_dir, "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
     if result.returncode != 0:
         pytest.fail(f"{' '.join(command)} exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
 
 
-def xmodal_train(args: list[str], cache_dir: str, processes: int = 1, timeout: int = 600):
+def xmodal_train(args: list[str], cache_dir: str, processes: int = 1, timeout: int = 600, cwd=None):
+    """`xmodal-train args` (under torchrun for several processes); `cwd` is where relative output_dirs land."""
     if processes == 1:
         command = [os.path.join(os.path.dirname(sys.executable), "xmodal-train"), *args]
     else:
@@ -41,7 +42,7 @@ def xmodal_train(args: list[str], cache_dir: str, processes: int = 1, timeout: i
             "xmodal-train",
             *args,
         ]
-    return run_entry_point(command, cache_dir, timeout)
+    return run_entry_point(command, cache_dir, timeout, cwd)
 
 
 def read_metrics(output_dir: str) -> list[dict]:
