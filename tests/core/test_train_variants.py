@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForImageTextToText
 
 from data_builders.collate import MultimodalCollator
+from losses import build_loss
 from recipes.finetune import build_train_dataset
 from tests.core.helpers import read_metrics, xmodal_train
 from trainers.finetuning import component_prefixes
@@ -53,9 +54,11 @@ def _assert_trained(out, frozen: set[str]):
 
 
 def _assert_total_is_the_weighted_sum(out, records: list[dict]):
-    terms = OmegaConf.load(out / "config.yaml").loss.terms
+    """The logged `loss` (what was back-propagated) is the configured weighted sum of the logged terms."""
+    terms = build_loss(OmegaConf.load(out / "config.yaml").loss).terms
     for record in records:
-        total = sum(term.weight * record[f"{name}_loss"] for name, term in terms.items())
+        # A step's loss is computed before the optimizer step: at global_step = step - 1.
+        total = sum(term.weight_at(record["step"] - 1) * record[term.name] for term in terms)
         assert record["loss"] == pytest.approx(total, rel=1e-5, abs=1e-5), record
 
 
