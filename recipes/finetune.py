@@ -12,6 +12,7 @@ import shutil
 import sys
 
 import hydra
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments, set_seed
@@ -38,6 +39,10 @@ def build_training_args(cfg: DictConfig) -> TrainingArguments:
     deepspeed_config = OmegaConf.to_container(cfg.deepspeed, resolve=True) or None
     if deepspeed_config and distributed.configure_cpu_deepspeed_state():
         kwargs.setdefault("accelerator_config", {})["use_configured_state"] = True
+    elif not deepspeed_config and not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        # Several processes without a GPU: only `use_cpu` makes accelerate run DDP over gloo; otherwise every
+        # rank trains alone on its own copy and each one writes the run directory as if it were rank 0.
+        kwargs.setdefault("use_cpu", True)
     try:
         return TrainingArguments(**kwargs, deepspeed=deepspeed_config)
     except TypeError as error:
