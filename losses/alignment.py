@@ -28,24 +28,39 @@ TEACHERS = ("same", "frozen")
 
 
 # -- token level: only the target token's log-probability per position -----------------------------
-def token_kl_estimates(student_logprobs, teacher_logprobs, estimator: str = "k3") -> torch.Tensor:
+# The released recipe's bounds (its k3 term, verl's `low_var_kl`): d is clamped to [-20, 20] before the estimate
+# and the estimate to [-10, 10] after it. On the tokens the vision-centric view cannot read, d is large and the
+# unclamped k3 gradient 1 - exp(d) grows without bound; where a bound binds, the gradient is zero (torch.clamp).
+RELEASED_LOG_RATIO_BOUND = 20.0
+RELEASED_ESTIMATE_BOUND = 10.0
+
+
+def token_kl_estimates(student_logprobs, teacher_logprobs, estimator: str = "k3", clamp: bool = True) -> torch.Tensor:
     """Per-token KL estimates from the target token's log-probs; with d = teacher - student:
 
     k1 = d, k2 = d**2 / 2, k3 = exp(d) - d - 1 (non-negative, low variance; the released recipe's choice).
+    `clamp` applies the released bounds (d to +-RELEASED_LOG_RATIO_BOUND, the estimate to
+    +-RELEASED_ESTIMATE_BOUND) to whichever estimator; False gives the raw estimate.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     d = teacher_logprobs.detach().float() - student_logprobs.float()
+    if clamp:
+        d = d.clamp(-RELEASED_LOG_RATIO_BOUND, RELEASED_LOG_RATIO_BOUND)
     if estimator == "k1":
-        return d
-    if estimator == "k2":
-        return d.square() / 2
-    return torch.expm1(d) - d  # exp(d) - 1 - d without cancellation for small d
+        estimate = d
+    elif estimator == "k2":
+        estimate = d.square() / 2
+    else:
+        estimate = torch.expm1(d) - d  # exp(d) - 1 - d without cancellation for small d
+    if clamp:
+        estimate = estimate.clamp(-RELEASED_ESTIMATE_BOUND, RELEASED_ESTIMATE_BOUND)
+    return estimate
 
 
-def token_kl(student_logprobs, teacher_logprobs, mask, estimator="k3") -> torch.Tensor:
+def token_kl(student_logprobs, teacher_logprobs, mask, estimator="k3", clamp=True) -> torch.Tensor:
     """Mean over `mask`ed tokens of the `estimator` KL estimate (see `token_kl_estimates`); teacher detached."""
-    return _masked_mean(token_kl_estimates(student_logprobs, teacher_logprobs, estimator), mask)
+    return _masked_mean(token_kl_estimates(student_logprobs, teacher_logprobs, estimator, clamp), mask)
 
 
 # -- full vocabulary ------------------------------------------------------------------------------
@@ -117,7 +132,8 @@ class AlignmentLoss:
     Row i of the student block pairs with row i of the teacher block; their targets are the same tokens
     at different positions (each branch has its own prompt), aligned by rank (see `losses.base`).
 
-    kind: token (the released recipe: `estimator` k1/k2/k3 on the target token's log-prob), full
+    kind: token (the released recipe: `estimator` k1/k2/k3 on the target token's log-prob, with the released
+      clamps unless `clamp` is false; see `token_kl_estimates`), full
       (`direction` forward/reverse/js at `temperature` over the whole vocabulary), hidden (`metric`
       cosine/mse between response-pooled hidden states of `layers`, indices into `outputs.hidden_states`,
       0 = embeddings, -1 = last layer; the distance is averaged over layers). Hidden states are taken at
@@ -141,6 +157,7 @@ class AlignmentLoss:
         layers: Sequence[int] = (-1,),
         metric: str = "cosine",
         teacher: str = "same",
+        clamp: bool = True,
     ):
         for option, value, choices in (
             ("kind", kind, KINDS),
@@ -155,6 +172,7 @@ class AlignmentLoss:
             raise ValueError(f"align: temperature must be positive, got {temperature}")
         self.kind, self.estimator, self.direction, self.temperature = kind, estimator, direction, temperature
         self.layers, self.metric = list(layers), metric
+        self.clamp = clamp
         self.frozen_teacher = FrozenTeacher() if teacher == "frozen" else None
         self.needs_hidden_states = kind == "hidden"
         self._warned_unpaired = False
@@ -177,7 +195,7 @@ class AlignmentLoss:
         else:
             teacher_tokens = ctx.target_tokens[ctx.branch_targets("teacher")]
             teacher = target_logprobs(_frozen_target_logits(ctx, frozen), teacher_tokens)
-        return token_kl_estimates(student, teacher, self.estimator).sum()
+        return token_kl_estimates(student, teacher, self.estimator, self.clamp).sum()
 
     def _full_sum(self, ctx: LossContext, frozen: Any) -> torch.Tensor:
         student = ctx.target_logits[ctx.branch_targets("student")]

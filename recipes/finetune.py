@@ -65,6 +65,13 @@ def build_train_dataset(cfg: DictConfig, processor):
     )
     if len(dataset) == 0:
         raise ConfigError(f"every instance is longer than encoding.max_length={settings.max_length}")
+    if built.builder.ordered and len(dataset) < len(built.instances):
+        # A schedule (curriculum) is exactly as long as the run: a dropped instance shifts it and the trainer
+        # would wrap around to its start.
+        raise ConfigError(
+            f"{len(built.instances) - len(dataset)} instance(s) of the ordered schedule of {cfg.builder._target_} "
+            f"are longer than encoding.max_length={settings.max_length}; raise encoding.max_length"
+        )
     return dataset, built.builder
 
 

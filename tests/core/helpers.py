@@ -12,13 +12,19 @@ from hydra import compose, initialize_config_dir
 
 from recipes import CONFIG_DIR
 
+# The real PGPS9K sample lies beside the checkout (as in tests/data_builders).
+PGPS9K_SAMPLE = os.environ.get(
+    "XMODAL_PGPS9K_SAMPLE",
+    os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "pgps9k_sample"),
+)
+
 # A few steps on a few records: every test run of the recipe is seconds long.
 FAST = ["debug=fast", "data.num_records=48", "model=tiny_llava"]
 
 
-def compose_config(overrides: list[str]):
+def compose_config(overrides: list[str], config_name: str = "config"):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+        return compose(config_name=config_name, overrides=overrides)
 
 
 def run_entry_point(command: list[str], cache_dir: str, timeout: int = 600, cwd=None) -> subprocess.CompletedProcess:

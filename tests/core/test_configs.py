@@ -36,6 +36,14 @@ GROUP_OPTIONS = sorted(
 )
 
 
+# Groups the root config selects; the others (paper_setting/, loaded by the paper experiments) are appended with `+`.
+ROOT_GROUPS = {
+    next(iter(entry)).split("override ")[-1]
+    for entry in OmegaConf.load(os.path.join(CONFIG_DIR, "config.yaml")).defaults
+    if not isinstance(entry, str)
+}
+
+
 def _resolve(overrides: list[str], config_name: str = "config") -> dict:
     from hydra import compose, initialize_config_dir
 
@@ -53,7 +61,7 @@ def test_every_group_has_options():
 
 @pytest.mark.parametrize("group,option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_group_option_composes_and_resolves(group, option):
-    resolved = _resolve([f"{group}={option}"])
+    resolved = _resolve([f"{'' if group in ROOT_GROUPS else '+'}{group}={option}"])
     assert resolved["output_dir"]
     assert resolved["trainer"]["output_dir"] == resolved["output_dir"]
 

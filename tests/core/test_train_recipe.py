@@ -16,15 +16,9 @@ from omegaconf import OmegaConf
 from peft import PeftModel
 from transformers import AutoModelForImageTextToText
 
-from tests.core.helpers import FAST, loss_by_step, read_metrics, xmodal_train
+from tests.core.helpers import FAST, PGPS9K_SAMPLE, loss_by_step, read_metrics, xmodal_train
 from trainers.callbacks import COMPLETE_MARKER
 from trainers.models import load_processor, model_location
-
-# The real PGPS9K sample lies beside the checkout (as in tests/data_builders).
-PGPS9K_SAMPLE = os.environ.get(
-    "XMODAL_PGPS9K_SAMPLE",
-    os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "pgps9k_sample"),
-)
 
 
 def _prompt_inputs(processor) -> dict:
