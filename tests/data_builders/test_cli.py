@@ -28,17 +28,26 @@ def read_lines(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
-# Values for the `???` fields: constructors only store them (records are read on first use).
+# Values for the `???` fields, by field name: constructors only store them (records are read on first use).
 REQUIRED_VALUES = {"path": "records.jsonl", "root": "pgps9k"}
+
+
+def required_overrides(node, prefix: str) -> list[str]:
+    """`key=value` overrides for every `???` field under `node` (a mixture nests them in its sources)."""
+    overrides = []
+    for key in node:
+        if OmegaConf.is_missing(node, key):
+            overrides.append(f"{prefix}.{key}={REQUIRED_VALUES[key]}")
+        elif OmegaConf.is_dict(node[key]):
+            overrides += required_overrides(node[key], f"{prefix}.{key}")
+    return overrides
 
 
 @pytest.mark.parametrize("group", ["data", "builder"])
 def test_every_data_and_builder_config_composes_and_instantiates_its_target(group):
     for yaml in sorted((CONF / group).glob("*.yaml")):
         cfg = config(f"{group}={yaml.stem}")
-        missing = [key for key in REQUIRED_VALUES if OmegaConf.is_missing(cfg[group], key)]
-        if missing:
-            cfg = config(f"{group}={yaml.stem}", *(f"{group}.{key}={REQUIRED_VALUES[key]}" for key in missing))
+        cfg = config(f"{group}={yaml.stem}", *required_overrides(cfg[group], group))
         component = instantiate(cfg[group])  # a misspelled constructor argument raises here
         assert type(component) is get_class(cfg[group]._target_), yaml
         first_line = yaml.read_text().splitlines()[0]
