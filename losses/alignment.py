@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
-from losses.base import LossContext, target_logprobs, target_positions
+from losses.base import LossContext, target_logprobs
 from losses.teacher import FrozenTeacher
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,23 @@ def full_kl_per_position(student_logits, teacher_logits, direction="forward", te
 def full_kl(student_logits, teacher_logits, mask, direction="forward", temperature=1.0) -> torch.Tensor:
     """Mean over `mask`ed positions of the full-vocabulary divergence (see `full_kl_per_position`)."""
     return _masked_mean(full_kl_per_position(student_logits, teacher_logits, direction, temperature), mask)
+
+
+def full_kl_sum_in_chunks(
+    student_logits, teacher_logits, direction="forward", temperature=1.0, chunk_elements: int = 2**24
+) -> torch.Tensor:
+    """`full_kl_per_position(...).sum()` over `[M, V]` logits, computed `chunk_elements // V` positions at a time.
+
+    The divergence keeps several float32 `[M, V]` intermediates (two log-softmaxes, their exponentials)
+    alive until backward; each chunk is checkpointed instead, so only one chunk's intermediates exist at
+    a time and backward recomputes them. Per-position values are those of the unchunked function.
+    """
+    rows_per_chunk = max(1, chunk_elements // student_logits.shape[-1])
+    per_position = [
+        checkpoint(full_kl_per_position, student, teacher, direction, temperature, use_reentrant=False)
+        for student, teacher in zip(student_logits.split(rows_per_chunk), teacher_logits.split(rows_per_chunk))
+    ]
+    return torch.cat(per_position).sum()
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -182,7 +200,7 @@ class AlignmentLoss:
             if not self._warned_unpaired:
                 logger.warning("align: batch has no `branch` (not paired); the alignment term is 0 for such batches")
                 self._warned_unpaired = True
-            return ctx.logits.new_zeros((), dtype=torch.float32)
+            return torch.zeros((), device=ctx.labels.device)
         # None: the teacher is the detached teacher rows [B, 2B) of the shared forward.
         frozen = self.frozen_teacher(ctx, self.needs_hidden_states) if self.frozen_teacher else None
         sum_over_tokens = {"token": self._token_sum, "full": self._full_sum, "hidden": self._hidden_sum}[self.kind]
@@ -194,7 +212,7 @@ class AlignmentLoss:
             teacher = ctx.target_logprobs[ctx.branch_targets("teacher")]
         else:
             teacher_tokens = ctx.target_tokens[ctx.branch_targets("teacher")]
-            teacher = target_logprobs(_frozen_target_logits(ctx, frozen), teacher_tokens)
+            teacher = target_logprobs(frozen.logits, teacher_tokens)  # computed at the teacher's targets only
         return token_kl_estimates(student, teacher, self.estimator, self.clamp).sum()
 
     def _full_sum(self, ctx: LossContext, frozen: Any) -> torch.Tensor:
@@ -202,8 +220,8 @@ class AlignmentLoss:
         if frozen is None:
             teacher = ctx.target_logits[ctx.branch_targets("teacher")]
         else:
-            teacher = _frozen_target_logits(ctx, frozen)
-        return full_kl_per_position(student, teacher, self.direction, self.temperature).sum()
+            teacher = frozen.logits  # computed at the teacher's targets only
+        return full_kl_sum_in_chunks(student, teacher, self.direction, self.temperature)
 
     def _hidden_sum(self, ctx: LossContext, frozen: Any) -> torch.Tensor:
         pairs = ctx.num_pairs
@@ -224,9 +242,3 @@ class AlignmentLoss:
             )
             summed = summed + (distance * tokens_per_pair).sum()
         return summed / len(self.layers)
-
-
-def _frozen_target_logits(ctx: LossContext, frozen: Any) -> torch.Tensor:
-    """`[M_teacher, V]` logits of the frozen teacher at the teacher rows' prediction positions."""
-    rows, positions = target_positions(ctx.labels[ctx.num_pairs :])
-    return frozen.logits[rows, positions]

@@ -8,6 +8,8 @@ component: sources, builders, metrics and rewards are `_target_`-instantiated to
 
     class EntropyLoss:
         needs_hidden_states = False          # optional; True makes the trainer request hidden states
+        needs_full_logits = False            # optional; True: logits at every position in `ctx.logits`
+                                             # (by default the head runs at target positions only)
 
         def __init__(self, temperature: float = 1.0):   # its options, given as YAML keys
             self.temperature = temperature
@@ -70,6 +72,11 @@ class LossComposer:
     def needs_hidden_states(self) -> bool:
         """True when a term reads `outputs.hidden_states`: the trainer then passes `output_hidden_states=True`."""
         return any(getattr(entry.term, "needs_hidden_states", False) for entry in self.terms)
+
+    @property
+    def needs_full_logits(self) -> bool:
+        """True when a term reads `ctx.logits` at every position; otherwise the head runs at the targets only."""
+        return any(getattr(entry.term, "needs_full_logits", False) for entry in self.terms)
 
     def __call__(self, ctx: LossContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(weighted total to backpropagate, {name: detached float32 UNWEIGHTED value} to log)."""

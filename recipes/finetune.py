@@ -27,7 +27,8 @@ from recipes import CONFIG_DIR
 from trainers import distributed
 from trainers.callbacks import CheckpointCompletionCallback, MetricsFileCallback, resolve_resume
 from trainers.finetuning import FinetuneSettings, apply_finetuning
-from trainers.models import load_model, load_processor, model_location
+from trainers.models import load_model, load_processor, model_location, set_image_pixels
+from trainers.nonfinite import NonFiniteLossGuard
 from trainers.trainer import XModalTrainer
 
 logger = logging.getLogger("xmodal.finetune")
@@ -93,8 +94,9 @@ def save_final(trainer: XModalTrainer, processor, cfg: DictConfig, base_model: s
         if trainer.is_world_process_zero():
             from peft import PeftModel
 
-            base = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation)
-            PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().save_pretrained(staging)
+            with distributed.loading_whole_models(trainer.args):
+                base = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation)
+                PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().save_pretrained(staging)
     else:
         trainer.save_model(staging)
     if trainer.is_world_process_zero():
@@ -106,6 +108,8 @@ def save_final(trainer: XModalTrainer, processor, cfg: DictConfig, base_model: s
 
 def train(cfg: DictConfig) -> str:
     """Run one fine-tune; returns the directory of the final model."""
+    if cfg.packing and cfg.metrics:
+        raise ConfigError("packing=true: the metric callbacks' probes need one row per sequence; set packing=false")
     uses_deepspeed = bool(OmegaConf.to_container(cfg.deepspeed))
     if uses_deepspeed:
         distributed.ensure_launcher_environment()
@@ -117,7 +121,7 @@ def train(cfg: DictConfig) -> str:
     if args.process_index == 0:
         atomic_write_text(os.path.join(cfg.output_dir, "config.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
 
-    processor = load_processor(base_model)
+    processor = set_image_pixels(load_processor(base_model), cfg.model.get("min_pixels"), cfg.model.get("max_pixels"))
     # Data first: a bad record stops the run before a large model is loaded.
     with args.main_process_first(desc="build and tokenize instances"):
         train_dataset, builder = build_train_dataset(cfg, processor)
@@ -128,11 +132,12 @@ def train(cfg: DictConfig) -> str:
         model=model,
         args=args,
         train_dataset=train_dataset,
-        data_collator=MultimodalCollator(processor, cfg.model.template),
+        data_collator=MultimodalCollator(processor, cfg.model.template, packing=cfg.packing),
         processing_class=processor,
         callbacks=[MetricsFileCallback(cfg.output_dir), CheckpointCompletionCallback(), *metrics],
         loss_composer=build_loss(cfg.loss),
         ordered=getattr(builder, "ordered", False),
+        nonfinite=NonFiniteLossGuard(cfg.on_nonfinite_loss, cfg.max_skipped_steps, uses_deepspeed),
     )
     for callback in metrics:
         callback.bind(trainer)  # probes are collated from the training set with the run's own collator

@@ -86,3 +86,27 @@ def teardown() -> None:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def loading_whole_models(args):
+    """Let this rank alone build and use a whole model (e.g. merge LoRA on rank 0) during a ZeRO-3 run.
+
+    While TrainingArguments carry a ZeRO-3 config, transformers builds every model inside `zero.Init`, whose
+    partitioning collectives the other ranks never join: the run hangs. The config is lifted for the block.
+    """
+    from transformers.integrations.deepspeed import (
+        is_deepspeed_zero3_enabled,
+        set_hf_deepspeed_config,
+        unset_hf_deepspeed_config,
+    )
+
+    config = getattr(args, "hf_deepspeed_config", None)
+    if config is None or not is_deepspeed_zero3_enabled():
+        yield
+        return
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        set_hf_deepspeed_config(config)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
@@ -22,7 +21,7 @@ from data_builders.collate import MultimodalCollator
 from losses import build_loss
 from recipes.finetune import build_train_dataset
 from recipes import CONFIG_DIR
-from tests.core.helpers import compose_config, read_metrics, xmodal_train
+from tests.core.helpers import compose_config, entry_point_env, read_metrics, train_command, xmodal_train
 from trainers.finetuning import component_prefixes
 from trainers.models import load_processor, model_location
 
@@ -174,17 +173,9 @@ def test_alignment_variant_trains_with_its_term_in_the_total(loss, tmp_path, cac
 
 
 def test_frozen_teacher_is_refused_under_zero3_with_the_reason(tmp_path, cache_dir):
-    command = [
-        os.path.join(os.path.dirname(sys.executable), "xmodal-train"),
-        *_fast(),
-        "builder=paired",
-        "loss=lm_kl",
-        "loss.terms.align.teacher=frozen",
-        "deepspeed=zero3",
-        f"output_dir={tmp_path / 'run'}",
-    ]
-    env = {**os.environ, "XMODAL_CACHE": cache_dir, "DS_ACCELERATOR": "cpu"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    args = ["builder=paired", "loss=lm_kl", "loss.terms.align.teacher=frozen", "deepspeed=zero3"]
+    command = train_command([*_fast(), *args, f"output_dir={tmp_path / 'run'}"])
+    result = subprocess.run(command, env=entry_point_env(cache_dir), capture_output=True, text=True, timeout=600)
     assert result.returncode != 0
     assert "teacher: frozen cannot copy a ZeRO-3 partitioned model" in result.stdout + result.stderr
     assert not (tmp_path / "run" / "final").exists()

@@ -80,9 +80,37 @@ def _read_text(path: str, name: str) -> str | None:
     return None
 
 
+def set_image_pixels(processor, min_pixels: int | None = None, max_pixels: int | None = None):
+    """Cap the resolution of a dynamic-resolution (Qwen2-VL family) processor: each image is resized so that its
+    pixel count lies in [min_pixels, max_pixels], which bounds its number of image tokens (pixels / 28**2)."""
+    if min_pixels is None and max_pixels is None:
+        return processor
+    image_processor = processor.image_processor
+    if getattr(image_processor, "merge_size", None) is None:
+        raise ConfigError(
+            f"model.min_pixels / model.max_pixels: {type(image_processor).__name__} resizes every image to a fixed "
+            "size; pixel caps apply to dynamic-resolution processors (Qwen2-VL, Qwen2.5-VL)"
+        )
+    size = image_processor.size
+    image_processor.size = {
+        "shortest_edge": min_pixels if min_pixels is not None else size["shortest_edge"],
+        "longest_edge": max_pixels if max_pixels is not None else size["longest_edge"],
+    }
+    return processor
+
+
+def attention_implementation(name: str) -> str:
+    """`auto`: flash_attention_2 on a GPU where flash-attn is installed, else sdpa; any other name as given."""
+    if name != "auto":
+        return name
+    from transformers.utils import is_flash_attn_2_available
+
+    return "flash_attention_2" if torch.cuda.is_available() and is_flash_attn_2_available() else "sdpa"
+
+
 def load_model(path: str, dtype: str, attn_implementation: str):
     return AutoModelForImageTextToText.from_pretrained(
-        path, dtype=getattr(torch, dtype), attn_implementation=attn_implementation
+        path, dtype=getattr(torch, dtype), attn_implementation=attention_implementation(attn_implementation)
     )
 
 
