@@ -22,6 +22,7 @@ from recipes import CONFIG_DIR
 from recipes.finetune import build_training_args, metric_callbacks
 from tests.core.helpers import compose_config
 from trainers.finetuning import component_prefixes
+from trainers.models.loading import attention_implementation
 
 ROOT_CONFIGS = sorted(
     name[: -len(".yaml")] for name in os.listdir(CONFIG_DIR) if name.endswith(".yaml")
@@ -136,7 +137,7 @@ def test_every_model_option_resolves_to_a_loadable_model(option, tmp_path):
     model_cfg = cfg.model
     assert model_cfg.template in TEMPLATES
     assert isinstance(getattr(torch, model_cfg.dtype), torch.dtype)
-    assert model_cfg.attn_implementation in {"eager", *AttentionInterface._global_mapping}
+    assert attention_implementation(model_cfg.attn_implementation) in {"eager", *AttentionInterface._global_mapping}
     if model_cfg.init is None:
         assert model_cfg.path and "/" in model_cfg.path  # a hub name or a directory; weights are not loaded here
         return
