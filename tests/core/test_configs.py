@@ -19,10 +19,10 @@ from transformers.integrations import get_reporting_integration_callbacks
 from data_builders.errors import ConfigError
 from data_builders.templates import TEMPLATES
 from recipes import CONFIG_DIR
-from recipes.finetune import build_training_args, metric_callbacks
 from tests.core.helpers import compose_config
 from trainers.finetuning import component_prefixes
 from trainers.models.loading import attention_implementation
+from trainers.runs import build_training_args, metric_callbacks
 
 ROOT_CONFIGS = sorted(
     name[: -len(".yaml")] for name in os.listdir(CONFIG_DIR) if name.endswith(".yaml")
@@ -60,9 +60,14 @@ def test_every_group_has_options():
     assert {"model", "data", "builder", "loss", "trainer", "deepspeed", "logger", "metrics", "experiment"} <= groups
 
 
+# Groups that only an entry point's own root config selects, composed under that root (conf/rl.yaml: reward).
+ROOT_OF_GROUP = {"reward": "rl"}
+
+
 @pytest.mark.parametrize("group,option", GROUP_OPTIONS, ids=[f"{g}={o}" for g, o in GROUP_OPTIONS])
 def test_group_option_composes_and_resolves(group, option):
-    resolved = _resolve([f"{'' if group in ROOT_GROUPS else '+'}{group}={option}"])
+    root = ROOT_OF_GROUP.get(group, "config")
+    resolved = _resolve([f"{'' if group in ROOT_GROUPS or root != 'config' else '+'}{group}={option}"], config_name=root)
     assert resolved["output_dir"]
     assert resolved["trainer"]["output_dir"] == resolved["output_dir"]
 

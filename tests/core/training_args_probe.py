@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
-from recipes.finetune import build_training_args
+from trainers.runs import build_training_args
 from tests.core.helpers import compose_config
 from trainers import distributed
 
