@@ -21,7 +21,6 @@ import os
 from collections import defaultdict
 from dataclasses import asdict
 
-import hydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,6 +28,7 @@ from data_builders.atomic import atomic_write_text
 from data_builders.instances import build_instances
 from data_builders.templates import get_template
 from recipes import CONFIG_DIR
+from trainers.console import hydra_console_script
 from trainers.evaluation.answers import EvalItem, GenerationSettings, Prediction, eval_items, predict
 from trainers.evaluation.report import results_table, summarise
 from trainers.models import load_for_inference, model_location
@@ -41,7 +41,9 @@ def evaluate_checkpoint(
 ) -> tuple[dict, list[Prediction]]:
     """(report for eval.json, predictions) of one checkpoint."""
     settings = cfg.evaluate
-    model, processor = load_for_inference(path, cfg.model.dtype, cfg.model.attn_implementation)
+    model, processor = load_for_inference(
+        path, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code
+    )
     predictions = predict(model, processor, items, get_template(cfg.model.template), generation, judge)
     summary = summarise(predictions, settings.bootstrap_resamples, settings.seed, settings.confidence)
     report = {"checkpoint": path, **summary}
@@ -121,7 +123,7 @@ def run(cfg: DictConfig) -> str:
 
 
 # The console script: compose `conf/evaluate.yaml` with the command-line overrides, then `run` it.
-main = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="evaluate")(run)
+main = hydra_console_script("xmodal-eval", run, CONFIG_DIR, "evaluate")
 
 
 if __name__ == "__main__":

@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
-from data_builders.atomic import atomic_write_text
 from data_builders.collate import MultimodalCollator
 from data_builders.errors import ConfigError
 from data_builders.instances import build_instances
@@ -22,12 +21,13 @@ from losses.registry import build_loss
 from recipes import CONFIG_DIR
 from trainers import distributed
 from trainers.callbacks import CheckpointCompletionCallback, MetricsFileCallback
+from trainers.console import hydra_console_script
 from trainers.finetuning import FinetuneSettings, apply_finetuning
 from trainers.models import load_model, load_processor, model_location, set_image_pixels
 from trainers.nonfinite import NonFiniteLossGuard
+from trainers.run_directory import claim_output_dir, open_output_dir
 from trainers.runs import build_training_args, export_logger_environment, metric_callbacks, train_and_save
 from trainers.trainer import XModalTrainer
-
 
 
 def build_train_dataset(cfg: DictConfig, processor):
@@ -51,6 +51,8 @@ def build_train_dataset(cfg: DictConfig, processor):
 
 def train(cfg: DictConfig) -> str:
     """Run one fine-tune; returns the directory of the final model."""
+    started = time.monotonic()
+    resume_from = claim_output_dir(cfg)
     if cfg.packing and cfg.metrics:
         raise ConfigError("packing=true: the metric callbacks' probes need one row per sequence; set packing=false")
     uses_deepspeed = bool(OmegaConf.to_container(cfg.deepspeed))
@@ -62,13 +64,14 @@ def train(cfg: DictConfig) -> str:
     args = build_training_args(cfg)
     set_seed(cfg.seed)
     if args.process_index == 0:
-        atomic_write_text(os.path.join(cfg.output_dir, "config.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
+        open_output_dir(cfg)
 
-    processor = set_image_pixels(load_processor(base_model), cfg.model.get("min_pixels"), cfg.model.get("max_pixels"))
+    processor = load_processor(base_model, cfg.model.trust_remote_code)
+    processor = set_image_pixels(processor, cfg.model.get("min_pixels"), cfg.model.get("max_pixels"))
     # Data first: a bad record stops the run before a large model is loaded.
     with args.main_process_first(desc="build and tokenize instances"):
         train_dataset, builder = build_train_dataset(cfg, processor)
-    model = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation)
+    model = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
     model = apply_finetuning(model, FinetuneSettings(**OmegaConf.to_container(cfg.finetune, resolve=True)))
     metrics = metric_callbacks(cfg)
     trainer = XModalTrainer(
@@ -84,20 +87,15 @@ def train(cfg: DictConfig) -> str:
     )
     for callback in metrics:
         callback.bind(trainer)  # probes are collated from the training set with the run's own collator
-    return train_and_save(trainer, processor, cfg, base_model)
+    return train_and_save(trainer, processor, cfg, base_model, resume_from, started)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def _hydra_entry(cfg: DictConfig) -> None:
-    try:
-        train(cfg)
-    finally:
-        distributed.teardown()
+_hydra_main = hydra_console_script("xmodal-train", train, CONFIG_DIR, "config", cleanup=distributed.teardown)
 
 
 def main() -> None:
     sys.argv = distributed.strip_local_rank_argument(sys.argv)
-    _hydra_entry()
+    _hydra_main()
 
 
 if __name__ == "__main__":

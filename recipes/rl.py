@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 from trl import GRPOConfig
 
-from data_builders.atomic import atomic_write_text
 from data_builders.errors import ConfigError
 from data_builders.instances import build_instances
 from data_builders.collate import MultimodalCollator
@@ -26,10 +25,12 @@ from data_builders.tokenize import EncodingSettings, tokenize_instances
 from recipes import CONFIG_DIR
 from trainers import distributed
 from trainers.callbacks import CheckpointCompletionCallback, MetricsFileCallback
+from trainers.console import hydra_console_script
 from trainers.finetuning import FinetuneSettings, apply_finetuning
 from trainers.grpo import RolloutAlignment, XModalGRPOTrainer
 from trainers.models import load_model, load_processor, model_location
 from trainers.rewards import build_rewards
+from trainers.run_directory import claim_output_dir, open_output_dir
 from trainers.runs import build_training_args, export_logger_environment, metric_callbacks, train_and_save
 
 PROBE_INSTANCES = 64  # instances tokenized for the metric callbacks' probe sets (each takes its probe_size)
@@ -67,12 +68,12 @@ def build_trainer(cfg: DictConfig) -> tuple[XModalGRPOTrainer, object, str]:
     args = build_rl_args(cfg, reward_weights, ordered=getattr(built.builder, "ordered", False))
     set_seed(cfg.seed)
     if args.process_index == 0:
-        atomic_write_text(os.path.join(cfg.output_dir, "config.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
+        open_output_dir(cfg)
 
-    processor = load_processor(base_model)
+    processor = load_processor(base_model, cfg.model.trust_remote_code)
     # TRL left-pads its prompt ids and takes per-token fields (Qwen2-VL's mm_token_type_ids) from the processor.
     processor.tokenizer.padding_side = "left"
-    model = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation)
+    model = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
     model = apply_finetuning(model, FinetuneSettings(**OmegaConf.to_container(cfg.finetune, resolve=True)))
     metrics = metric_callbacks(cfg)
     trainer = XModalGRPOTrainer(
@@ -106,21 +107,18 @@ def bind_metric_callbacks(metrics: list, trainer, instances: list[dict], process
 
 def train(cfg: DictConfig) -> str:
     """Run one RL fine-tune; returns the directory of the final model."""
+    started = time.monotonic()
+    resume_from = claim_output_dir(cfg)
     trainer, processor, base_model = build_trainer(cfg)
-    return train_and_save(trainer, processor, cfg, base_model)
+    return train_and_save(trainer, processor, cfg, base_model, resume_from, started)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="rl")
-def _hydra_entry(cfg: DictConfig) -> None:
-    try:
-        train(cfg)
-    finally:
-        distributed.teardown()
+_hydra_main = hydra_console_script("xmodal-rl", train, CONFIG_DIR, "rl", cleanup=distributed.teardown)
 
 
 def main() -> None:
     sys.argv = distributed.strip_local_rank_argument(sys.argv)
-    _hydra_entry()
+    _hydra_main()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import re
 from transformers import TrainerCallback
 
 from data_builders.atomic import append_jsonl, atomic_write_text
+from data_builders.errors import ConfigError
 from trainers.distributed import barrier
 
 logger = logging.getLogger(__name__)
@@ -97,8 +98,12 @@ def resolve_resume(resume, output_dir: str) -> str | None:
     if resume in (True, "true", "True"):
         checkpoint = latest_complete_checkpoint(output_dir)
         if checkpoint is None:
-            raise FileNotFoundError(f"resume=true but {output_dir} holds no complete checkpoint")
+            raise ConfigError(
+                f"resume=true but {output_dir} holds no complete checkpoint (checkpoint-N/ with {COMPLETE_MARKER}): "
+                "start the run without resume=true (adding overwrite=true if an interrupted run left files there), "
+                "or pass resume=<checkpoint directory>"
+            )
         return checkpoint
     if not os.path.isdir(str(resume)):
-        raise FileNotFoundError(f"resume={resume!r} is not a checkpoint directory")
+        raise ConfigError(f"resume={resume!r} is not a checkpoint directory")
     return str(resume)

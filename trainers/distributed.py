@@ -9,6 +9,8 @@ import sys
 
 import torch
 
+from data_builders.errors import ConfigError
+
 
 def strip_local_rank_argument(argv: list[str]) -> list[str]:
     """The deepspeed launcher appends `--local_rank=N`, which Hydra rejects; move it to LOCAL_RANK."""
@@ -62,6 +64,20 @@ def configure_cpu_deepspeed_state() -> bool:
     finally:
         del os.environ["ACCELERATE_USE_DEEPSPEED"]
     return True
+
+
+def check_deepspeed_config(args) -> None:
+    """Refuse a DeepSpeed config whose values contradict the TrainingArguments (batch sizes, clipping, LR, ...).
+
+    The Trainer finds these when it builds the engine, after the model is loaded; here they stop the run at once.
+    """
+    mismatches = getattr(getattr(args, "hf_deepspeed_config", None), "mismatches", None)
+    if mismatches:
+        raise ConfigError(
+            "deepspeed: the DeepSpeed config contradicts the trainer settings:\n"
+            + "\n".join(mismatches)
+            + '\nset these DeepSpeed values to "auto" (they then follow trainer.*) or make them equal'
+        )
 
 
 @contextlib.contextmanager

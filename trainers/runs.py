@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 
 import torch
 from hydra.utils import instantiate
@@ -15,7 +16,7 @@ from transformers import TrainingArguments
 from data_builders.atomic import publish_directory
 from data_builders.errors import ConfigError
 from trainers import distributed
-from trainers.callbacks import resolve_resume
+from trainers.console import run_summary
 from trainers.models import load_model
 
 logger = logging.getLogger(__name__)
@@ -33,11 +34,11 @@ def build_training_args(cfg: DictConfig, args_class: type = TrainingArguments, *
         # rank trains alone on its own copy and each one writes the run directory as if it were rank 0.
         kwargs.setdefault("use_cpu", True)
     try:
-        return args_class(**kwargs, deepspeed=deepspeed_config)
+        args = args_class(**kwargs, deepspeed=deepspeed_config)
     except TypeError as error:
-        raise ConfigError(
-            f"trainer: {error} (every trainer.* key must be a {args_class.__name__} field)"
-        ) from error
+        raise ConfigError(f"trainer: {error} (every trainer.* key must be a {args_class.__name__} field)") from error
+    distributed.check_deepspeed_config(args)
+    return args
 
 
 def export_logger_environment(logger_cfg: DictConfig) -> None:
@@ -66,7 +67,9 @@ def save_final(trainer, processor, cfg: DictConfig, base_model: str) -> str:
             from peft import PeftModel
 
             with distributed.loading_whole_models(trainer.args):
-                base = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation)
+                base = load_model(
+                    base_model, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code
+                )
                 PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().save_pretrained(staging)
     else:
         trainer.save_model(staging)
@@ -77,13 +80,15 @@ def save_final(trainer, processor, cfg: DictConfig, base_model: str) -> str:
     return final_dir
 
 
-def train_and_save(trainer, processor, cfg: DictConfig, base_model: str) -> str:
-    """Train (resuming per `cfg.resume`), save `final/`, release the engine; returns the final directory."""
-    trainer.train(resume_from_checkpoint=resolve_resume(cfg.resume, cfg.output_dir))
+def train_and_save(trainer, processor, cfg: DictConfig, base_model: str, resume_from: str | None, started: float) -> str:
+    """Train (from `resume_from`, see trainers.run_directory.claim_output_dir), save `final/`, release the engine,
+    print the run summary; returns the final directory. `started` is the run's `time.monotonic()` start."""
+    trainer.train(resume_from_checkpoint=resume_from)
     final_dir = save_final(trainer, processor, cfg, base_model)
     # Release the DeepSpeed engine (ZeRO-3 hooks, optimizer state) while the process group still exists;
     # left to interpreter shutdown, a ZeRO-3 rank can abort in teardown.
     trainer.accelerator.free_memory()
     if trainer.is_world_process_zero():
-        logger.info("final model: %s", final_dir)
+        state = trainer.state
+        logger.info(run_summary(state.log_history, state.global_step, cfg.output_dir, final_dir, time.monotonic() - started))
     return final_dir

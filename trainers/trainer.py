@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import torch
 from torch.utils.data import SequentialSampler
 from transformers import Trainer
@@ -12,11 +10,8 @@ from losses.base import LossContext
 from losses.registry import LossComposer
 from losses.selective import forward_with_target_logits
 from trainers.nonfinite import NonFiniteLossGuard
-from trainers.preemption import PREEMPTED_EXIT_CODE, PreemptionCallback, TrainingPreempted
-from trainers.resume import is_peft_model, load_full_weights, verify_checkpoint_weights
+from trainers.resilience import ResilientTrainingMixin
 from trainers.sampling import LengthGroupedSampler
-
-logger = logging.getLogger(__name__)
 
 
 def loss_context(
@@ -45,7 +40,7 @@ def loss_context(
     )
 
 
-class XModalTrainer(Trainer):
+class XModalTrainer(ResilientTrainingMixin, Trainer):
     """One forward per micro-batch feeds every loss term; terms are token-normalised over the global batch.
 
     The forward computes logits only where a term reads them (the targets) unless a term needs them all
@@ -54,7 +49,7 @@ class XModalTrainer(Trainer):
     `loss_composer` (from `losses.build_loss`) returns the weighted total and each unweighted term.
     `ordered=True` keeps the dataset order (curriculum schedules), so resuming continues the schedule.
     `nonfinite` decides what a NaN/inf loss term does (see trainers.nonfinite; default: stop the run).
-    SIGTERM/SIGINT during `train()` save a checkpoint and raise `TrainingPreempted` (see trainers.preemption).
+    Strict resume and preemption come from `ResilientTrainingMixin` (trainers/resilience.py).
     """
 
     def __init__(
@@ -64,46 +59,12 @@ class XModalTrainer(Trainer):
         self.loss_composer = loss_composer
         self.ordered = ordered
         self.nonfinite = nonfinite or NonFiniteLossGuard()
-        self.preemption = PreemptionCallback()
         self.add_callback(self.nonfinite)
-        self.add_callback(self.preemption)
         # The terms divide token sums by `num_items_in_batch` themselves: the Trainer must count it and
         # must not divide by the accumulation steps again.
         self.model_accepts_loss_kwargs = True
         self._term_sums: dict[str, torch.Tensor] = {}
         self._term_micro_batches = 0
-
-    def train(self, resume_from_checkpoint: str | None = None, **kwargs):
-        if resume_from_checkpoint:
-            # Every path, DeepSpeed included (it restores a PEFT model non-strictly): a checkpoint of another model
-            # or finetune setting stops the run instead of training on from partly base weights.
-            verify_checkpoint_weights(self.model, resume_from_checkpoint)
-        output = super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
-        checkpoint = self.preemption.checkpoint(self.args.output_dir)
-        if checkpoint is not None:
-            # Release the DeepSpeed engine while the process group exists (as the recipe does after saving).
-            self.accelerator.free_memory()
-            if self.is_world_process_zero():
-                logger.warning(
-                    "preempted: %s written; continue with resume=true (exit status %d)", checkpoint, PREEMPTED_EXIT_CODE
-                )
-            raise TrainingPreempted(checkpoint)
-        return output
-
-    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        """Non-DeepSpeed resume: full weights by their saved names (trainers.resume); PEFT adapters as the Trainer does."""
-        model = self.model if model is None else model
-        if is_peft_model(model):
-            super()._load_from_checkpoint(resume_from_checkpoint, model)
-        else:
-            load_full_weights(model, resume_from_checkpoint)
-
-    def get_batch_samples(self, epoch_iterator, num_batches, device):
-        # A resume from a checkpoint at max_steps (a run killed while saving final/) would otherwise train one
-        # step past it: the Trainer only checks max_steps after a step. No batches: no step.
-        if self.state.max_steps and self.state.global_step >= self.state.max_steps:
-            return [], None
-        return super().get_batch_samples(epoch_iterator, num_batches, device)
 
     def _get_train_sampler(self, *args, **kwargs):
         if self.ordered:

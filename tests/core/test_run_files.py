@@ -16,6 +16,7 @@ from data_builders.atomic import (
     publish_directory,
     published_directory,
 )
+from data_builders.errors import ConfigError
 from trainers.callbacks import COMPLETE_MARKER, latest_complete_checkpoint, resolve_resume
 
 
@@ -129,7 +130,7 @@ def test_resume_trusts_only_completed_checkpoints(tmp_path):
 
 
 def test_resume_without_a_checkpoint_says_where_it_looked(tmp_path):
-    with pytest.raises(FileNotFoundError, match=str(tmp_path)):
+    with pytest.raises(ConfigError, match=str(tmp_path)):
         resolve_resume(True, str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="not a checkpoint directory"):
+    with pytest.raises(ConfigError, match="not a checkpoint directory"):
         resolve_resume(str(tmp_path / "missing"), str(tmp_path))
