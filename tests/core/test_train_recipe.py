@@ -61,11 +61,7 @@ def _assert_final_is_the_trained_model(out, finetune: str):
 @pytest.mark.parametrize("finetune", ["full", "lora"])
 def test_train_saves_a_model_that_reloads_and_generates(model, finetune, tmp_path, cache_dir):
     out = tmp_path / "run"
-    stale = out / ".final.staging" / "model.safetensors.index.json"  # as a killed save of a sharded model leaves it
-    stale.parent.mkdir(parents=True)
-    stale.write_text("{}")
     xmodal_train([*FAST, f"model={model}", f"finetune={finetune}", f"output_dir={out}"], cache_dir)
-    assert not (out / "final" / stale.name).exists()
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["model"]["template"] in ("llava", "qwen2") and config["finetune"]["mode"] == finetune
     losses = loss_by_step(str(out))
