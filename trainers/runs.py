@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import TrainingArguments
@@ -27,6 +29,10 @@ def build_training_args(cfg: DictConfig, args_class: type = TrainingArguments, *
     deepspeed_config = OmegaConf.to_container(cfg.deepspeed, resolve=True) or None
     if deepspeed_config and distributed.configure_cpu_deepspeed_state():
         kwargs.setdefault("accelerator_config", {})["use_configured_state"] = True
+    elif not deepspeed_config and not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        # Several processes without a GPU: only `use_cpu` makes accelerate run DDP over gloo; otherwise every
+        # rank trains alone on its own copy and each one writes the run directory as if it were rank 0.
+        kwargs.setdefault("use_cpu", True)
     try:
         args = args_class(**kwargs, deepspeed=deepspeed_config)
     except TypeError as error:
@@ -50,6 +56,9 @@ def save_final(trainer, processor, cfg: DictConfig, base_model: str) -> str:
     """`<output_dir>/final`: full weights + processor, loadable with the Auto classes (LoRA merged in)."""
     final_dir = os.path.join(cfg.output_dir, "final")
     staging = os.path.join(cfg.output_dir, ".final.staging")
+    if trainer.is_world_process_zero():  # a save killed earlier may have left files that this model does not overwrite
+        shutil.rmtree(staging, ignore_errors=True)
+    distributed.barrier()
     if cfg.finetune.mode == "lora":
         adapter_dir = os.path.join(cfg.output_dir, "adapter")
         trainer.save_model(adapter_dir)  # every rank: gathers the ZeRO-3 shards of the adapters

@@ -31,9 +31,11 @@ def entry_point_env(cache_dir: str) -> dict[str, str]:
     return {**os.environ, "XMODAL_CACHE": cache_dir, "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
 
 
-def run_entry_point(command: list[str], cache_dir: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def run_entry_point(command: list[str], cache_dir: str, timeout: int = 600, cwd=None) -> subprocess.CompletedProcess:
     """Run an installed console script (or torchrun) as a user would, failing with its output on error."""
-    result = subprocess.run(command, env=entry_point_env(cache_dir), capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        command, env=entry_point_env(cache_dir), capture_output=True, text=True, timeout=timeout, cwd=cwd
+    )
     if result.returncode != 0:
         pytest.fail(f"{' '.join(command)} exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
@@ -52,8 +54,9 @@ def train_command(args: list[str], processes: int = 1) -> list[str]:
     ]
 
 
-def xmodal_train(args: list[str], cache_dir: str, processes: int = 1, timeout: int = 600):
-    return run_entry_point(train_command(args, processes), cache_dir, timeout)
+def xmodal_train(args: list[str], cache_dir: str, processes: int = 1, timeout: int = 600, cwd=None):
+    """`xmodal-train args` (under torchrun for several processes); `cwd` is where relative output_dirs land."""
+    return run_entry_point(train_command(args, processes), cache_dir, timeout, cwd)
 
 
 def read_metrics(output_dir: str) -> list[dict]:

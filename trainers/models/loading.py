@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-from data_builders.atomic import atomic_directory
+from data_builders.atomic import atomic_directory, published_directory
 from data_builders.errors import ConfigError
 from trainers import distributed
 
@@ -46,7 +46,7 @@ def model_location(cfg: DictConfig) -> str:
     the collective `zero.Init`, which a model built on rank 0 alone cannot join.
     """
     if cfg.model.path:
-        return cfg.model.path
+        return published_directory(cfg.model.path)  # e.g. another run's final/, even mid-publish
     if not cfg.model.init:
         raise ConfigError("model: set model.path (a hub name or directory) or model.init (a builder config)")
     with distributed.main_process_first():
@@ -132,6 +132,7 @@ def load_model(path: str, dtype: str, attn_implementation: str, trust_remote_cod
 
 def load_for_inference(path: str, dtype: str, attn_implementation: str, trust_remote_code: bool = False):
     """(model in eval mode on the GPU when there is one, its processor) for measuring and evaluating."""
+    path = published_directory(path)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_model(path, dtype, attn_implementation, trust_remote_code).to(device).eval()
     return model, load_processor(path, trust_remote_code)
