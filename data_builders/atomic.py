@@ -58,13 +58,38 @@ def append_jsonl(path: str, record: dict) -> None:
         os.fsync(f.fileno())
 
 
+def _previous_copy(path: str) -> str:
+    """Where `publish_directory` keeps the older `path` while the new one moves in (a fixed name, found after a crash)."""
+    return os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.previous")
+
+
 def publish_directory(staging: str, path: str) -> None:
-    """Move a fully written `staging` directory to `path`, replacing an older `path` only after it is complete."""
-    previous = None
+    """Move a fully written `staging` directory to `path`, replacing an older `path` only after it is complete.
+
+    Two renames cannot replace a non-empty directory atomically: the older `path` first moves to a fixed
+    side name. A crash between the renames leaves no `path` but a complete previous copy, which
+    `published_directory` reads and the next publish puts back before starting.
+    """
+    previous = _previous_copy(path)
+    _finish_interrupted_publish(path, previous)
     if os.path.isdir(path):
-        previous = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(path)), prefix=f".{os.path.basename(path)}.old.")
-        os.rmdir(previous)
         os.replace(path, previous)
     os.replace(staging, path)
-    if previous:
-        shutil.rmtree(previous, ignore_errors=True)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def _finish_interrupted_publish(path: str, previous: str) -> None:
+    if not os.path.isdir(previous):
+        return
+    if os.path.isdir(path):  # the crash came after the new directory was in place: the old one is only garbage
+        shutil.rmtree(previous)
+    else:
+        os.replace(previous, path)
+
+
+def published_directory(path: str) -> str:
+    """`path`, or its complete previous copy when a publish crashed between its two renames (read-only: never moves)."""
+    previous = _previous_copy(path)
+    if not os.path.isdir(path) and os.path.isdir(previous):
+        return previous
+    return path

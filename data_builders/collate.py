@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
+from data_builders.errors import ConfigError
 from data_builders.templates import get_template
 from data_builders.tokenize import IGNORE_INDEX, load_rgb
 
@@ -16,9 +17,19 @@ class MultimodalCollator:
     last token of its first row, unsupervised and, being last, invisible to every real token under causal
     attention. Under ZeRO-2/3 a rank whose batch skipped the vision tower would otherwise desynchronise
     the collectives of the ranks whose batch did not.
+
+    `packing=True` puts a batch's sequences into one padding-free row (see `pack_rows`): no pad token is
+    computed. It needs a model with 1-D position ids (LLaVA; Qwen2-VL's M-RoPE positions are computed per
+    row) and unpaired instances (paired views must stay rows of their own).
     """
 
-    def __init__(self, processor, template: str, pad_to_multiple_of: int | None = None):
+    def __init__(self, processor, template: str, pad_to_multiple_of: int | None = None, packing: bool = False):
+        if packing and processor.return_mm_token_type_ids:
+            raise ConfigError(
+                f"packing: {type(processor).__name__} models compute M-RoPE position ids per row, which packed rows "
+                "cannot restart; set packing=false (length-grouped sampling still cuts padding)"
+            )
+        self.packing = packing
         self.processor = processor
         self.image_text = get_template(template).image
         self.pad_id = processor.tokenizer.pad_token_id
@@ -39,7 +50,12 @@ class MultimodalCollator:
             input_ids[0] = input_ids[0] + placeholder_ids
             labels[0] = labels[0] + [IGNORE_INDEX] * len(placeholder_ids)
             images = [blank]
-        batch = pad_rows(input_ids, labels, self.pad_id, self.pad_to_multiple_of)
+        if self.packing:
+            if paired:
+                raise ConfigError("packing: paired instances (builder emit=both) keep their views as rows; set packing=false")
+            batch = pack_rows(input_ids, labels)
+        else:
+            batch = pad_rows(input_ids, labels, self.pad_id, self.pad_to_multiple_of)
         batch.update(self.processor.image_processor(images=images, return_tensors="pt"))
         if self.processor.return_mm_token_type_ids:  # Qwen2-VL marks image positions for M-RoPE
             batch["mm_token_type_ids"] = (batch["input_ids"] == self.processor.image_token_id).long()
@@ -70,6 +86,22 @@ def pad_rows(
         labels_tensor[row, : len(lab)] = torch.tensor(lab)
         mask[row, : len(ids)] = 1
     return {"input_ids": ids_tensor, "attention_mask": mask, "labels": labels_tensor}
+
+
+def pack_rows(input_ids: list[list[int]], labels: list[list[int]]) -> dict:
+    """Concatenate rows into one padding-free row whose `position_ids` restart at 0 for every sequence.
+
+    No `attention_mask`: from restarting position ids transformers builds a block-diagonal causal mask
+    (sdpa, eager) or runs variable-length flash attention (flash_attention_2), so no sequence attends to
+    another. Each sequence's first label is ignored, so no sequence's first token is predicted from the
+    previous sequence's last one (it is a prompt token, unlabelled anyway).
+    """
+    first_ignored = [[IGNORE_INDEX] + list(lab[1:]) for lab in labels]
+    return {
+        "input_ids": torch.tensor([[token for ids in input_ids for token in ids]]),
+        "labels": torch.tensor([[label for lab in first_ignored for label in lab]]),
+        "position_ids": torch.cat([torch.arange(len(ids)) for ids in input_ids]).unsqueeze(0),
+    }
 
 
 def _blank_size(image_processor) -> tuple[int, int]:

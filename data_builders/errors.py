@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 
 ON_ERROR_CHOICES = ("raise", "skip")
+# What to ask when a `_target_` named in a config does not import.
+NOT_IMPORTABLE_HINT = "is its module in the working directory or on PYTHONPATH?"
 
 
 class DataError(ValueError):

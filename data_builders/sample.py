@@ -47,6 +47,12 @@ def last_answer(messages: list[dict]) -> str:
     return content_text(answers[-1]["content"]) if answers else ""
 
 
+def prompt_messages(messages: list[dict]) -> list[dict]:
+    """The conversation up to (without) its last assistant turn: what the model answers."""
+    last = max(i for i, message in enumerate(messages) if message["role"] == "assistant")
+    return messages[:last]
+
+
 def content_text(parts: list[dict]) -> str:
     """The text of a message with image parts left out (what a text-only reader of the prompt sees)."""
     return "".join(part["text"] for part in parts if part["type"] == "text")

@@ -45,10 +45,13 @@ _LLAVA_JINJA = (
     "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
 
+# The system turn Qwen2-VL and Qwen2.5-VL checkpoints' own chat templates open with when a conversation has none:
+# training prompts carry it too, so that they equal the prompts the checkpoint's template builds at inference.
+_QWEN2_DEFAULT_SYSTEM = "You are a helpful assistant."
 _QWEN2_JINJA = (
     "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' and default_system is defined %}"
-    "{{ '<|im_start|>system\n' + default_system + '<|im_end|>\n' }}{% endif %}"
+    "{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\n" + _QWEN2_DEFAULT_SYSTEM + "<|im_end|>\n' }}{% endif %}"
     "{{ '<|im_start|>' + message['role'] + '\n' }}"
     "{% if message['content'] is string %}{{ message['content'] }}"
     "{% else %}{% for part in message['content'] %}"
@@ -84,7 +87,7 @@ TEMPLATES: dict[str, ChatTemplate] = {
         assistant_answer="{content}<|im_end|>",
         assistant_suffix="\n",
         image="<|vision_start|><|image_pad|><|vision_end|>",
-        default_system=None,
+        default_system=_QWEN2_DEFAULT_SYSTEM,
         jinja=_QWEN2_JINJA,
     ),
 }

@@ -134,7 +134,9 @@ def tokenize_instances(
                     columns.setdefault(key, []).append(encoded[key])
             for key in ("input_ids", "labels", "images"):
                 columns[key].append(encoded[key])
-            columns["length"].append(len(encoded["input_ids"]))
+            # The padded length this instance forces on its batch (image tokens included): a paired instance
+            # adds two rows, padded together, so its longer view counts. Length-grouped sampling reads it.
+            columns["length"].append(max(len(encoded["input_ids"]), len(encoded.get("teacher_input_ids", []))))
         if paired and len(columns["teacher_input_ids"]) != len(columns["input_ids"]):
             raise EncodingError("a build mixes paired and unpaired instances; pairs must be all-or-none")
         return columns

@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
-from losses.base import LossContext, target_logprobs, target_positions
+from losses.base import LossContext, target_logprobs
 from losses.teacher import FrozenTeacher
 
 logger = logging.getLogger(__name__)
@@ -28,24 +29,39 @@ TEACHERS = ("same", "frozen")
 
 
 # -- token level: only the target token's log-probability per position -----------------------------
-def token_kl_estimates(student_logprobs, teacher_logprobs, estimator: str = "k3") -> torch.Tensor:
+# The released recipe's bounds (its k3 term, verl's `low_var_kl`): d is clamped to [-20, 20] before the estimate
+# and the estimate to [-10, 10] after it. On the tokens the vision-centric view cannot read, d is large and the
+# unclamped k3 gradient 1 - exp(d) grows without bound; where a bound binds, the gradient is zero (torch.clamp).
+RELEASED_LOG_RATIO_BOUND = 20.0
+RELEASED_ESTIMATE_BOUND = 10.0
+
+
+def token_kl_estimates(student_logprobs, teacher_logprobs, estimator: str = "k3", clamp: bool = True) -> torch.Tensor:
     """Per-token KL estimates from the target token's log-probs; with d = teacher - student:
 
     k1 = d, k2 = d**2 / 2, k3 = exp(d) - d - 1 (non-negative, low variance; the released recipe's choice).
+    `clamp` applies the released bounds (d to +-RELEASED_LOG_RATIO_BOUND, the estimate to
+    +-RELEASED_ESTIMATE_BOUND) to whichever estimator; False gives the raw estimate.
     """
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
     d = teacher_logprobs.detach().float() - student_logprobs.float()
+    if clamp:
+        d = d.clamp(-RELEASED_LOG_RATIO_BOUND, RELEASED_LOG_RATIO_BOUND)
     if estimator == "k1":
-        return d
-    if estimator == "k2":
-        return d.square() / 2
-    return torch.expm1(d) - d  # exp(d) - 1 - d without cancellation for small d
+        estimate = d
+    elif estimator == "k2":
+        estimate = d.square() / 2
+    else:
+        estimate = torch.expm1(d) - d  # exp(d) - 1 - d without cancellation for small d
+    if clamp:
+        estimate = estimate.clamp(-RELEASED_ESTIMATE_BOUND, RELEASED_ESTIMATE_BOUND)
+    return estimate
 
 
-def token_kl(student_logprobs, teacher_logprobs, mask, estimator="k3") -> torch.Tensor:
+def token_kl(student_logprobs, teacher_logprobs, mask, estimator="k3", clamp=True) -> torch.Tensor:
     """Mean over `mask`ed tokens of the `estimator` KL estimate (see `token_kl_estimates`); teacher detached."""
-    return _masked_mean(token_kl_estimates(student_logprobs, teacher_logprobs, estimator), mask)
+    return _masked_mean(token_kl_estimates(student_logprobs, teacher_logprobs, estimator, clamp), mask)
 
 
 # -- full vocabulary ------------------------------------------------------------------------------
@@ -71,6 +87,23 @@ def full_kl_per_position(student_logits, teacher_logits, direction="forward", te
 def full_kl(student_logits, teacher_logits, mask, direction="forward", temperature=1.0) -> torch.Tensor:
     """Mean over `mask`ed positions of the full-vocabulary divergence (see `full_kl_per_position`)."""
     return _masked_mean(full_kl_per_position(student_logits, teacher_logits, direction, temperature), mask)
+
+
+def full_kl_sum_in_chunks(
+    student_logits, teacher_logits, direction="forward", temperature=1.0, chunk_elements: int = 2**24
+) -> torch.Tensor:
+    """`full_kl_per_position(...).sum()` over `[M, V]` logits, computed `chunk_elements // V` positions at a time.
+
+    The divergence keeps several float32 `[M, V]` intermediates (two log-softmaxes, their exponentials)
+    alive until backward; each chunk is checkpointed instead, so only one chunk's intermediates exist at
+    a time and backward recomputes them. Per-position values are those of the unchunked function.
+    """
+    rows_per_chunk = max(1, chunk_elements // student_logits.shape[-1])
+    per_position = [
+        checkpoint(full_kl_per_position, student, teacher, direction, temperature, use_reentrant=False)
+        for student, teacher in zip(student_logits.split(rows_per_chunk), teacher_logits.split(rows_per_chunk))
+    ]
+    return torch.cat(per_position).sum()
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
@@ -117,7 +150,8 @@ class AlignmentLoss:
     Row i of the student block pairs with row i of the teacher block; their targets are the same tokens
     at different positions (each branch has its own prompt), aligned by rank (see `losses.base`).
 
-    kind: token (the released recipe: `estimator` k1/k2/k3 on the target token's log-prob), full
+    kind: token (the released recipe: `estimator` k1/k2/k3 on the target token's log-prob, with the released
+      clamps unless `clamp` is false; see `token_kl_estimates`), full
       (`direction` forward/reverse/js at `temperature` over the whole vocabulary), hidden (`metric`
       cosine/mse between response-pooled hidden states of `layers`, indices into `outputs.hidden_states`,
       0 = embeddings, -1 = last layer; the distance is averaged over layers). Hidden states are taken at
@@ -141,6 +175,7 @@ class AlignmentLoss:
         layers: Sequence[int] = (-1,),
         metric: str = "cosine",
         teacher: str = "same",
+        clamp: bool = True,
     ):
         for option, value, choices in (
             ("kind", kind, KINDS),
@@ -155,6 +190,7 @@ class AlignmentLoss:
             raise ValueError(f"align: temperature must be positive, got {temperature}")
         self.kind, self.estimator, self.direction, self.temperature = kind, estimator, direction, temperature
         self.layers, self.metric = list(layers), metric
+        self.clamp = clamp
         self.frozen_teacher = FrozenTeacher() if teacher == "frozen" else None
         self.needs_hidden_states = kind == "hidden"
         self._warned_unpaired = False
@@ -164,7 +200,7 @@ class AlignmentLoss:
             if not self._warned_unpaired:
                 logger.warning("align: batch has no `branch` (not paired); the alignment term is 0 for such batches")
                 self._warned_unpaired = True
-            return ctx.logits.new_zeros((), dtype=torch.float32)
+            return torch.zeros((), device=ctx.labels.device)
         # None: the teacher is the detached teacher rows [B, 2B) of the shared forward.
         frozen = self.frozen_teacher(ctx, self.needs_hidden_states) if self.frozen_teacher else None
         sum_over_tokens = {"token": self._token_sum, "full": self._full_sum, "hidden": self._hidden_sum}[self.kind]
@@ -176,16 +212,16 @@ class AlignmentLoss:
             teacher = ctx.target_logprobs[ctx.branch_targets("teacher")]
         else:
             teacher_tokens = ctx.target_tokens[ctx.branch_targets("teacher")]
-            teacher = target_logprobs(_frozen_target_logits(ctx, frozen), teacher_tokens)
-        return token_kl_estimates(student, teacher, self.estimator).sum()
+            teacher = target_logprobs(frozen.logits, teacher_tokens)  # computed at the teacher's targets only
+        return token_kl_estimates(student, teacher, self.estimator, self.clamp).sum()
 
     def _full_sum(self, ctx: LossContext, frozen: Any) -> torch.Tensor:
         student = ctx.target_logits[ctx.branch_targets("student")]
         if frozen is None:
             teacher = ctx.target_logits[ctx.branch_targets("teacher")]
         else:
-            teacher = _frozen_target_logits(ctx, frozen)
-        return full_kl_per_position(student, teacher, self.direction, self.temperature).sum()
+            teacher = frozen.logits  # computed at the teacher's targets only
+        return full_kl_sum_in_chunks(student, teacher, self.direction, self.temperature)
 
     def _hidden_sum(self, ctx: LossContext, frozen: Any) -> torch.Tensor:
         pairs = ctx.num_pairs
@@ -206,9 +242,3 @@ class AlignmentLoss:
             )
             summed = summed + (distance * tokens_per_pair).sum()
         return summed / len(self.layers)
-
-
-def _frozen_target_logits(ctx: LossContext, frozen: Any) -> torch.Tensor:
-    """`[M_teacher, V]` logits of the frozen teacher at the teacher rows' prediction positions."""
-    rows, positions = target_positions(ctx.labels[ctx.num_pairs :])
-    return frozen.logits[rows, positions]

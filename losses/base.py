@@ -52,9 +52,14 @@ class LossContext:
     """Everything a loss term may read for one micro-batch (see docs/design.md, "Losses").
 
     `batch` holds the model inputs plus `labels` and, for paired batches, `branch`; `outputs` is the
-    model output of one forward over the whole batch (`.logits [N, T, V]`, optional `.hidden_states`);
+    model output of one forward over the whole batch (`.logits`, optional `.hidden_states`);
     `num_items_in_batch` is the number of target tokens (`labels[:, 1:] != -100`) in the global batch
     over the whole gradient-accumulation window, as HF `Trainer` counts it, or None.
+
+    `logits_at_targets`: True when the trainer computed logits only at the targets' prediction positions
+    (`outputs.logits` is `[M, V]` in `target_index` order, see `losses.selective`), False when they cover
+    every position (`[N, T, V]`). Terms read logits through `target_logits` / `target_logprobs`, which
+    serve both; a term that needs `ctx.logits` at every position sets `needs_full_logits = True`.
     """
 
     model: torch.nn.Module
@@ -62,6 +67,7 @@ class LossContext:
     outputs: Any
     num_items_in_batch: torch.Tensor | int | None = None
     global_step: int = 0
+    logits_at_targets: bool = False
 
     @property
     def labels(self) -> torch.Tensor:
@@ -69,6 +75,12 @@ class LossContext:
 
     @property
     def logits(self) -> torch.Tensor:
+        """`[N, T, V]` logits at every position; only when the trainer computed them all (see the class doc)."""
+        if self.logits_at_targets:
+            raise ValueError(
+                "the logits were computed at the target positions only (read `ctx.target_logits`); a loss term "
+                "that needs every position must set `needs_full_logits = True`"
+            )
         return self.outputs.logits
 
     # -- targets of the whole batch -------------------------------------------------------------
@@ -84,6 +96,8 @@ class LossContext:
     @cached_property
     def target_logits(self) -> torch.Tensor:
         """`[M, V]` logits at the prediction positions of the M targets (gradient flows)."""
+        if self.logits_at_targets:
+            return self.outputs.logits
         rows, positions = self.target_index
         return self.logits[rows, positions]
 

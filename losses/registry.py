@@ -8,6 +8,8 @@ component: sources, builders, metrics and rewards are `_target_`-instantiated to
 
     class EntropyLoss:
         needs_hidden_states = False          # optional; True makes the trainer request hidden states
+        needs_full_logits = False            # optional; True: logits at every position in `ctx.logits`
+                                             # (by default the head runs at target positions only)
 
         def __init__(self, temperature: float = 1.0):   # its options, given as YAML keys
             self.temperature = temperature
@@ -31,6 +33,7 @@ weight means the same thing at any gradient-accumulation split.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -38,6 +41,7 @@ from typing import Any
 
 import torch
 
+from data_builders.errors import NOT_IMPORTABLE_HINT, ConfigError
 from losses.base import LossContext
 
 _ENTRY_KEYS = ("_target_", "weight", "warmup_steps", "name")
@@ -63,13 +67,18 @@ class LossComposer:
 
     def __init__(self, terms: list[WeightedTerm]):
         if not terms:
-            raise ValueError("a loss needs at least one term (see conf/loss/*.yaml)")
+            raise ConfigError("a loss needs at least one term (see conf/loss/*.yaml)")
         self.terms = terms
 
     @property
     def needs_hidden_states(self) -> bool:
         """True when a term reads `outputs.hidden_states`: the trainer then passes `output_hidden_states=True`."""
         return any(getattr(entry.term, "needs_hidden_states", False) for entry in self.terms)
+
+    @property
+    def needs_full_logits(self) -> bool:
+        """True when a term reads `ctx.logits` at every position; otherwise the head runs at the targets only."""
+        return any(getattr(entry.term, "needs_full_logits", False) for entry in self.terms)
 
     def __call__(self, ctx: LossContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(weighted total to backpropagate, {name: detached float32 UNWEIGHTED value} to log)."""
@@ -86,24 +95,24 @@ def build_loss(cfg: Mapping[str, Any]) -> LossComposer:
     """Build the composer from a loss config (`conf/loss/*.yaml`: a `terms` mapping; see the module doc)."""
     cfg = _to_plain(cfg)
     if not isinstance(cfg, Mapping) or not isinstance(cfg.get("terms"), Mapping):
-        raise ValueError(f"a loss config needs a `terms` mapping (entry -> {{_target_, weight, ...}}), got {cfg!r}")
+        raise ConfigError(f"a loss config needs a `terms` mapping (entry -> {{_target_, weight, ...}}), got {cfg!r}")
     terms = [_build_entry(key, entry) for key, entry in cfg["terms"].items() if entry is not None]
     names = [entry.name for entry in terms]
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
-        raise ValueError(f"loss terms must log under distinct names; repeated: {', '.join(duplicated)}")
+        raise ConfigError(f"loss terms must log under distinct names; repeated: {', '.join(duplicated)}")
     return LossComposer(terms)
 
 
 def _build_entry(key: str, entry: Mapping[str, Any]) -> WeightedTerm:
     if not isinstance(entry, Mapping):
-        raise ValueError(f"loss term {key!r} must be a mapping with a `_target_`, got {entry!r}")
+        raise ConfigError(f"loss term {key!r} must be a mapping with a `_target_`, got {entry!r}")
     cls = _resolve_class(key, entry)
     options = {k: v for k, v in entry.items() if k not in _ENTRY_KEYS}
     accepted = _accepted_options(cls)
     unknown = sorted(set(options) - set(accepted)) if accepted is not None else []
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"loss term {key!r} ({cls.__qualname__}) got unknown option(s) {', '.join(unknown)}; "
             f"it accepts: {', '.join(list(_ENTRY_KEYS[1:]) + accepted)}"
         )
@@ -117,13 +126,14 @@ def _build_entry(key: str, entry: Mapping[str, Any]) -> WeightedTerm:
 
 def _resolve_class(key: str, entry: Mapping[str, Any]) -> type:
     if "_target_" not in entry:
-        raise ValueError(f"loss term {key!r} needs a `_target_` (the import path of its class, e.g. losses.lm.LMLoss)")
-    from hydra.utils import get_class
-
-    try:
-        return get_class(entry["_target_"])
-    except ImportError as error:
-        raise ValueError(f"loss term {key!r}: cannot import `_target_` {entry['_target_']!r} ({error})") from error
+        raise ConfigError(f"loss term {key!r} needs a `_target_` (the import path of its class, e.g. losses.lm.LMLoss)")
+    module_name, _, class_name = str(entry["_target_"]).rpartition(".")
+    try:  # importlib rather than hydra's get_class, which also logs the failure: the error below says it all
+        return getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise ConfigError(
+            f"loss term {key!r}: cannot import `_target_` {entry['_target_']!r} ({error}): {NOT_IMPORTABLE_HINT}"
+        ) from error
 
 
 def _accepted_options(cls: type) -> list[str] | None:

@@ -7,8 +7,8 @@ from typing import Any
 
 import torch
 
-from losses.base import LossContext
-from losses.base import image_token_id
+from losses.base import LossContext, image_token_id
+from losses.selective import forward_with_target_logits
 
 # Keys of a batch that are not model inputs (the trainer pops them before its forward too).
 _NOT_MODEL_INPUTS = ("labels", "branch")
@@ -31,11 +31,13 @@ class FrozenTeacher:
 
     @torch.no_grad()
     def __call__(self, ctx: LossContext, output_hidden_states: bool) -> Any:
-        """Model outputs for the teacher rows [B, 2B) of the paired batch."""
+        """Model outputs for the teacher rows [B, 2B) of the paired batch; `logits` are `[M_teacher, V]`, at
+        the teacher rows' target prediction positions only (see `losses.selective`)."""
         if self.model is None:
             self.model = _frozen_copy(ctx.model)
         inputs = teacher_inputs(ctx.batch, ctx.num_pairs, image_token_id(self.model.config))
-        return self.model(**inputs, output_hidden_states=output_hidden_states)
+        teacher_labels = ctx.labels[ctx.num_pairs :]
+        return forward_with_target_logits(self.model, inputs, teacher_labels, output_hidden_states=output_hidden_states)
 
 
 def _frozen_copy(model: torch.nn.Module) -> torch.nn.Module:

@@ -14,12 +14,13 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig
 
 from data_builders.atomic import atomic_file
+from data_builders.errors import ConfigError
 from data_builders.instances import build_instances
 from recipes import CONFIG_DIR
+from trainers.console import hydra_console_script
 
 
 def instance_lines(instance: dict) -> list[dict]:
@@ -87,12 +88,14 @@ def write_build(cfg: DictConfig, out: str) -> dict:
     return summary
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
+def build_and_report(cfg: DictConfig) -> None:
     out = cfg.get("out")
     if not out:
-        raise SystemExit("xmodal-data: say where to write the instances, e.g. out=instances.jsonl")
+        raise ConfigError("out: say where to write the instances, e.g. out=instances.jsonl")
     print(json.dumps(write_build(cfg, out), indent=2))
+
+
+main = hydra_console_script("xmodal-data", build_and_report, CONFIG_DIR, "config")
 
 
 if __name__ == "__main__":

@@ -6,16 +6,13 @@ or `deepspeed --num_gpus N --module recipes.finetune ...`. See README.md.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
+import time
 
-import hydra
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from transformers import TrainingArguments, set_seed
+from transformers import set_seed
 
-from data_builders.atomic import atomic_write_text, publish_directory
 from data_builders.collate import MultimodalCollator
 from data_builders.errors import ConfigError
 from data_builders.instances import build_instances
@@ -23,31 +20,14 @@ from data_builders.tokenize import EncodingSettings, tokenize_instances
 from losses.registry import build_loss
 from recipes import CONFIG_DIR
 from trainers import distributed
-from trainers.callbacks import CheckpointCompletionCallback, MetricsFileCallback, resolve_resume
+from trainers.callbacks import CheckpointCompletionCallback, MetricsFileCallback
+from trainers.console import hydra_console_script
 from trainers.finetuning import FinetuneSettings, apply_finetuning
-from trainers.models import load_model, load_processor, model_location
+from trainers.models import load_model, load_processor, model_location, set_image_pixels
+from trainers.nonfinite import NonFiniteLossGuard
+from trainers.run_directory import claim_output_dir, open_output_dir
+from trainers.runs import build_training_args, export_logger_environment, metric_callbacks, train_and_save
 from trainers.trainer import XModalTrainer
-
-logger = logging.getLogger("xmodal.finetune")
-
-
-def build_training_args(cfg: DictConfig) -> TrainingArguments:
-    """TrainingArguments from `trainer` + `deepspeed`; built before the model so ZeRO-3 partitions at load."""
-    kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
-    deepspeed_config = OmegaConf.to_container(cfg.deepspeed, resolve=True) or None
-    if deepspeed_config and distributed.configure_cpu_deepspeed_state():
-        kwargs.setdefault("accelerator_config", {})["use_configured_state"] = True
-    try:
-        return TrainingArguments(**kwargs, deepspeed=deepspeed_config)
-    except TypeError as error:
-        raise ConfigError(f"trainer: {error} (every trainer.* key must be a TrainingArguments field)") from error
-
-
-def export_logger_environment(logger_cfg: DictConfig) -> None:
-    for key, value in (logger_cfg.get("env") or {}).items():
-        os.environ.setdefault(key, str(value))
-    if "wandb" in list(logger_cfg.report_to) and not os.environ.get("WANDB_API_KEY"):
-        os.environ.setdefault("WANDB_MODE", "offline")  # no key: log locally, never prompt
 
 
 def build_train_dataset(cfg: DictConfig, processor):
@@ -59,37 +39,22 @@ def build_train_dataset(cfg: DictConfig, processor):
     )
     if len(dataset) == 0:
         raise ConfigError(f"every instance is longer than encoding.max_length={settings.max_length}")
+    if built.builder.ordered and len(dataset) < len(built.instances):
+        # A schedule (curriculum) is exactly as long as the run: a dropped instance shifts it and the trainer
+        # would wrap around to its start.
+        raise ConfigError(
+            f"{len(built.instances) - len(dataset)} instance(s) of the ordered schedule of {cfg.builder._target_} "
+            f"are longer than encoding.max_length={settings.max_length}; raise encoding.max_length"
+        )
     return dataset, built.builder
-
-
-def metric_callbacks(cfg: DictConfig) -> list:
-    return [instantiate(callback_cfg) for _, callback_cfg in sorted((cfg.metrics or {}).items())]
-
-
-def save_final(trainer: XModalTrainer, processor, cfg: DictConfig, base_model: str) -> str:
-    """`<output_dir>/final`: full weights + processor, loadable with the Auto classes (LoRA merged in)."""
-    final_dir = os.path.join(cfg.output_dir, "final")
-    staging = os.path.join(cfg.output_dir, ".final.staging")
-    if cfg.finetune.mode == "lora":
-        adapter_dir = os.path.join(cfg.output_dir, "adapter")
-        trainer.save_model(adapter_dir)  # every rank: gathers the ZeRO-3 shards of the adapters
-        distributed.barrier()
-        if trainer.is_world_process_zero():
-            from peft import PeftModel
-
-            base = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation)
-            PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().save_pretrained(staging)
-    else:
-        trainer.save_model(staging)
-    if trainer.is_world_process_zero():
-        processor.save_pretrained(staging)
-        publish_directory(staging, final_dir)
-    distributed.barrier()
-    return final_dir
 
 
 def train(cfg: DictConfig) -> str:
     """Run one fine-tune; returns the directory of the final model."""
+    started = time.monotonic()
+    resume_from = claim_output_dir(cfg)
+    if cfg.packing and cfg.metrics:
+        raise ConfigError("packing=true: the metric callbacks' probes need one row per sequence; set packing=false")
     uses_deepspeed = bool(OmegaConf.to_container(cfg.deepspeed))
     if uses_deepspeed:
         distributed.ensure_launcher_environment()
@@ -99,48 +64,38 @@ def train(cfg: DictConfig) -> str:
     args = build_training_args(cfg)
     set_seed(cfg.seed)
     if args.process_index == 0:
-        atomic_write_text(os.path.join(cfg.output_dir, "config.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
+        open_output_dir(cfg)
 
-    processor = load_processor(base_model)
+    processor = load_processor(base_model, cfg.model.trust_remote_code)
+    processor = set_image_pixels(processor, cfg.model.get("min_pixels"), cfg.model.get("max_pixels"))
     # Data first: a bad record stops the run before a large model is loaded.
     with args.main_process_first(desc="build and tokenize instances"):
         train_dataset, builder = build_train_dataset(cfg, processor)
-    model = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation)
+    model = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
     model = apply_finetuning(model, FinetuneSettings(**OmegaConf.to_container(cfg.finetune, resolve=True)))
     metrics = metric_callbacks(cfg)
     trainer = XModalTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
-        data_collator=MultimodalCollator(processor, cfg.model.template),
+        data_collator=MultimodalCollator(processor, cfg.model.template, packing=cfg.packing),
         processing_class=processor,
         callbacks=[MetricsFileCallback(cfg.output_dir), CheckpointCompletionCallback(), *metrics],
         loss_composer=build_loss(cfg.loss),
         ordered=getattr(builder, "ordered", False),
+        nonfinite=NonFiniteLossGuard(cfg.on_nonfinite_loss, cfg.max_skipped_steps, uses_deepspeed),
     )
     for callback in metrics:
         callback.bind(trainer)  # probes are collated from the training set with the run's own collator
-    trainer.train(resume_from_checkpoint=resolve_resume(cfg.resume, cfg.output_dir))
-    final_dir = save_final(trainer, processor, cfg, base_model)
-    # Release the DeepSpeed engine (ZeRO-3 hooks, optimizer state) while the process group still exists;
-    # left to interpreter shutdown, a ZeRO-3 rank can abort in teardown.
-    trainer.accelerator.free_memory()
-    if trainer.is_world_process_zero():
-        logger.info("final model: %s", final_dir)
-    return final_dir
+    return train_and_save(trainer, processor, cfg, base_model, resume_from, started)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def _hydra_entry(cfg: DictConfig) -> None:
-    try:
-        train(cfg)
-    finally:
-        distributed.teardown()
+_hydra_main = hydra_console_script("xmodal-train", train, CONFIG_DIR, "config", cleanup=distributed.teardown)
 
 
 def main() -> None:
     sys.argv = distributed.strip_local_rank_argument(sys.argv)
-    _hydra_entry()
+    _hydra_main()
 
 
 if __name__ == "__main__":

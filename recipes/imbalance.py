@@ -18,16 +18,17 @@ import os
 from collections import defaultdict
 from dataclasses import dataclass
 
-import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from data_builders.collate import MultimodalCollator
+from data_builders.errors import ConfigError
 from data_builders.instances import build_instances
 from data_builders.templates import get_template
 from data_builders.tokenize import EncodingSettings, encode_instance
 from recipes import CONFIG_DIR
 from data_builders.atomic import atomic_write_text
+from trainers.console import hydra_console_script
 from trainers.metrics.imbalance import SpanStats, measure
 from trainers.metrics.imbalance_probes import SPAN_PAIRS, collate_probe
 from trainers.metrics.plots import heatmap_grid
@@ -69,7 +70,7 @@ def encode_by_condition(instances: list[dict], processor, cfg: DictConfig) -> di
             grouped[condition].append((instance, row))
     grouped = {condition: pairs for condition, pairs in sorted(grouped.items()) if pairs}
     if not grouped:
-        raise ValueError(f"no instance to measure with spans={cfg.imbalance.spans!r}")
+        raise ConfigError(f"imbalance: no instance to measure with spans={cfg.imbalance.spans!r}")
     return grouped
 
 
@@ -82,7 +83,7 @@ def _has_spans(instance: dict, spans: str) -> bool:
 def measure_checkpoint(path: str, instances: list[dict], cfg: DictConfig) -> tuple[dict[str, ConditionResult], list[int]]:
     """Results per condition and the measured layer indices."""
     settings = cfg.imbalance
-    model, processor = load_for_inference(path, cfg.model.dtype, cfg.model.attn_implementation)
+    model, processor = load_for_inference(path, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
     collator = MultimodalCollator(processor, cfg.model.template)
     results, layers = {}, None
     for condition, pairs in encode_by_condition(instances, processor, cfg).items():
@@ -153,7 +154,7 @@ def run(cfg: DictConfig) -> str:
     """Measure `imbalance.checkpoint` (and `imbalance.compare`); returns the path of imbalance.json."""
     settings = cfg.imbalance
     if settings.spans not in SPAN_PAIRS:
-        raise ValueError(f"imbalance.spans must be one of {SPAN_PAIRS}, got {settings.spans!r}")
+        raise ConfigError(f"imbalance.spans must be one of {SPAN_PAIRS}, got {settings.spans!r}")
     torch.manual_seed(cfg.seed)
     checkpoint = settings.checkpoint or model_location(cfg)
     checkpoints = {"checkpoint": checkpoint, **({"compare": settings.compare} if settings.compare else {})}
@@ -186,7 +187,7 @@ def run(cfg: DictConfig) -> str:
 
 
 # The console script: compose `conf/imbalance.yaml` with the command-line overrides, then `run` it.
-main = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="imbalance")(run)
+main = hydra_console_script("xmodal-imbalance", run, CONFIG_DIR, "imbalance")
 
 
 if __name__ == "__main__":

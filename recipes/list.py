@@ -12,7 +12,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from data_builders.errors import ConfigError
 from recipes import CONFIG_DIR
+from trainers.console import console_script
 
 
 def targets(node) -> list[str]:
@@ -45,12 +47,13 @@ def group_listing(group: Path) -> list[str]:
     return lines
 
 
+@console_script("xmodal-list")
 def main(argv: list[str] | None = None) -> None:
     wanted = (sys.argv[1:] if argv is None else argv) or None
     groups = sorted(p for p in Path(CONFIG_DIR).iterdir() if p.is_dir() and not p.name.startswith("__"))
     unknown = sorted(set(wanted or []) - {g.name for g in groups})
     if unknown:
-        raise SystemExit(f"xmodal-list: no config group {', '.join(unknown)}; groups: {', '.join(g.name for g in groups)}")
+        raise ConfigError(f"no config group {', '.join(unknown)}; groups: {', '.join(g.name for g in groups)}")
     for group in groups:
         if wanted is None or group.name in wanted:
             print("\n".join(group_listing(group)))

@@ -23,8 +23,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from data_builders.collate import pad_rows
-from losses import LossContext, build_loss
+from losses import build_loss
 from recipes import CONFIG_DIR
+from trainers.trainer import loss_context
 
 BASELINE = "lm"
 STUDENT_ONLY = "lm (student rows)"
@@ -73,19 +74,19 @@ def paired_batch(tokenizer, image_token_id: int, image_tokens: int, image_size: 
     }
 
 
-def train_step(model, optimizer, composer, batch, step: int) -> float:
-    """One optimizer step as the trainer takes it: one forward, the composed loss, backward, update."""
+def train_step(model, optimizer, composer, batch, step: int, full_logits: bool = False) -> tuple[float, dict]:
+    """One optimizer step as the trainer takes it: one forward (`loss_context`), the composed loss, backward,
+    update. Returns (seconds, the logged unweighted terms)."""
     synchronize = torch.cuda.synchronize if batch["input_ids"].is_cuda else (lambda: None)
     synchronize()
     start = time.perf_counter()
-    inputs = {key: value for key, value in batch.items() if key not in ("labels", "branch")}
-    outputs = model(**inputs, output_hidden_states=composer.needs_hidden_states, use_cache=False)
-    total, _ = composer(LossContext(model=model, batch=batch, outputs=outputs, global_step=step))
+    context = loss_context(model, batch, composer, full_logits=full_logits, global_step=step)
+    total, logged = composer(context)
     total.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     synchronize()
-    return time.perf_counter() - start
+    return time.perf_counter() - start, logged
 
 
 def main() -> None:
@@ -115,7 +116,7 @@ def main() -> None:
         rotation = round_index % len(names)  # vary which variant runs first in a round
         for name in names[rotation:] + names[:rotation]:
             composer, variant_batch = variants[name]
-            seconds = train_step(model, optimizer, composer, variant_batch, step=round_index)
+            seconds, _ = train_step(model, optimizer, composer, variant_batch, step=round_index)
             if round_index >= args.warmup:
                 times[name].append(seconds)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -10,6 +11,7 @@ import re
 from transformers import TrainerCallback
 
 from data_builders.atomic import append_jsonl, atomic_write_text
+from data_builders.errors import ConfigError
 from trainers.distributed import barrier
 
 logger = logging.getLogger(__name__)
@@ -18,10 +20,18 @@ _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 
 
 class MetricsFileCallback(TrainerCallback):
-    """Appends every log event's scalars to `<output_dir>/metrics.jsonl` as one JSON object with its `step`."""
+    """Appends every log event's scalars to `<output_dir>/metrics.jsonl` as one JSON object with its `step`.
+
+    A resumed run first drops the rows past its checkpoint's step (written by the run that died after it), so
+    the file holds every step once; a line cut short by a crash is dropped with them.
+    """
 
     def __init__(self, output_dir: str):
         self.path = os.path.join(output_dir, "metrics.jsonl")
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and state.global_step > 0 and os.path.exists(self.path):
+            drop_rows_after(self.path, state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -33,6 +43,23 @@ class MetricsFileCallback(TrainerCallback):
         }
         if scalars:
             append_jsonl(self.path, {"step": state.global_step, **scalars})
+
+
+def drop_rows_after(path: str, step: int) -> None:
+    """Rewrite a metrics.jsonl atomically without its rows past `step`, the end-of-training summary at `step`,
+    and any line that is not whole JSON."""
+    kept = []
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                logger.warning("%s: dropping a partly written line %r", path, line[:80])
+                continue
+            # The end-of-training summary of a run that finished before it died is written again by this one.
+            if row.get("step", 0) < step or (row.get("step") == step and "train_runtime" not in row):
+                kept.append(line if line.endswith("\n") else line + "\n")
+    atomic_write_text(path, "".join(kept))
 
 
 class CheckpointCompletionCallback(TrainerCallback):
@@ -71,8 +98,12 @@ def resolve_resume(resume, output_dir: str) -> str | None:
     if resume in (True, "true", "True"):
         checkpoint = latest_complete_checkpoint(output_dir)
         if checkpoint is None:
-            raise FileNotFoundError(f"resume=true but {output_dir} holds no complete checkpoint")
+            raise ConfigError(
+                f"resume=true but {output_dir} holds no complete checkpoint (checkpoint-N/ with {COMPLETE_MARKER}): "
+                "start the run without resume=true (adding overwrite=true if an interrupted run left files there), "
+                "or pass resume=<checkpoint directory>"
+            )
         return checkpoint
     if not os.path.isdir(str(resume)):
-        raise FileNotFoundError(f"resume={resume!r} is not a checkpoint directory")
+        raise ConfigError(f"resume={resume!r} is not a checkpoint directory")
     return str(resume)

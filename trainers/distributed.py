@@ -9,6 +9,8 @@ import sys
 
 import torch
 
+from data_builders.errors import ConfigError
+
 
 def strip_local_rank_argument(argv: list[str]) -> list[str]:
     """The deepspeed launcher appends `--local_rank=N`, which Hydra rejects; move it to LOCAL_RANK."""
@@ -64,6 +66,20 @@ def configure_cpu_deepspeed_state() -> bool:
     return True
 
 
+def check_deepspeed_config(args) -> None:
+    """Refuse a DeepSpeed config whose values contradict the TrainingArguments (batch sizes, clipping, LR, ...).
+
+    The Trainer finds these when it builds the engine, after the model is loaded; here they stop the run at once.
+    """
+    mismatches = getattr(getattr(args, "hf_deepspeed_config", None), "mismatches", None)
+    if mismatches:
+        raise ConfigError(
+            "deepspeed: the DeepSpeed config contradicts the trainer settings:\n"
+            + "\n".join(mismatches)
+            + '\nset these DeepSpeed values to "auto" (they then follow trainer.*) or make them equal'
+        )
+
+
 @contextlib.contextmanager
 def main_process_first():
     """Rank 0 runs the block first, the other ranks after it (all at once when no process group exists yet)."""
@@ -86,3 +102,27 @@ def teardown() -> None:
         torch.distributed.barrier()
         torch.distributed.destroy_process_group()
     sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def loading_whole_models(args):
+    """Let this rank alone build and use a whole model (e.g. merge LoRA on rank 0) during a ZeRO-3 run.
+
+    While TrainingArguments carry a ZeRO-3 config, transformers builds every model inside `zero.Init`, whose
+    partitioning collectives the other ranks never join: the run hangs. The config is lifted for the block.
+    """
+    from transformers.integrations.deepspeed import (
+        is_deepspeed_zero3_enabled,
+        set_hf_deepspeed_config,
+        unset_hf_deepspeed_config,
+    )
+
+    config = getattr(args, "hf_deepspeed_config", None)
+    if config is None or not is_deepspeed_zero3_enabled():
+        yield
+        return
+    unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        set_hf_deepspeed_config(config)

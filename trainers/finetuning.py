@@ -29,6 +29,11 @@ _MODULE_NAMES = {
     "qwen2_vl": {"vision_tower": "visual", "projector": "merger"},
 }
 _MODULE_NAMES["qwen2_5_vl"] = _MODULE_NAMES["qwen2_vl"]
+# The submodule (a transformers model of its own) that each checkpointable component names, per architecture.
+CHECKPOINTED_MODULES = {
+    "vision_tower": {"llava": "model.vision_tower", "qwen2_vl": "model.visual", "qwen2_5_vl": "model.visual"},
+    "language_model": {"llava": "model.language_model", "qwen2_vl": "model.language_model", "qwen2_5_vl": "model.language_model"},
+}
 # LoRA on the language model's linear layers only: the vision towers use the same projection names.
 DEFAULT_LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 
@@ -48,10 +53,17 @@ class FinetuneSettings:
     freeze_projector: bool = False
     freeze_language_model: bool = False  # in LoRA mode the base LM is frozen anyway; adapters train
     lora: LoraSettings = field(default_factory=LoraSettings)
+    # Components whose activations are recomputed in backward instead of stored: vision_tower, language_model.
+    activation_checkpointing: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         if self.mode not in ("full", "lora"):
             raise ValueError(f"finetune.mode must be 'full' or 'lora', got {self.mode!r}")
+        unknown = sorted(set(self.activation_checkpointing) - set(CHECKPOINTED_MODULES))
+        if unknown:
+            raise ValueError(
+                f"finetune.activation_checkpointing: unknown component(s) {unknown}; choose from {list(CHECKPOINTED_MODULES)}"
+            )
         if isinstance(self.lora, dict):
             self.lora = LoraSettings(**self.lora)
 
@@ -64,8 +76,13 @@ def component_prefixes(model) -> dict[str, tuple[str, ...]]:
 
 
 def apply_finetuning(model, settings: FinetuneSettings):
-    """Freeze the chosen components and, in LoRA mode, wrap the model with PEFT adapters."""
+    """Freeze the chosen components, checkpoint the chosen ones' activations and, in LoRA mode, wrap the model
+    with PEFT adapters."""
     prefixes = component_prefixes(model)
+    for component in settings.activation_checkpointing:
+        # Non-reentrant: recomputation works whether or not the component's inputs require grad (frozen parts).
+        module = model.get_submodule(CHECKPOINTED_MODULES[component][model.config.model_type])
+        module.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     frozen = {
         "vision_tower": settings.freeze_vision_tower,
         "projector": settings.freeze_projector,

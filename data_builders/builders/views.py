@@ -1,7 +1,8 @@
 """Text-centric and vision-centric views of one record (paper 2), shared by the paired and curriculum builders.
 
 Both views show the record's images and ask `meta.question` with the same target; only the text-centric
-view also states `meta.facts` in the prompt.
+view also states `meta.facts` in the prompt. A source that words its views itself (PGPS9K's `prompt_style=paper`)
+gives the two prompts in `meta.centric_prompts`, used as they are.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from ..sample import image_part, make_sample, message, text_part
 
 DEFAULT_FACTS_TEMPLATE = "Facts:\n{facts}\n"
 # Record meta that states the facts stays out of instance meta: only the text-centric prompt reveals them.
-FACT_BEARING_META = ("facts", "structural_clauses", "semantic_clauses", "cells", "conflict_qa")
+FACT_BEARING_META = ("facts", "structural_clauses", "semantic_clauses", "centric_prompts", "cells", "conflict_qa")
 
 
 def centric_view(sample: dict, condition: str, facts_template: str, fact_separator: str) -> dict:
@@ -26,9 +27,12 @@ def centric_view(sample: dict, condition: str, facts_template: str, fact_separat
             )
     if not sample["images"]:
         raise DataError(sample["source"], sample["id"], "images", "a centric view needs the record's image", "no image")
-    prompt = meta["question"]
-    if condition == "text_centric":
-        prompt = facts_template.format(facts=fact_separator.join(meta["facts"])) + prompt
+    if "centric_prompts" in meta:
+        prompt = meta["centric_prompts"][condition]
+    elif condition == "text_centric":
+        prompt = facts_template.format(facts=fact_separator.join(meta["facts"])) + meta["question"]
+    else:
+        prompt = meta["question"]
     parts = [image_part() for _ in sample["images"]] + [text_part(prompt)]
     messages = [message("user", parts), message("assistant", [text_part(sample["target"])])]
     return {"condition": condition, "messages": messages, "images": list(sample["images"])}

@@ -1,8 +1,15 @@
 """PGPS9K plane-geometry problems: diagram + question + structural/semantic clauses + answer and choices.
 
-Structural clauses are verbalised into English (the text-centric facts); semantic clauses are already
-readable (`AB = 7`, `AC \\perp EB on B`) and are kept as they are. A clause of an unknown shape is kept
-verbatim rather than guessed at.
+A release holds `train.json` and `test.json` beside `Diagram_Visual/`; `split` picks the one file read, so
+training never sees the test problems.
+
+Two prompt styles:
+- `compact` (default; short answer-only SFT): structural clauses are verbalised into English sentences (the
+  text-centric facts), semantic clauses (`AB = 7`, `AC \\perp EB on B`) kept as they are, and a clause of an
+  unknown shape kept verbatim rather than guessed at; the target is the bare answer.
+- `paper`: the prompts of paper 2's released data preparation, word for word (see `paper_prompts`), whose
+  target is the boxed answer (`\\boxed{14.9}`) the released grader reads. PGPS9K has no written solutions, so
+  a supervised target carries no reasoning although the instruction asks for it; RL rollouts supply it.
 """
 
 from __future__ import annotations
@@ -17,6 +24,16 @@ from .base import Source, existing_image, read_json_records, require
 # A diagram point: a capital letter, optionally with digits or primes (A, B1, C').
 _POINT = re.compile(r"^[A-Z][0-9]*'*$")
 ANSWER_FORMATS = ("value", "choice_letter")
+SPLITS = ("train", "test")
+PROMPT_STYLES = ("compact", "paper")
+
+# The released instruction, appended to both views after a newline.
+PAPER_INSTRUCTION = (
+    "You should FIRST think about the reasoning process as an internal monologue and then provide the final answer. "
+    "The reasoning process MUST BE enclosed within <think> </think> tags. The final answer MUST BE put in \\boxed{}."
+)
+PAPER_TEXT_CENTRIC = "In this problem, {conditions}.\nBased on these conditions, answer the question: {question}"
+PAPER_VISION_CENTRIC = "Based on the information in the image, answer the question: {question}"
 
 
 def verbalise_clause(clause: str) -> str:
@@ -39,6 +56,42 @@ def verbalise_clause(clause: str) -> str:
     return clause
 
 
+def paper_structural_clause(clause: str) -> str:
+    """A structural clause as the released data preparation words it; "" where it drops the clause.
+
+    `line m lieson A B` -> `A, B lie on line m`; `line A B` (a two-point line) -> dropped; `line A B C` ->
+    `B is on line AC`; five or more tokens keep the release's reading, which splits off the LAST two points as
+    the line (`line D E I K` -> `D, E are on line IK`; the compact style reads `E, I are on line DK`);
+    `\\odot O lieson A B` -> `In \\odot O, point A, B lie on \\odot O`; anything else -> dropped.
+    """
+    tokens = clause.split()
+    if len(tokens) >= 4 and tokens[0] == "line" and tokens[2] == "lieson":
+        return f"{', '.join(tokens[3:])} lie on line {tokens[1]}"
+    if tokens[:1] == ["line"] and len(tokens) == 4:
+        return f"{tokens[2]} is on line {tokens[1]}{tokens[3]}"
+    if tokens[:1] == ["line"] and len(tokens) >= 5:
+        return f"{', '.join(tokens[1:-2])} are on line {tokens[-2]}{tokens[-1]}"
+    if len(tokens) >= 4 and tokens[0] == "\\odot" and tokens[2] == "lieson":
+        return f"In \\odot {tokens[1]}, point {', '.join(tokens[3:])} lie on \\odot {tokens[1]}"
+    return ""
+
+
+def paper_prompts(question: str, structural: list[str], semantic: list[str]) -> dict[str, str]:
+    """The released text-centric and vision-centric prompts (both followed by `PAPER_INSTRUCTION`).
+
+    Text-centric: the kept structural clauses, then the semantic clauses verbatim, joined by ", " into one
+    sentence after "In this problem, ", then the question asked "based on these conditions". A problem with
+    no clause left falls back to the vision-centric wording, as the release's alignment data does.
+    """
+    conditions = [c for c in map(paper_structural_clause, structural) if c] + [c for c in semantic if c]
+    vision = PAPER_VISION_CENTRIC.format(question=question)
+    text = PAPER_TEXT_CENTRIC.format(conditions=", ".join(conditions), question=question) if conditions else vision
+    return {
+        "text_centric": f"{text}\n{PAPER_INSTRUCTION}",
+        "vision_centric": f"{vision}\n{PAPER_INSTRUCTION}",
+    }
+
+
 def format_number(text: str) -> str:
     """`'14.900'` -> `'14.9'`, `'3.000'` -> `'3'`; a non-numeric answer is returned unchanged."""
     try:
@@ -49,16 +102,18 @@ def format_number(text: str) -> str:
 
 
 class Pgps9kSource(Source):
-    """`root`: a folder with PGPS9K `*.json` files (`files` glob) and the diagrams in `image_dir`.
+    """`root`: a PGPS9K release folder; `split` (train | test) picks `<root>/<split>.json`; diagrams in `image_dir`.
 
     Each sample is the vision-centric form (diagram + question); `meta.facts` holds the verbalised structural
-    clauses and the semantic clauses, and `meta.question` the question text, for the paired builders.
+    clauses and the semantic clauses, and `meta.question` the question text, for the paired builders. With
+    `prompt_style=paper`, `meta.centric_prompts` holds the two released prompts, which the builders use as is.
     """
 
     def __init__(
         self,
         root: str,
-        files: str = "*.json",
+        split: str = "train",
+        prompt_style: str = "compact",
         image_dir: str = "Diagram_Visual",
         name: str = "pgps9k",
         choices_in_prompt: bool = False,  # append "Choices: ..." to the question
@@ -68,21 +123,26 @@ class Pgps9kSource(Source):
         limit: int | None = None,
     ):
         super().__init__(name, on_error, limit)
-        if answer_format not in ANSWER_FORMATS:
-            raise ValueError(f"answer_format must be one of {ANSWER_FORMATS}, got {answer_format!r}")
+        for option, value, choices in (
+            ("answer_format", answer_format, ANSWER_FORMATS),
+            ("split", split, SPLITS),
+            ("prompt_style", prompt_style, PROMPT_STYLES),
+        ):
+            if value not in choices:
+                raise ValueError(f"data.{option} must be one of {choices}, got {value!r}")
         self.root = Path(root)
-        self.files = files
+        self.split = split
+        self.prompt_style = prompt_style
         self.image_dir = image_dir
         self.choices_in_prompt = choices_in_prompt
         self.choices_template = choices_template
         self.answer_format = answer_format
 
     def _raw_records(self):
-        paths = sorted(self.root.glob(self.files))
-        if not paths:
-            raise FileNotFoundError(f"no PGPS9K files matching {self.files!r} in {self.root.resolve()}")
-        for path in paths:
-            yield from read_json_records(path)
+        path = self.root / f"{self.split}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"no PGPS9K {self.split} split: {path.resolve()} does not exist (data.split)")
+        yield from read_json_records(path)
 
     def _to_sample(self, file, record_id, raw):
         diagram = require(raw, file, record_id, "diagram")
@@ -100,7 +160,6 @@ class Pgps9kSource(Source):
             prompt += self.choices_template.format(choices=labelled)
         target = answer if self.answer_format == "value" else self._letter(answer, choices, file, record_id)
         image = existing_image(self.root / self.image_dir, diagram, file, record_id, "diagram")
-        messages = [message("user", [image_part(), text_part(prompt)]), message("assistant", [text_part(target)])]
         meta = {
             "question": prompt,
             "facts": [verbalise_clause(c) for c in structural] + semantic,
@@ -110,6 +169,11 @@ class Pgps9kSource(Source):
             "choices": choices,
             "problem_type": raw.get("type"),
         }
+        if self.prompt_style == "paper":
+            meta["centric_prompts"] = paper_prompts(prompt, structural, semantic)
+            meta["facts"] = [c for c in map(paper_structural_clause, structural) if c] + semantic
+            prompt, target = meta["centric_prompts"]["vision_centric"], f"\\boxed{{{target}}}"
+        messages = [message("user", [image_part(), text_part(prompt)]), message("assistant", [text_part(target)])]
         sample_id = f"{self.name}/{Path(file).stem}/{record_id}"
         return make_sample(sample_id, self.name, messages, [image], meta=meta)
 

@@ -12,36 +12,51 @@ from hydra import compose, initialize_config_dir
 
 from recipes import CONFIG_DIR
 
+# The real PGPS9K sample lies beside the checkout (as in tests/data_builders).
+PGPS9K_SAMPLE = os.environ.get(
+    "XMODAL_PGPS9K_SAMPLE",
+    os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "pgps9k_sample"),
+)
+
 # A few steps on a few records: every test run of the recipe is seconds long.
 FAST = ["debug=fast", "data.num_records=48", "model=tiny_llava"]
 
 
-def compose_config(overrides: list[str]):
+def compose_config(overrides: list[str], config_name: str = "config"):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
+        return compose(config_name=config_name, overrides=overrides)
 
 
-def run_entry_point(command: list[str], cache_dir: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def entry_point_env(cache_dir: str) -> dict[str, str]:
+    return {**os.environ, "XMODAL_CACHE": cache_dir, "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
+
+
+def run_entry_point(command: list[str], cache_dir: str, timeout: int = 600, cwd=None) -> subprocess.CompletedProcess:
     """Run an installed console script (or torchrun) as a user would, failing with its output on error."""
-    env = {**os.environ, "XMODAL_CACHE": cache_dir, "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(
+        command, env=entry_point_env(cache_dir), capture_output=True, text=True, timeout=timeout, cwd=cwd
+    )
     if result.returncode != 0:
         pytest.fail(f"{' '.join(command)} exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
 
 
-def xmodal_train(args: list[str], cache_dir: str, processes: int = 1, timeout: int = 600):
+def train_command(args: list[str], processes: int = 1) -> list[str]:
+    """`xmodal-train args`, or the same under `torchrun` with `processes` ranks."""
     if processes == 1:
-        command = [os.path.join(os.path.dirname(sys.executable), "xmodal-train"), *args]
-    else:
-        command = [
-            os.path.join(os.path.dirname(sys.executable), "torchrun"),
-            f"--nproc_per_node={processes}",
-            "--no-python",
-            "xmodal-train",
-            *args,
-        ]
-    return run_entry_point(command, cache_dir, timeout)
+        return [os.path.join(os.path.dirname(sys.executable), "xmodal-train"), *args]
+    return [
+        os.path.join(os.path.dirname(sys.executable), "torchrun"),
+        f"--nproc_per_node={processes}",
+        "--no-python",
+        "xmodal-train",
+        *args,
+    ]
+
+
+def xmodal_train(args: list[str], cache_dir: str, processes: int = 1, timeout: int = 600, cwd=None):
+    """`xmodal-train args` (under torchrun for several processes); `cwd` is where relative output_dirs land."""
+    return run_entry_point(train_command(args, processes), cache_dir, timeout, cwd)
 
 
 def read_metrics(output_dir: str) -> list[dict]:

@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 from tests.core.helpers import loss_by_step, read_metrics, xmodal_train
-from tests.core.test_train_recipe import _generate
+from tests.core.test_train_recipe import _generate, assert_same_first_step, first_step_logs
 
 pytestmark = pytest.mark.distributed
 MIXED = [
@@ -61,3 +61,13 @@ def test_zero3_full_finetune_of_tiny_qwen2_vl(tmp_path, cache_dir):
     assert sorted(loss_by_step(str(out))) == [1, 2, 3, 4]
     _assert_imbalance_logged(str(out), [2, 4])
     _generate(str(out / "final"))
+
+
+@pytest.mark.parametrize("engine", ["none", "zero2"])
+def test_two_processes_take_the_same_first_step_as_one_at_the_same_global_batch(engine, tmp_path, cache_dir):
+    """Global batch 4 of paired rows: one process (4 x 1) and two (2 x 1 each) back-propagate the same loss and
+    gradient; each rank divides by the global token count and the ranks' gradients are averaged."""
+    args = [f"deepspeed={engine}"]
+    one = first_step_logs([*args, "trainer.per_device_train_batch_size=4"], tmp_path / "one", cache_dir)
+    two = first_step_logs([*args, "trainer.per_device_train_batch_size=2"], tmp_path / "two", cache_dir, processes=2)
+    assert_same_first_step(two, one)

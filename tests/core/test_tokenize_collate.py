@@ -90,10 +90,12 @@ def test_overlong_instances_are_dropped_or_rejected_never_truncated(family, imag
     name, _, processor = family
     short = {"id": "short", "messages": _conversation(image_path)["messages"][2:], "images": []}
     instances = [_conversation(image_path), short]
-    kept = tokenize_instances(instances, processor, name, EncodingSettings(max_length=24), str(tmp_path))
+    # The limit is the text-only instance's own length (it depends on the family's chat format).
+    limit = len(encode_instance(short, processor, get_template(name), EncodingSettings())["input_ids"])
+    kept = tokenize_instances(instances, processor, name, EncodingSettings(max_length=limit), str(tmp_path))
     assert len(kept) == 1 and processor.image_token_id not in kept[0]["input_ids"]
     with pytest.raises(EncodingError, match="exceed max_length"):
-        encode_instance(instances[0], processor, get_template(name), EncodingSettings(max_length=24, overlong="error"))
+        encode_instance(instances[0], processor, get_template(name), EncodingSettings(max_length=limit, overlong="error"))
 
 
 def test_tokenization_is_cached_between_runs(family, image_path, tmp_path):
@@ -148,3 +150,23 @@ def test_paired_batch_stacks_student_then_teacher_rows(family, image_path):
     batch.pop("labels"), batch.pop("branch")
     with torch.no_grad():
         assert model(**batch).logits.shape[0] == 4
+
+
+def test_qwen2_training_prompt_is_the_checkpoint_format_system_prompt_included():
+    # Qwen2.5-VL-7B-Instruct's own chat template (and the released evaluation's hand-written prompt) opens a
+    # conversation without a system turn with "You are a helpful assistant."; training prompts must too.
+    from data_builders.templates import render_segments
+
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Find x."}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "\\boxed{3}"}]},
+    ]
+    prompt = (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Find x.<|im_end|>\n<|im_start|>assistant\n"
+    )
+    segments = render_segments(get_template("qwen2"), messages)
+    assert segments == [(prompt, False), ("\\boxed{3}<|im_end|>", True), ("\n", False)]
+    _, processor = BUILDERS["qwen2"]()
+    rendered = processor.apply_chat_template(messages[:1], add_generation_prompt=True, tokenize=False)
+    assert rendered == prompt

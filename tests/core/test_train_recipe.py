@@ -12,29 +12,49 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from omegaconf import OmegaConf
+from peft import PeftModel
 from transformers import AutoModelForImageTextToText
 
-from tests.core.helpers import FAST, loss_by_step, read_metrics, xmodal_train
+from tests.core.helpers import FAST, PGPS9K_SAMPLE, loss_by_step, read_metrics, xmodal_train
 from trainers.callbacks import COMPLETE_MARKER
-from trainers.models import load_processor
+from trainers.models import load_processor, model_location
 
-# The real PGPS9K sample lies beside the checkout (as in tests/data_builders).
-PGPS9K_SAMPLE = os.environ.get(
-    "XMODAL_PGPS9K_SAMPLE",
-    os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "pgps9k_sample"),
-)
+
+def _prompt_inputs(processor) -> dict:
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is the value of A?"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return processor(text=[prompt], images=[Image.new("RGB", (64, 64), (255, 255, 255))], return_tensors="pt")
 
 
 def _generate(final_dir: str) -> str:
     model = AutoModelForImageTextToText.from_pretrained(final_dir)
     processor = load_processor(final_dir)
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is the value of A?"}]}]
-    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    inputs = processor(text=[prompt], images=[Image.new("RGB", (64, 64), (255, 255, 255))], return_tensors="pt")
+    inputs = _prompt_inputs(processor)
     with torch.no_grad():
         generated = model.generate(**inputs, max_new_tokens=4, do_sample=False)
     assert generated.shape[1] > inputs["input_ids"].shape[1]
     return processor.tokenizer.decode(generated[0, inputs["input_ids"].shape[1] :])
+
+
+def _logits(model, inputs) -> torch.Tensor:
+    with torch.no_grad():
+        return model.eval()(**inputs).logits
+
+
+def _assert_final_is_the_trained_model(out, finetune: str):
+    """`final/` answers as the last checkpoint's model (LoRA: base + unmerged adapter) does, and not as the base."""
+    base_dir = model_location(OmegaConf.load(out / "config.yaml"))  # the run's own base, from its resolved config
+    inputs = _prompt_inputs(load_processor(str(out / "final")))
+    final = _logits(AutoModelForImageTextToText.from_pretrained(out / "final"), inputs)
+    last_checkpoint = out / "checkpoint-4"
+    if finetune == "lora":
+        trained = PeftModel.from_pretrained(AutoModelForImageTextToText.from_pretrained(base_dir), last_checkpoint)
+    else:
+        trained = AutoModelForImageTextToText.from_pretrained(last_checkpoint)
+    base = _logits(AutoModelForImageTextToText.from_pretrained(base_dir), inputs)
+    torch.testing.assert_close(final, _logits(trained, inputs), rtol=1e-4, atol=1e-4)
+    assert (final - base).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("model", ["tiny_llava", "tiny_qwen2_vl"])
@@ -49,6 +69,7 @@ def test_train_saves_a_model_that_reloads_and_generates(model, finetune, tmp_pat
     assert all(record["loss"] == pytest.approx(record["lm_loss"], rel=1e-5) for record in read_metrics(str(out)) if "lm_loss" in record)
     checkpoints = sorted(glob.glob(str(out / "checkpoint-*")))
     assert checkpoints and all(os.path.exists(os.path.join(c, COMPLETE_MARKER)) for c in checkpoints)
+    _assert_final_is_the_trained_model(out, finetune)
     _generate(str(out / "final"))
 
 
@@ -81,28 +102,38 @@ def test_loggers_write_offline(logger, pattern, tmp_path, cache_dir, monkeypatch
     assert glob.glob(str(out / pattern))
 
 
+# What one optimizer step logs: the back-propagated total, each term, and the norm of the gradient it made.
+FIRST_STEP_KEYS = ("loss", "lm_loss", "align_loss", "grad_norm")
+
+
+def first_step_logs(split_args: list[str], out, cache_dir: str, processes: int = 1) -> dict[str, float]:
+    """Step 1 of a `builder=paired loss=lm_kl` run at the batch split `split_args`: the values of FIRST_STEP_KEYS."""
+    xmodal_train(
+        [*FAST, "builder=paired", "loss=lm_kl", "trainer.max_steps=1", *split_args, f"output_dir={out}"],
+        cache_dir,
+        processes=processes,
+    )
+    first = next(record for record in read_metrics(str(out)) if "lm_loss" in record)
+    return {key: first[key] for key in FIRST_STEP_KEYS}
+
+
+def assert_same_first_step(logs: dict[str, float], reference: dict[str, float]):
+    for key in FIRST_STEP_KEYS:
+        assert logs[key] == pytest.approx(reference[key], rel=1e-4, abs=1e-6), (key, logs, reference)
+
+
 def test_first_step_losses_do_not_depend_on_the_accumulation_split(tmp_path, cache_dir):
-    """At a fixed global batch of 4, (4 x 1), (2 x 2) and (1 x 4) log the same first-step LM and alignment losses."""
-    firsts = []
-    for per_device, accumulation in [(4, 1), (2, 2), (1, 4)]:
-        out = tmp_path / f"ga{accumulation}"
-        xmodal_train(
-            [
-                *FAST,
-                "builder=paired",
-                "loss=lm_kl",
-                "trainer.max_steps=1",
-                f"trainer.per_device_train_batch_size={per_device}",
-                f"trainer.gradient_accumulation_steps={accumulation}",
-                f"output_dir={out}",
-            ],
+    """At a fixed global batch of 4, (4 x 1), (2 x 2) and (1 x 4) back-propagate the same loss and gradient."""
+    firsts = [
+        first_step_logs(
+            [f"trainer.per_device_train_batch_size={per_device}", f"trainer.gradient_accumulation_steps={accumulation}"],
+            tmp_path / f"ga{accumulation}",
             cache_dir,
         )
-        first = next(record for record in read_metrics(str(out)) if "lm_loss" in record)
-        firsts.append((first["lm_loss"], first["align_loss"]))
-    for lm_loss, align_loss in firsts[1:]:
-        assert lm_loss == pytest.approx(firsts[0][0], rel=1e-5, abs=1e-6)
-        assert align_loss == pytest.approx(firsts[0][1], rel=1e-4, abs=1e-6)
+        for per_device, accumulation in [(4, 1), (2, 2), (1, 4)]
+    ]
+    for logs in firsts[1:]:
+        assert_same_first_step(logs, firsts[0])
 
 
 MIXTURE = ["data.sources.image.num_records=24", "data.sources.text.num_records=24"]
@@ -181,4 +212,4 @@ def test_a_record_with_a_missing_image_stops_the_run_naming_file_record_and_fiel
     result = subprocess.run(command, env={**os.environ, "XMODAL_CACHE": cache_dir}, capture_output=True, text=True)
     assert result.returncode != 0
     message = result.stdout + result.stderr
-    assert "llava.json" in message and "'r1'" in message and "image" in message and "missing.jpg" in message
+    assert "llava.json: record 'r1', field 'image'" in message and "missing.jpg" in message

@@ -15,6 +15,7 @@ from data_builders.builders import (
     PairedBuilder,
     SingleBuilder,
 )
+from data_builders.errors import ConfigError
 from data_builders.render import render_cells, render_text
 from data_builders.sample import check_sample, prompt_text
 from data_builders.sources import ConflictQASource, MixtureSource, Pgps9kSource, SyntheticFactsSource
@@ -62,15 +63,39 @@ def test_paired_emits_either_condition_or_a_one_to_one_mix(emit, conditions):
     assert len({i["id"] for i in built}) == len(built)
 
 
-def test_curriculum_switches_at_the_configured_step():
-    builder = CurriculumBuilder(switch_step=5, passes=2)
-    built = builder.build(synthetic(), seed=0, examples_per_step=4)  # 24 instances, switch at 5 * 4 = 20
+def test_curriculum_schedule_is_as_long_as_a_step_based_run():
+    # 12 records, 7 steps x 4 examples = 28 instances: 2 full reshuffled passes and 4 of a third.
+    builder = CurriculumBuilder(switch_step=5, max_steps=7)
+    built = builder.build(synthetic(), seed=0, examples_per_step=4)
     assert builder.ordered
-    assert [i["condition"] for i in built] == ["text_centric"] * 20 + ["vision_centric"] * 4
-    seen = Counter(i["meta"]["pair_id"] for i in built)
-    assert len(seen) == 12 and set(seen.values()) == {2}  # every record once per pass
-    by_fraction = CurriculumBuilder(switch_fraction=0.25, passes=1).build(synthetic(), seed=0)
-    assert [i["condition"] for i in by_fraction] == ["text_centric"] * 3 + ["vision_centric"] * 9
+    assert [i["condition"] for i in built] == ["text_centric"] * 20 + ["vision_centric"] * 8
+    assert Counter(i["meta"]["pass"] for i in built) == {0: 12, 1: 12, 2: 4}
+    for number in (0, 1):  # every record once per full pass
+        assert len({i["meta"]["pair_id"] for i in built if i["meta"]["pass"] == number}) == 12
+    by_fraction = CurriculumBuilder(switch_fraction=0.25, max_steps=10).build(synthetic(), seed=0, examples_per_step=2)
+    assert [i["condition"] for i in by_fraction] == ["text_centric"] * 5 + ["vision_centric"] * 15
+
+
+def test_curriculum_epoch_based_run_is_one_epoch_of_the_passes():
+    built = CurriculumBuilder(switch_fraction=0.25, passes=2, max_steps=-1, num_train_epochs=1).build(synthetic(), seed=0)
+    assert [i["condition"] for i in built] == ["text_centric"] * 6 + ["vision_centric"] * 18
+
+
+@pytest.mark.parametrize("settings,examples_per_step,message", [
+    # The run ends before the switch (a silent text-centric-only run before).
+    ({"switch_step": 10, "max_steps": 10}, 4, r"switch_step=10 .*reads 40 instances \(trainer.max_steps=10 x 4"),
+    ({"switch_step": 12, "max_steps": 10}, 1, "Move the switch"),
+    # A fraction that rounds to no vision-centric (or no text-centric) instance at all.
+    ({"switch_fraction": 0.9, "max_steps": 1}, 2, "switch_fraction=0.9"),
+    # Several epochs would replay the text-centric part; HF's default is 3 epochs.
+    ({"max_steps": -1, "num_train_epochs": 2}, 1, "trainer.num_train_epochs=1"),
+    ({"max_steps": -1}, 1, "HF's default is 3"),
+    # `passes` would be ignored by a step-based run.
+    ({"max_steps": 10, "passes": 2}, 1, "drop builder.passes"),
+])
+def test_curriculum_schedule_the_run_cannot_honour_fails_with_the_fix(settings, examples_per_step, message):
+    with pytest.raises(ConfigError, match=message):
+        CurriculumBuilder(**settings).build(synthetic(), seed=0, examples_per_step=examples_per_step)
 
 
 def mixture():

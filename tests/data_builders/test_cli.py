@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf
 
 from data_builders.instances import build_instances
 from recipes.data import write_build
@@ -28,15 +30,30 @@ def read_lines(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
-def test_every_data_and_builder_config_composes_and_instantiates_its_target():
-    from hydra.utils import get_class
+# Values for the `???` fields, by field name: constructors only store them (records are read on first use).
+REQUIRED_VALUES = {"path": "records.jsonl", "root": "pgps9k"}
 
-    for group in ("data", "builder"):
-        for yaml in sorted((CONF / group).glob("*.yaml")):
-            cfg = config(f"{group}={yaml.stem}")
-            assert get_class(cfg[group]._target_), yaml
-            first_line = yaml.read_text().splitlines()[0]
-            assert first_line.startswith("# ") or first_line == "# @package _global_", yaml
+
+def required_overrides(node, prefix: str) -> list[str]:
+    """`key=value` overrides for every `???` field under `node` (a mixture nests them in its sources)."""
+    overrides = []
+    for key in node:
+        if OmegaConf.is_missing(node, key):
+            overrides.append(f"{prefix}.{key}={REQUIRED_VALUES[key]}")
+        elif OmegaConf.is_dict(node[key]):
+            overrides += required_overrides(node[key], f"{prefix}.{key}")
+    return overrides
+
+
+@pytest.mark.parametrize("group", ["data", "builder"])
+def test_every_data_and_builder_config_composes_and_instantiates_its_target(group):
+    for yaml in sorted((CONF / group).glob("*.yaml")):
+        cfg = config(f"{group}={yaml.stem}")
+        cfg = config(f"{group}={yaml.stem}", *required_overrides(cfg[group], group))
+        component = instantiate(cfg[group])  # a misspelled constructor argument raises here
+        assert type(component) is get_class(cfg[group]._target_), yaml
+        first_line = yaml.read_text().splitlines()[0]
+        assert first_line.startswith("# ") or first_line == "# @package _global_", yaml
 
 
 def test_paired_pgps9k_writes_both_conditions_sharing_image_and_target(pgps9k_root, tmp_path):

@@ -8,8 +8,12 @@ import shutil
 import pytest
 from PIL import Image
 
+from data_builders.builders import PairedBuilder
 from data_builders.errors import DataError
+from data_builders.instances import build_instances
 from data_builders.sources import Pgps9kSource, verbalise_clause
+from data_builders.sources.pgps9k import PAPER_INSTRUCTION, paper_structural_clause
+from tests.core.helpers import compose_config
 
 
 @pytest.mark.parametrize(
@@ -76,18 +80,91 @@ def test_choice_letter_answers_and_choices_in_prompt(pgps9k_root):
     assert first["meta"]["question"].endswith("Choices: A. 56 B. 82.2 C. 164.3 D. 328.6")
 
 
-def _copy_sample(pgps9k_root, tmp_path, edit):
+def _copy_sample(pgps9k_root, tmp_path, edit=lambda records: None, test_keys=()):
+    """A small release in tmp_path: train.json with prob_0-2 (after `edit`), test.json with `test_keys` if any."""
     root = tmp_path / "pgps"
     (root / "Diagram_Visual").mkdir(parents=True)
     raw = json.loads((pgps9k_root / "train.json").read_text())
-    records = {key: raw[key] for key in ("prob_0", "prob_1", "prob_2")}
-    edit(records)
-    for record in records.values():
-        image = pgps9k_root / "Diagram_Visual" / str(record.get("diagram"))
-        if image.is_file():
-            shutil.copy(image, root / "Diagram_Visual" / image.name)
-    (root / "train.json").write_text(json.dumps(records))
+    splits = {"train": {key: raw[key] for key in ("prob_0", "prob_1", "prob_2")}}
+    edit(splits["train"])
+    if test_keys:
+        splits["test"] = {key: raw[key] for key in test_keys}
+    for split, records in splits.items():
+        for record in records.values():
+            image = pgps9k_root / "Diagram_Visual" / str(record.get("diagram"))
+            if image.is_file():
+                shutil.copy(image, root / "Diagram_Visual" / image.name)
+        (root / f"{split}.json").write_text(json.dumps(records))
     return root
+
+
+def test_split_reads_only_its_own_file(pgps9k_root, tmp_path):
+    root = _copy_sample(pgps9k_root, tmp_path, test_keys=("prob_4", "prob_10"))
+    assert [r["id"] for r in Pgps9kSource(str(root)).records()] == [f"pgps9k/train/prob_{i}" for i in range(3)]
+    test = Pgps9kSource(str(root), split="test").records()
+    assert [r["id"] for r in test] == ["pgps9k/test/prob_4", "pgps9k/test/prob_10"]
+    with pytest.raises(ValueError, match="data.split"):
+        Pgps9kSource(str(root), split="validation")
+
+
+def test_training_config_never_reads_test_json_and_evaluation_reads_it(pgps9k_root, tmp_path):
+    root = _copy_sample(pgps9k_root, tmp_path, test_keys=("prob_4", "prob_10"))
+    overrides = ["data=pgps9k", f"data.root={root}", "builder=paired"]
+    trained_on = {i["meta"]["pair_id"] for i in build_instances(compose_config(overrides)).instances}
+    assert trained_on == {f"pgps9k/train/prob_{i}" for i in range(3)}
+    evaluated_on = {i["meta"]["pair_id"] for i in build_instances(compose_config(overrides, "evaluate")).instances}
+    assert evaluated_on == {"pgps9k/test/prob_4", "pgps9k/test/prob_10"}
+    assert compose_config([*overrides, "data.split=test"]).data.split == "test"
+    (root / "test.json").write_text("not JSON: a training run that opened it would fail")
+    build_instances(compose_config(overrides))
+
+
+def test_missing_split_file_is_named(pgps9k_root, tmp_path):
+    root = _copy_sample(pgps9k_root, tmp_path)
+    with pytest.raises(FileNotFoundError, match="test.json"):
+        Pgps9kSource(str(root), split="test").records()
+
+
+@pytest.mark.parametrize(
+    "clause, released",
+    [
+        ("line A B C", "B is on line AC"),
+        ("line E A", ""),  # two-point lines are dropped
+        ("line m lieson A W Y B", "A, W, Y, B lie on line m"),
+        ("line A B C D", "A, B are on line CD"),  # the release splits off the last two points as the line
+        ("line D E I K", "D, E are on line IK"),
+        ("\\odot C lieson B F E A", "In \\odot C, point B, F, E, A lie on \\odot C"),
+        ("polygon A B C", ""),  # unknown shapes are dropped
+        ("line", ""),
+    ],
+)
+def test_paper_style_words_structural_clauses_as_released(clause, released):
+    assert paper_structural_clause(clause) == released
+
+
+def test_paper_prompts_on_the_real_sample(pgps9k_root):
+    source = Pgps9kSource(str(pgps9k_root), prompt_style="paper", on_error="skip")
+    records = {r["id"]: r for r in source.records()}
+    prob_10 = records["pgps9k/train/prob_10"]
+    # stru: line B A, line A D F, line F E, line B D E, \odot C lieson B F E A; sem: three angle/arc clauses
+    text_centric = (
+        "In this problem, D is on line AF, D is on line BE, In \\odot C, point B, F, E, A lie on \\odot C, "
+        "m \\angle ABD = x, m \\angle DFE = y, m \\widehat AE = 72.\n"
+        "Based on these conditions, answer the question: Find the value of variable y.\n" + PAPER_INSTRUCTION
+    )
+    vision_centric = "Based on the information in the image, answer the question: Find the value of variable y.\n"
+    assert prob_10["meta"]["centric_prompts"] == {
+        "text_centric": text_centric, "vision_centric": vision_centric + PAPER_INSTRUCTION,
+    }
+    assert PAPER_INSTRUCTION.endswith("The final answer MUST BE put in \\boxed{}.")
+    assert prob_10["messages"][0]["content"][1]["text"] == vision_centric + PAPER_INSTRUCTION
+    assert prob_10["target"] == "\\boxed{" + prob_10["meta"]["answer"] + "}"
+    built = {i["id"]: i for i in PairedBuilder(emit="both").build(source, seed=0)}
+    instance = built["pgps9k/train/prob_10:vision_centric"]
+    assert instance["teacher"]["messages"][0]["content"][1]["text"] == text_centric
+    assert instance["messages"][0]["content"][1]["text"] == vision_centric + PAPER_INSTRUCTION
+    assert "centric_prompts" not in instance["meta"]  # the facts stay out of the vision-centric instance
+
 
 
 def test_missing_diagram_names_file_record_and_field(pgps9k_root, tmp_path):

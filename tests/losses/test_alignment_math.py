@@ -30,7 +30,7 @@ def _hand_kl(p, q):
 
 
 @pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
-def test_token_kl_matches_loop(estimator):
+def test_unclamped_token_kl_matches_loop(estimator):
     student, teacher = _random_logprobs((3, 5), 0), _random_logprobs((3, 5), 1)
     mask = torch.rand(3, 5, generator=torch.Generator().manual_seed(2)) > 0.4
     values = [
@@ -40,7 +40,7 @@ def test_token_kl_matches_loop(estimator):
         if mask[i, j]
     ]
     expected = sum(values) / len(values)
-    assert token_kl(student, teacher, mask, estimator).item() == pytest.approx(expected, rel=1e-6)
+    assert token_kl(student, teacher, mask, estimator, clamp=False).item() == pytest.approx(expected, rel=1e-6)
 
 
 @pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
@@ -56,15 +56,52 @@ def test_token_kl_ignores_non_finite_masked_positions():
     assert token_kl(student, teacher, mask).item() == pytest.approx(math.exp(0.5) - 0.5 - 1, rel=1e-6)
 
 
-def test_token_kl_gradient_reaches_only_the_student():
+def test_unclamped_token_kl_gradient_reaches_only_the_student():
     student = _random_logprobs((2, 4), 0).requires_grad_()
     teacher = _random_logprobs((2, 4), 1).requires_grad_()
     mask = torch.ones(2, 4, dtype=torch.bool)
-    token_kl(student, teacher, mask, "k3").backward()
+    token_kl(student, teacher, mask, "k3", clamp=False).backward()
     assert teacher.grad is None
     # d/ds [exp(t - s) - (t - s) - 1] = 1 - exp(t - s), averaged over 8 tokens
     expected = (1 - (teacher - student).exp()) / 8
     torch.testing.assert_close(student.grad.double(), expected.detach(), rtol=1e-5, atol=1e-7)
+
+
+def _released_low_var_kl(logprob, ref_logprob):
+    """The released k3 (verl's `low_var_kl`), written out in float64: clamp the log-ratio, then the estimate."""
+    kl = (ref_logprob - logprob).clamp(-20, 20)
+    return (kl.exp() - kl - 1).clamp(-10, 10)
+
+
+def _logprobs_where_the_clamps_bind(seed):
+    """Student/teacher log-probs whose d = teacher - student spans [-30, 30]: |d| > 20 and k3 > 10 both occur."""
+    generator = torch.Generator().manual_seed(seed)
+    teacher = -torch.rand(6, 8, generator=generator, dtype=torch.float64) * 5
+    student = teacher - (torch.rand(6, 8, generator=generator, dtype=torch.float64) * 60 - 30)
+    return student, teacher
+
+
+def test_clamped_token_kl_equals_the_released_formula():
+    student, teacher = _logprobs_where_the_clamps_bind(0)
+    d = teacher - student
+    assert (d > 20).any() and (d < -20).any() and ((d < 20) & (d.exp() - d - 1 > 10)).any()
+    assert ((d.exp() - d - 1) < 10).any()  # and some tokens where no clamp binds
+    mask = torch.rand(6, 8, generator=torch.Generator().manual_seed(1)) > 0.25
+    expected = _released_low_var_kl(student, teacher)[mask].mean()
+    assert token_kl(student, teacher, mask).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert token_kl(student, teacher, mask, clamp=False).item() > expected.item() * 1e3  # the raw k3 explodes
+
+
+def test_clamped_token_kl_gradient_is_zero_where_a_clamp_binds():
+    student, teacher = _logprobs_where_the_clamps_bind(2)
+    student.requires_grad_()
+    token_kl(student, teacher, torch.ones_like(student, dtype=torch.bool)).backward()
+    d = (teacher - student).detach()
+    binds = (d.abs() > 20) | (d.exp() - d - 1 > 10)
+    assert binds.any() and (~binds).any()
+    # Where nothing binds: d/ds [exp(t - s) - (t - s) - 1] = 1 - exp(d), over the 48 tokens of the mean.
+    expected = torch.where(binds, 0.0, (1 - d.exp()) / d.numel())
+    torch.testing.assert_close(student.grad, expected, rtol=1e-5, atol=1e-9)
 
 
 @pytest.mark.parametrize("direction", ["forward", "reverse", "js"])

@@ -33,7 +33,8 @@ def _context(batch, outputs, num_items=None):
     return LossContext(model=None, batch=batch, outputs=outputs, num_items_in_batch=num_items)
 
 
-def test_token_k3_equals_hand_computation(make_batch, paired_layouts):
+@pytest.mark.parametrize("clamp", [True, False])
+def test_token_k3_equals_hand_computation(make_batch, paired_layouts, clamp):
     batch, outputs = make_batch(paired_layouts, paired=True)
     labels, logits = batch["labels"], outputs.logits
     values = []
@@ -43,8 +44,14 @@ def test_token_k3_equals_hand_computation(make_batch, paired_layouts):
         d = math.log(_hand_distribution(logits, t_row, t_pos)[target]) - math.log(
             _hand_distribution(logits, s_row, s_pos)[target]
         )
-        values.append(math.exp(d) - d - 1)
-    value = AlignmentLoss(kind="token", estimator="k3")(_context(batch, outputs))
+        if clamp:  # the released bounds: d to [-20, 20], k3 to [-10, 10]
+            d = min(max(d, -20.0), 20.0)
+            values.append(min(max(math.exp(d) - d - 1, -10.0), 10.0))
+        else:
+            values.append(math.exp(d) - d - 1)
+    if clamp:
+        assert any(value == 10.0 for value in values)  # the fixture's logits make the k3 clamp bind somewhere
+    value = AlignmentLoss(kind="token", estimator="k3", clamp=clamp)(_context(batch, outputs))
     assert value.item() == pytest.approx(sum(values) / len(values), rel=1e-5)
 
 

@@ -3,10 +3,12 @@
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
-from losses import build_loss
+from losses import LossContext, build_loss
+from losses.alignment import AlignmentLoss
 from recipes import CONFIG_DIR
 
 CONF_DIR = Path(CONFIG_DIR)
@@ -16,7 +18,8 @@ EXPECTED = {  # experiment -> (builder target, paired emit or None, loss term cl
     "mix": ("PairedBuilder", "mix", {"LMLoss"}),
     "curriculum": ("CurriculumBuilder", None, {"LMLoss"}),
     "kl": ("PairedBuilder", "both", {"LMLoss", "AlignmentLoss"}),
-    "kl_curriculum": ("CurriculumBuilder", None, {"LMLoss"}),
+    "kl_mix": ("PairedBuilder", "both", {"LMLoss", "AlignmentLoss"}),
+    "kl_curriculum": ("PairedBuilder", "vision_centric", {"LMLoss"}),
 }
 
 
@@ -45,5 +48,30 @@ def test_experiment_composes_to_its_recipe(name):
 def test_kl_is_the_released_setting_and_stage_two_starts_from_it():
     kl, stage_two = _compose("kl"), _compose("kl_curriculum")
     align = kl.loss.terms.align
-    assert (align.kind, align.estimator, align.weight, align.teacher) == ("token", "k3", 0.01, "same")
+    assert (align.kind, align.estimator, align.weight, align.teacher, align.clamp) == ("token", "k3", 0.01, "same", True)
     assert stage_two.model.path == f"{kl.output_dir}/final"
+    assert stage_two.builder.emit == "vision_centric"  # stage 2 is vision-centric only, not a second curriculum
+
+
+def _student_gradient(loss_cfg, make_batch, paired_layouts):
+    batch, outputs = make_batch(paired_layouts, paired=True)
+    total, _ = build_loss(loss_cfg)(LossContext(model=None, batch=batch, outputs=outputs))
+    total.backward()
+    return batch, outputs, outputs.logits.grad
+
+
+def test_kl_trains_the_vision_centric_view_only_through_the_alignment_term(make_batch, paired_layouts):
+    batch, outputs, gradient = _student_gradient(_compose("kl").loss, make_batch, paired_layouts)
+    pairs = len(paired_layouts) // 2
+    assert gradient[pairs:].abs().sum() > 0  # the LM loss trains the text-centric (teacher) rows
+    # The student rows' gradient is exactly 0.01 x the alignment term's, i.e. the LM loss adds nothing there.
+    logits = outputs.logits.detach().requires_grad_()
+    (0.01 * AlignmentLoss(kind="token", estimator="k3")(LossContext(None, batch, type(outputs)(logits=logits)))).backward()
+    torch.testing.assert_close(gradient[:pairs], logits.grad[:pairs])
+
+
+def test_kl_mix_variant_also_trains_the_vision_centric_view_with_the_lm_loss(make_batch, paired_layouts):
+    _, outputs, kl_mix = _student_gradient(_compose("kl_mix").loss, make_batch, paired_layouts)
+    _, _, kl = _student_gradient(_compose("kl").loss, make_batch, paired_layouts)
+    pairs = len(paired_layouts) // 2
+    assert not torch.allclose(kl_mix[:pairs], kl[:pairs])

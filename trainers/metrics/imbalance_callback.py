@@ -15,7 +15,7 @@ import math
 
 import torch
 import torch.distributed as dist
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from trainers.metrics.imbalance import MODES, SpanStats, measure
 from trainers.metrics.imbalance_probes import QUERY_SETS, SPAN_PAIRS, ProbeMasks, collate_probe
@@ -61,18 +61,21 @@ class ImbalanceCallback(TrainerCallback):
         self.trainer = None
         self.probe: list[tuple[dict, ProbeMasks]] = []
 
-    def bind(self, trainer, probe_rows: list[dict] | None = None, probe_instances: list[dict] | None = None) -> None:
+    def bind(
+        self, trainer, probe_rows: list[dict] | None = None, probe_instances: list[dict] | None = None, collator=None
+    ) -> None:
         """Attach to `trainer` and collate the probe once.
 
         The probe is `probe_rows` (tokenized rows, e.g. of a held-out conflict set; `spans: evidence` also
         needs their `probe_instances`), else the first `probe_size` training rows that hold an image.
+        `collator` defaults to the trainer's (xmodal-rl's trainer collates prompts: it passes the SFT collator).
         """
         rows = probe_rows if probe_rows is not None else _rows_with_images(trainer.train_dataset, self.probe_size)
         if not rows:
             raise ValueError("the imbalance probe is empty: no tokenized row with an image was found")
         self.trainer = trainer
         self.probe = collate_probe(
-            rows, trainer.data_collator, trainer.model.config, trainer.processing_class,
+            rows, collator or trainer.data_collator, trainer.model.config, trainer.processing_class,
             self.probe_batch_size, self.query, self.spans, probe_instances,
         )
 
@@ -103,7 +106,9 @@ class ImbalanceCallback(TrainerCallback):
             index = turn * world + rank
             counted = index < len(self.probe)
             batch, masks = self.probe[index if counted else 0]
-            inputs = self.trainer._prepare_inputs(dict(batch))  # device and DeepSpeed dtype, as in training
+            # Device and DeepSpeed dtype as in training: the base Trainer's preparation (TRL's GRPO trainer
+            # overrides `_prepare_inputs` to generate rollouts).
+            inputs = Trainer._prepare_inputs(self.trainer, dict(batch))
             measured = measure(model, inputs, masks.query, masks.a, masks.b, layers=self.layers, mode=self.mode)
             batch_sums, batch_count = measured.totals()
             if counted:

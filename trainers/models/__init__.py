@@ -7,7 +7,9 @@ from trainers.models.loading import (
     load_processor,
     materialise_init,
     model_location,
+    set_image_pixels,
     to_model,
 )
 
-__all__ = ["load_for_inference", "load_model", "load_processor", "materialise_init", "model_location", "to_model"]
+__all__ = ["load_for_inference", "load_model", "load_processor", "materialise_init", "model_location", "set_image_pixels",
+           "to_model"]

@@ -1,4 +1,4 @@
-"""Fixtures for the core tests."""
+"""Fixtures shared by every test directory."""
 
 from __future__ import annotations
 

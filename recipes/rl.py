@@ -1,0 +1,125 @@
+"""xmodal-rl: reinforcement learning with verifiable rewards (GRPO/DAPO on TRL's GRPOTrainer), top to bottom:
+config -> model -> prompt rows -> rollouts, rewards, policy loss (+ alignment term) -> save.
+
+`xmodal-rl [overrides]` composes `conf/rl.yaml`: the root config's groups (model, data, builder, finetune,
+deepspeed, logger, metrics, experiment) plus `reward` and the `rl` node. Launch it like xmodal-train
+(`torchrun --nproc_per_node N --no-python xmodal-rl ...`, `deepspeed=zero2|zero3`). The paper recipes are
+`experiment=modality_gap_rl/{full_text,no_text,mix,curriculum,kl,kl_curriculum}`; see README.md.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from omegaconf import DictConfig, OmegaConf
+from transformers import set_seed
+from trl import GRPOConfig
+
+from data_builders.errors import ConfigError
+from data_builders.instances import build_instances
+from data_builders.collate import MultimodalCollator
+from data_builders.rollout_prompts import rollout_dataset, sampled_view
+from data_builders.tokenize import EncodingSettings, tokenize_instances
+from recipes import CONFIG_DIR
+from trainers import distributed
+from trainers.callbacks import CheckpointCompletionCallback, MetricsFileCallback
+from trainers.console import hydra_console_script
+from trainers.finetuning import FinetuneSettings, apply_finetuning
+from trainers.grpo import RolloutAlignment, XModalGRPOTrainer
+from trainers.models import load_model, load_processor, model_location
+from trainers.rewards import build_rewards
+from trainers.run_directory import claim_output_dir, open_output_dir
+from trainers.runs import build_training_args, export_logger_environment, metric_callbacks, train_and_save
+
+PROBE_INSTANCES = 64  # instances tokenized for the metric callbacks' probe sets (each takes its probe_size)
+
+
+def build_rl_args(cfg: DictConfig, reward_weights: list[float], ordered: bool) -> GRPOConfig:
+    """GRPOConfig from `trainer` + `deepspeed` + `rl.grpo`; an ordered builder keeps its prompt order."""
+    grpo = OmegaConf.to_container(cfg.rl.grpo, resolve=True)
+    return build_training_args(
+        cfg, GRPOConfig, **grpo, reward_weights=reward_weights, shuffle_dataset=not ordered
+    )
+
+
+def check_alignment_data(alignment: RolloutAlignment, dataset) -> None:
+    if alignment.weight > 0 and all(prompt is None for prompt in dataset["vision_prompt"]):
+        raise ConfigError(
+            "rl.align.weight > 0 needs the vision-centric view of every prompt: use builder=paired builder.emit=both "
+            "(or set rl.align.weight=0)"
+        )
+
+
+def build_trainer(cfg: DictConfig) -> tuple[XModalGRPOTrainer, object, str]:
+    """(trainer, processor, base model location) of the configured run, callbacks bound, ready to train."""
+    if OmegaConf.to_container(cfg.deepspeed):
+        distributed.ensure_launcher_environment()
+        distributed.init_deepspeed_backend()  # before the arguments: the "auto" batch sizes read the world size
+    export_logger_environment(cfg.logger)
+    base_model = model_location(cfg)
+    rewards, reward_weights = build_rewards(cfg.reward)
+    alignment = RolloutAlignment(**OmegaConf.to_container(cfg.rl.align, resolve=True))
+    # Data first: a bad record stops the run before a large model is loaded.
+    built = build_instances(cfg)
+    dataset = rollout_dataset(built.instances)
+    check_alignment_data(alignment, dataset)
+    args = build_rl_args(cfg, reward_weights, ordered=getattr(built.builder, "ordered", False))
+    set_seed(cfg.seed)
+    if args.process_index == 0:
+        open_output_dir(cfg)
+
+    processor = load_processor(base_model, cfg.model.trust_remote_code)
+    # TRL left-pads its prompt ids and takes per-token fields (Qwen2-VL's mm_token_type_ids) from the processor.
+    processor.tokenizer.padding_side = "left"
+    model = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
+    model = apply_finetuning(model, FinetuneSettings(**OmegaConf.to_container(cfg.finetune, resolve=True)))
+    metrics = metric_callbacks(cfg)
+    trainer = XModalGRPOTrainer(
+        model=model,
+        reward_funcs=rewards,
+        args=args,
+        train_dataset=dataset,
+        processing_class=processor,
+        callbacks=[MetricsFileCallback(cfg.output_dir), CheckpointCompletionCallback(), *metrics],
+        alignment=alignment,
+        filter_equal_reward_groups=cfg.rl.filter_equal_reward_groups,
+    )
+    bind_metric_callbacks(metrics, trainer, built.instances, processor, cfg)
+    return trainer, processor, base_model
+
+
+def bind_metric_callbacks(metrics: list, trainer, instances: list[dict], processor, cfg: DictConfig) -> None:
+    """GRPO trains on prompts, not token rows: metric callbacks probe the sampled views of the first instances
+    with image, tokenized and collated as xmodal-train does."""
+    if not metrics:
+        return
+    views = [sampled_view(instance) for instance in instances if instance["images"]][:PROBE_INSTANCES]
+    rows = tokenize_instances(
+        views, processor, cfg.model.template, EncodingSettings(**cfg.encoding), os.path.join(cfg.cache_dir, "tokenized")
+    )
+    collator = MultimodalCollator(processor, cfg.model.template)
+    for callback in metrics:
+        size = min(len(rows), getattr(callback, "probe_size", len(rows)))
+        callback.bind(trainer, probe_rows=[rows[i] for i in range(size)], collator=collator)
+
+
+def train(cfg: DictConfig) -> str:
+    """Run one RL fine-tune; returns the directory of the final model."""
+    started = time.monotonic()
+    resume_from = claim_output_dir(cfg)
+    trainer, processor, base_model = build_trainer(cfg)
+    return train_and_save(trainer, processor, cfg, base_model, resume_from, started)
+
+
+_hydra_main = hydra_console_script("xmodal-rl", train, CONFIG_DIR, "rl", cleanup=distributed.teardown)
+
+
+def main() -> None:
+    sys.argv = distributed.strip_local_rank_argument(sys.argv)
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    main()
