@@ -10,7 +10,7 @@ first batches, the strategies in rotation, giving real (non-pad) tokens per seco
     group_by_length   trainer.train_sampling_strategy=group_by_length (lengths = true padded lengths)
     packed            packing=true (LLaVA-style models; one padding-free row per batch)
 
-    python scripts/bench_padding.py --root /work/shared/data/pgps9k_sample        # target: pad fraction < 10 %
+    python scripts/bench_padding.py --root ../shared/data/pgps9k_sample        # target: pad fraction < 10 %
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ STRATEGIES = ("random", "group_by_length", "packed")
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", default="/work/shared/data/pgps9k_sample", help="PGPS9K folder (data.root)")
+    parser.add_argument("--root", default="../shared/data/pgps9k_sample", help="PGPS9K folder (data.root)")
     parser.add_argument("--model", default="tiny_llava", help="a conf/model config with an `init` builder")
     parser.add_argument("--batch", type=int, default=16, help="conf/trainer/default.yaml's batch")
     parser.add_argument("--steps", type=int, default=6, help="timed training steps per strategy")

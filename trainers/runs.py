@@ -42,8 +42,10 @@ def build_training_args(cfg: DictConfig, args_class: type = TrainingArguments, *
 
 
 def export_logger_environment(logger_cfg: DictConfig) -> None:
+    """Set the logger's variables from the config (which config.yaml records); assigned, not defaulted, so the
+    jobs of one multirun process each log into their own output_dir."""
     for key, value in (logger_cfg.get("env") or {}).items():
-        os.environ.setdefault(key, str(value))
+        os.environ[key] = str(value)
     if "wandb" in list(logger_cfg.report_to) and not os.environ.get("WANDB_API_KEY"):
         os.environ.setdefault("WANDB_MODE", "offline")  # no key: log locally, never prompt
 

@@ -30,6 +30,13 @@ SKIPPED = {
     "torchrun --nproc_per_node 8": "8 GPUs and a 7B model",
     "deepspeed --num_gpus 8": "8 GPUs and a 7B model",
     "python scripts/bench_": "benchmarks: minutes of timing, no pass or fail",
+    "python scripts/reproduce.py": "the reproduction: an hour of CPU (tests/reproduction runs its --quick mode)",
+}
+# Commands that name the papers' real models or a user's own data: a 7B checkpoint and GPUs, or files not shipped.
+SKIPPED_WORDS = {
+    "setting=paper": "the paper's real model and hyperparameters: a 7B checkpoint and GPUs",
+    "/path/to/": "the user's own copy of a dataset",
+    "=/data/": "the user's own copy of a dataset",
 }
 # Appended to every command of a console script (a later override wins over the README's own).
 FAST_OVERRIDES = {
@@ -37,6 +44,8 @@ FAST_OVERRIDES = {
     "xmodal-eval": ["evaluate.per_condition=4", "evaluate.max_new_tokens=4"],
     "xmodal-imbalance": ["imbalance.per_condition=2"],
     "xmodal-data": [],
+    "xmodal-rl": ["trainer.max_steps=2", "rl.grpo.num_generations=4", "trainer.per_device_train_batch_size=8",
+                  "rl.grpo.max_completion_length=6"],
 }
 # Appended when a command keeps the default synthetic data: fewer records to render and tokenize.
 SYNTHETIC_OVERRIDES = ["data.num_records=64"]
@@ -80,7 +89,8 @@ def skip_reason(command: str) -> str | None:
     missing = [path for readme_path, path in PATHS.items() if readme_path in command and not os.path.exists(path)]
     if missing:
         return f"{missing[0]} not found"
-    return next((reason for prefix, reason in SKIPPED.items() if line.startswith(prefix)), None)
+    by_word = next((reason for word, reason in SKIPPED_WORDS.items() if word in line), None)
+    return by_word or next((reason for prefix, reason in SKIPPED.items() if line.startswith(prefix)), None)
 
 
 def console_script(command: str) -> str:
