@@ -46,6 +46,8 @@ def sweep_subdirectory() -> str | None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
 
+    if not HydraConfig.initialized():  # composed in-process (hydra.compose in scripts and tests): a single job
+        return None
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode != RunMode.MULTIRUN:
         return None
