@@ -48,9 +48,9 @@ def reproduce(*args, cache: Path) -> subprocess.CompletedProcess:
 def test_quick_reproduction_writes_tables_plots_and_skips_finished_runs(tmp_path):
     runs, out, cache = tmp_path / "runs", tmp_path / "results", tmp_path / "cache"
     first = reproduce("--quick", "--runs", str(runs), "--out", str(out), cache=cache)
-    assert "0 of 16 runs already finished" in first.stdout and "[done 16/16]" in first.stdout
+    assert "0 of 22 runs already finished" in first.stdout and "[done 22/22]" in first.stdout
     results = json.loads((out / "results.json").read_text())
-    assert results["run"]["finished_runs"] == 16 and results["run"]["failures"] == []
+    assert results["run"]["finished_runs"] == 22 and results["run"]["failures"] == []
     script = load_script()
     for paper in script.PAPERS:
         table = (out / f"{paper.key}.md").read_text()
@@ -69,26 +69,32 @@ def test_quick_reproduction_writes_tables_plots_and_skips_finished_runs(tmp_path
         gaps.append(conditions["text_centric"]["accuracy"] - conditions["vision_centric"]["accuracy"])
     summary = results["papers"]["modality_gap"]["recipes"]["kl"]["summary"]["modality_gap"]
     assert summary["mean"] == pytest.approx(statistics.fmean(gaps)) and summary["std"] == pytest.approx(statistics.stdev(gaps))
-    # kl_curriculum fine-tunes the kl run's final model
-    config = (runs / "modality_gap" / "kl_curriculum" / "seed1" / "config.yaml").read_text()
-    assert str(runs / "modality_gap" / "kl" / "seed1" / "final") in config
+    # kl_curriculum fine-tunes the kl run's final model, the RL recipes full_text's
+    for recipe, parent in (("kl_curriculum", "kl"), ("rl_kl", "full_text")):
+        config = (runs / "modality_gap" / recipe / "seed1" / "config.yaml").read_text()
+        assert str(runs / "modality_gap" / parent / "seed1" / "final") in config
+    # the over-training curves come from the in-training callbacks: held-out answers and the attention probe
+    rows = [json.loads(line) for line in (runs / "modality_gap" / "rl_kl" / "seed0" / "metrics.jsonl").read_text().splitlines()]
+    assert {1, 2} <= {row["step"] for row in rows if "eval/accuracy/vision_centric" in row}
+    assert {1, 2} <= {row["step"] for row in rows if "imbalance/ratio" in row}
+    assert any("reward" in row for row in rows)
     # paper 1's two mixings trained on the same instructions: one epoch of the same pool
     steps = {
         name: max(json.loads(line)["step"] for line in (runs / "modal_imbalance" / name / "seed0" / "metrics.jsonl").read_text().splitlines())
-        for name in ("dataset_mixing", "instance_mixing")
+        for name in ("it", "hit")
     }
-    assert steps["instance_mixing"] < steps["dataset_mixing"]
+    assert steps["hit"] < steps["it"]
 
     # a rerun finds every run finished and only rewrites the results
     shutil.rmtree(out)
     again = reproduce("--quick", "--runs", str(runs), "--out", str(out), cache=cache)
-    assert "16 of 16 runs already finished; 0 to run" in again.stdout and "[start]" not in again.stdout
+    assert "22 of 22 runs already finished; 0 to run" in again.stdout and "[start]" not in again.stdout
     assert json.loads((out / "results.json").read_text())["papers"] == results["papers"]
 
     readme = tmp_path / "README.md"
-    readme.write_text(f"# title\n\nbefore\n{script.README_START}\nold\n{script.README_END}\nafter\n")
+    readme.write_text(f"# title\n\nbefore\n{script.README_START}\nthe previous section\n{script.README_END}\nafter\n")
     reproduce("--update-readme", "--out", str(out), "--readme", str(readme), cache=cache)
     text = readme.read_text()
-    assert text.startswith("# title\n\nbefore\n") and text.endswith("after\n") and "old" not in text
+    assert text.startswith("# title\n\nbefore\n") and text.endswith("after\n") and "the previous section" not in text
     assert script.markdown_table(script.MODALITY_GAP, results) in text
     assert f"commit `{results['run']['commit']}`" in text
