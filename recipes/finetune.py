@@ -7,7 +7,6 @@ or `deepspeed --num_gpus N --module recipes.finetune ...`. See README.md.
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 from omegaconf import DictConfig, OmegaConf
@@ -90,12 +89,7 @@ def train(cfg: DictConfig) -> str:
     return train_and_save(trainer, processor, cfg, base_model, resume_from, started)
 
 
-_hydra_main = hydra_console_script("xmodal-train", train, CONFIG_DIR, "config", cleanup=distributed.teardown)
-
-
-def main() -> None:
-    sys.argv = distributed.strip_local_rank_argument(sys.argv)
-    _hydra_main()
+main = hydra_console_script("xmodal-train", train, CONFIG_DIR, "config", distributed_launch=True)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ deepspeed, logger, metrics, experiment) plus `reward` and the `rl` node. Launch 
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 from omegaconf import DictConfig, OmegaConf
@@ -113,12 +112,7 @@ def train(cfg: DictConfig) -> str:
     return train_and_save(trainer, processor, cfg, base_model, resume_from, started)
 
 
-_hydra_main = hydra_console_script("xmodal-rl", train, CONFIG_DIR, "rl", cleanup=distributed.teardown)
-
-
-def main() -> None:
-    sys.argv = distributed.strip_local_rank_argument(sys.argv)
-    _hydra_main()
+main = hydra_console_script("xmodal-rl", train, CONFIG_DIR, "rl", distributed_launch=True)
 
 
 if __name__ == "__main__":

@@ -4,15 +4,17 @@
     python scripts/reproduce.py --quick    # a smoke run of every step in a few minutes (what the tests run)
     python scripts/reproduce.py --update-readme   # rewrite the README section from results/results.json only
 
-Every run is `xmodal-train`, then `xmodal-imbalance` and `xmodal-eval` on held-out records (another data seed):
-the same functions on the same composed configs as those console scripts, in one process per run with one
-thread, two runs at a time (the fastest on 2 cores, see the engineering notes). A run
+Every run is `xmodal-train` (or `xmodal-rl`) with the in-training attention probe and held-out evaluation, then
+`xmodal-imbalance` and `xmodal-eval` on held-out records (another data seed): the same functions on the same
+composed configs as those console scripts, in one process per run with one thread, two runs at a time (the
+fastest on 2 cores, see the engineering notes). A run
 directory `<runs>/<paper>/<recipe>/seed<N>` is finished when it holds `final/` and `eval/eval.json`; a rerun
 skips finished runs, so an interrupted reproduction continues where it stopped.
 
 Writes to `--out` (default `results/`): `results.json` (every run's numbers, and per recipe the mean, standard
 deviation and 95 % t-interval over seeds), one Markdown table per paper, and plots: accuracy by condition per
-recipe, the gap per recipe, and imbalance / loss over training steps per recipe (from metrics.jsonl).
+recipe, the gap per recipe, and held-out accuracy / imbalance / loss over training steps per recipe (from
+metrics.jsonl).
 """
 
 from __future__ import annotations
@@ -87,8 +89,8 @@ class Paper:
     imbalance: tuple[str, ...]  # xmodal-imbalance overrides
     conditions: tuple[str, ...]  # plotted per recipe
     gap: str  # the headline metric, plotted per recipe
-    columns: tuple[tuple[str, str], ...]  # (metric, column title) of the table
-    curves: tuple[tuple[str, str], ...]  # (metrics.jsonl key, panel title) of the over-training plot
+    tables: tuple[tuple[str, tuple[tuple[str, str], ...]], ...]  # (caption, ((metric, column title), ...)) per table
+    curves: tuple[tuple[str | tuple[str, str], str], ...]  # (metrics.jsonl key or (key, key subtracted), panel title)
 
 
 MODALITY_GAP = Paper(
@@ -108,12 +110,12 @@ MODALITY_GAP = Paper(
     imbalance=("builder=paired", "builder.emit=mix", "imbalance.spans=image_text"),  # each view its own instances
     conditions=("text_centric", "vision_centric"),
     gap="modality_gap",
-    columns=(
+    tables=(("", (
         ("text_centric", "text-centric acc."),
         ("vision_centric", "vision-centric acc."),
         ("modality_gap", "gap (text - vision)"),
         ("imbalance/text_centric", "image share of attention, text-centric"),
-    ),
+    )),),
     curves=(
         ("eval/accuracy/text_centric", "held-out accuracy, text-centric"),
         ("eval/accuracy/vision_centric", "held-out accuracy, vision-centric"),
@@ -124,24 +126,31 @@ MODALITY_GAP = Paper(
 MODAL_IMBALANCE = Paper(
     key="modal_imbalance",
     title="Paper 1, cross-modal attention imbalance (arXiv 2510.02608)",
-    # it: dataset-level mixing, hit: instance-level mixing of the same instructions; full fine-tuning, not the
-    # recipes' LoRA (the tiny model is too small for a low-rank update to learn recognition in this budget)
+    # it: dataset-level mixing, hit: instance-level mixing of the same instructions; full fine-tuning (the recipes
+    # use LoRA), as every other embedded run
     recipes=tuple(Recipe(name, (f"experiment=modal_imbalance/{name}", "data=conflict_mixture", "finetune=full",
                                 "trainer.max_steps=-1")) for name in ("it", "hit")),
     evaluate=("builder=conflict",),
     imbalance=("builder=conflict", "imbalance.spans=evidence"),
-    conditions=tuple(f"recognition/{c}" for c in CONFLICT_CONDITIONS) + ("false_alarm",),
-    gap="recognition_gap",
-    columns=(
-        *((f"recognition/{c}", f"recognised, {c.replace('_', ' ')}") for c in CONFLICT_CONDITIONS),
-        ("false_alarm", "false alarms (controls)"),
-        ("recognition_gap", "unimodal - cross-modal"),
-        ("discrimination_gap", "the same, less each condition's false alarms"),
-        ("imbalance/cross_modal", "image share of evidence attention, cross-modal"),
+    conditions=tuple(f"discrimination/{c}" for c in CONFLICT_CONDITIONS),
+    gap="discrimination_gap",
+    tables=(
+        ("Recognition: the share of conflicts answered \"The sources conflict.\"", (
+            *((f"recognition/{c}", f"recognised, {c.replace('_', ' ')}") for c in CONFLICT_CONDITIONS),
+            ("false_alarm", "false alarms (controls, all conditions)"),
+            ("recognition_gap", "unimodal - cross-modal"),
+        )),
+        ("Discrimination: recognition less the false-alarm rate on the same condition's controls", (
+            *((f"discrimination/{c}", c.replace("_", " ")) for c in CONFLICT_CONDITIONS),
+            ("discrimination_gap", "unimodal - cross-modal"),
+            ("imbalance/cross_modal", "image share of evidence attention, cross-modal"),
+        )),
     ),
     curves=(
-        ("eval/conflict_recognition/unimodal_image", "held-out recognition, unimodal image"),
-        ("eval/conflict_recognition/cross_modal", "held-out recognition, cross-modal"),
+        (("eval/conflict_recognition/unimodal_image", "eval/false_conflict/unimodal_image"),
+         "held-out discrimination, unimodal image"),
+        (("eval/conflict_recognition/cross_modal", "eval/false_conflict/cross_modal"),
+         "held-out discrimination, cross-modal"),
         ("imbalance/ratio", "image share of attention (probe set)"),
         ("lm_loss", "training LM loss"),
     ),
@@ -409,13 +418,17 @@ def format_value(summary: dict | None) -> str:
 
 
 def markdown_table(paper: Paper, results: dict) -> str:
-    """One row per recipe: mean ± std over seeds [95 % interval] of each column's metric."""
-    header = ["recipe", "seeds", *(title for _, title in paper.columns)]
-    rows = [header, ["---"] * len(header)]
-    for recipe, entry in results["papers"][paper.key]["recipes"].items():
-        summary = entry["summary"]
-        rows.append([recipe, str(len(entry["seeds"])), *(format_value(summary.get(metric)) for metric, _ in paper.columns)])
-    return "\n".join("| " + " | ".join(row) + " |" for row in rows) + "\n"
+    """The paper's tables, one row per recipe: mean ± std over seeds [95 % interval] of each column's metric."""
+    tables = []
+    for caption, columns in paper.tables:
+        header = ["recipe", "seeds", *(title for _, title in columns)]
+        rows = [header, ["---"] * len(header)]
+        for recipe, entry in results["papers"][paper.key]["recipes"].items():
+            summary = entry["summary"]
+            rows.append([recipe, str(len(entry["seeds"])), *(format_value(summary.get(metric)) for metric, _ in columns)])
+        table = "\n".join("| " + " | ".join(row) + " |" for row in rows) + "\n"
+        tables.append(f"{caption}\n\n{table}" if caption else table)
+    return "\n".join(tables)
 
 
 def verdicts(results: dict) -> list[str]:
@@ -469,9 +482,9 @@ def plot_all(runs: list[Run], results: dict, out: Path) -> list[Path]:
     for paper in PAPERS:
         recipes = results["papers"][paper.key]["recipes"]
         paths.append(_bars(paper, recipes, list(paper.conditions), out / f"{paper.key}_by_condition.png",
-                           f"{paper.title}\nheld-out {'recognition / false-alarm rate' if paper is MODAL_IMBALANCE else 'accuracy'} by condition"))
+                           f"{paper.title}\nheld-out {'discrimination (recognition - false alarms)' if paper is MODAL_IMBALANCE else 'accuracy'} by condition"))
         paths.append(_bars(paper, recipes, [paper.gap], out / f"{paper.key}_gap.png",
-                           f"{paper.title}\n{dict(paper.columns)[paper.gap]} on held-out records"))
+                           f"{paper.title}\n{paper.gap.replace('_', ' ')} on held-out records"))
         paths.append(_curves(paper, runs, out / f"{paper.key}_training.png"))
     return paths
 
@@ -489,13 +502,13 @@ def _bars(paper: Paper, recipes: dict, metrics: list[str], path: Path, title: st
         means = [s["mean"] if s else math.nan for s in summaries]
         errors = [[s["mean"] - s["ci95"][0] if s and s["ci95"] else 0 for s in summaries],
                   [s["ci95"][1] - s["mean"] if s and s["ci95"] else 0 for s in summaries]]
-        axis.bar(xs, means, width, yerr=errors, capsize=3, label=metric.removeprefix("recognition/"))
+        axis.bar(xs, means, width, yerr=errors, capsize=3, label=metric.split("/")[-1])
         for x, name in zip(xs, names):
             seeds = [m[metric] for m in recipes[name]["seeds"].values() if metric in m]
             axis.scatter([x] * len(seeds), seeds, color="black", s=8, zorder=3)
     axis.axhline(0, color="grey", linewidth=0.8)
-    if len(metrics) > 1:  # rates: the whole [0, 1] range, so recipes compare at a glance
-        axis.set_ylim(0, 1.05)
+    if len(metrics) > 1:  # rates: the whole [0, 1] range (and below 0 where a difference is), at a glance
+        axis.set_ylim(min(0, axis.get_ylim()[0]), 1.05)
     axis.set_xticks(range(len(names)), names)
     axis.set_title(title, fontsize=10)
     axis.set_ylabel("mean over seeds (95 % interval; dots: seeds)")
@@ -537,7 +550,10 @@ def _first_step(run: Run, runs: list[Run]) -> int:
                for parent in dependencies(run, runs))
 
 
-def _series(metrics_file: Path, key: str, first_step: int = 0) -> dict[int, float]:
+def _series(metrics_file: Path, key: str | tuple[str, str], first_step: int = 0) -> dict[int, float]:
+    if isinstance(key, tuple):  # the difference of two keys, at the steps that log both
+        minuend, subtrahend = (_series(metrics_file, k, first_step) for k in key)
+        return {step: minuend[step] - subtrahend[step] for step in minuend if step in subtrahend}
     if not metrics_file.is_file():
         return {}
     lines = (json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip())

@@ -1,10 +1,25 @@
-"""Fixtures shared by every test directory."""
+"""Fixtures shared by every test directory, and the settings of a parallel run (`pytest -n 2`)."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+
+
+def pytest_configure(config):
+    """Under pytest-xdist each worker is one process of N on the machine: one thread each (N workers x 2 threads
+    would oversubscribe the cores), and its own torchrun rendezvous port (torchrun's default, 29500, would be
+    shared by two workers' distributed tests; PET_MASTER_PORT is torchrun's --master-port)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ...
+    if worker is None:
+        return
+    import torch
+
+    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[variable] = "1"
+    torch.set_num_threads(1)
+    os.environ["PET_MASTER_PORT"] = str(29500 + 100 * (1 + int(worker.removeprefix("gw"))))
 
 
 @pytest.fixture(scope="session")

@@ -24,6 +24,7 @@ from hydra.errors import CompactHydraException, InstantiationException, Override
 from omegaconf.errors import OmegaConfBaseException
 
 from data_builders.errors import NOT_IMPORTABLE_HINT, ConfigError, DataError
+from trainers import distributed
 
 USER_ERROR_STATUS = 2  # 1 stays Python's status for an unexpected error (a traceback)
 OTHER_RANKS_WAIT_S = 10.0
@@ -133,15 +134,17 @@ def console_script(script: str) -> Callable:
 
 
 def hydra_console_script(
-    script: str, task: Callable, config_path: str, config_name: str, cleanup: Callable[[], None] | None = None
+    script: str, task: Callable, config_path: str, config_name: str, distributed_launch: bool = False
 ) -> Callable[[], None]:
     """The console script that composes `config_name` with the command line and runs `task(cfg)`.
 
     User errors from composition and from the task are one line; Hydra's "Error executing job" line and traceback
-    appear for unexpected errors (and for all with HYDRA_FULL_ERROR=1). `cleanup()` follows the task (a deliberate
-    SystemExit included) unless it raised an error: then a rank exits at once instead of waiting for ranks that
-    may never arrive (torchrun stops them).
+    appear for unexpected errors (and for all with HYDRA_FULL_ERROR=1). `distributed_launch`: a script that
+    torchrun or the deepspeed launcher starts; the launcher's `--local_rank` argument moves to LOCAL_RANK, and the
+    process group is torn down after the task (a deliberate SystemExit included) unless it raised an error: then
+    a rank exits at once instead of waiting for ranks that may never arrive (torchrun stops them).
     """
+    cleanup = distributed.teardown if distributed_launch else None
     show_traceback = False
 
     @functools.wraps(task)
@@ -162,6 +165,8 @@ def hydra_console_script(
     def main() -> None:
         nonlocal show_traceback
         show_traceback = _wants_traceback()
+        if distributed_launch:
+            sys.argv = distributed.strip_local_rank_argument(sys.argv)
         quiet_known_messages()
         # As with `python -m`, modules in the working directory import (a custom loss term's my_terms.py, named by
         # `_target_`); appended, so such a file never shadows an installed package.
