@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import re
+import shutil
 
 from transformers import TrainerCallback
 
@@ -63,10 +64,12 @@ def drop_rows_after(path: str, step: int) -> None:
 
 
 class CheckpointCompletionCallback(TrainerCallback):
-    """Marks a checkpoint complete once every rank has written its part.
+    """Marks a checkpoint complete once every rank has written its part, then deletes the checkpoints beyond
+    `save_total_limit` (with ResilientTrainingMixin, which keeps the Trainer from deleting them earlier).
 
     HF `Trainer` writes `checkpoint-N/` in place; a crash mid-save leaves a directory that looks like a
-    checkpoint. Resume only trusts checkpoints with the marker (see `latest_complete_checkpoint`).
+    checkpoint. Resume only trusts checkpoints with the marker (see `latest_complete_checkpoint`), so older
+    checkpoints go only once a newer one is complete.
     """
 
     def on_save(self, args, state, control, **kwargs):
@@ -74,7 +77,28 @@ class CheckpointCompletionCallback(TrainerCallback):
         if state.is_world_process_zero:
             path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             atomic_write_text(os.path.join(path, COMPLETE_MARKER), f"{state.global_step}\n")
+            delete_old_checkpoints(args.output_dir, args.save_total_limit, keep=state.best_model_checkpoint)
         barrier()
+
+
+def delete_old_checkpoints(output_dir: str, limit: int | None, keep: str | None = None) -> None:
+    """Keep the newest `limit` complete checkpoints (and `keep`); older ones go, incomplete ones older than the
+    newest complete one too (left by a crash mid-save). `limit` None or 0: keep everything, as the Trainer does."""
+    if not limit:
+        return
+    checkpoints = sorted(
+        (int(match.group(1)), os.path.join(output_dir, name))
+        for name in os.listdir(output_dir)
+        if (match := _CHECKPOINT_NAME.match(name)) and os.path.isdir(os.path.join(output_dir, name))
+    )
+    complete = [path for _, path in checkpoints if os.path.exists(os.path.join(path, COMPLETE_MARKER))]
+    if not complete:
+        return
+    kept = {os.path.abspath(path) for path in complete[-limit:] + ([keep] if keep else [])}
+    newest_complete_step = int(_CHECKPOINT_NAME.match(os.path.basename(complete[-1])).group(1))
+    for step, path in checkpoints:
+        if step < newest_complete_step and os.path.abspath(path) not in kept:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def latest_complete_checkpoint(output_dir: str) -> str | None:

@@ -45,6 +45,16 @@ class ResilientTrainingMixin:
         else:
             load_full_weights(model, resume_from_checkpoint)
 
+    def _save_checkpoint(self, model, trial):
+        # The Trainer deletes checkpoints beyond save_total_limit at the end of this call, before any completion
+        # marker exists: a kill right then would leave no checkpoint to resume from. CheckpointCompletionCallback
+        # deletes them instead, once the new checkpoint is marked complete.
+        limit, self.args.save_total_limit = self.args.save_total_limit, None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         # A resume from a checkpoint at max_steps (a run killed while saving final/) would otherwise train one
         # step past it: the Trainer only checks max_steps after a step. No batches: no step.
