@@ -110,12 +110,19 @@ MODALITY_GAP = Paper(
     imbalance=("builder=paired", "builder.emit=mix", "imbalance.spans=image_text"),  # each view its own instances
     conditions=("text_centric", "vision_centric"),
     gap="modality_gap",
-    tables=(("", (
-        ("text_centric", "text-centric acc."),
-        ("vision_centric", "vision-centric acc."),
-        ("modality_gap", "gap (text - vision)"),
-        ("imbalance/text_centric", "image share of attention, text-centric"),
-    )),),
+    tables=(
+        ("", (
+            ("text_centric", "text-centric acc."),
+            ("vision_centric", "vision-centric acc."),
+            ("modality_gap", "gap (text - vision)"),
+            ("imbalance/text_centric", "image share of attention, text-centric"),
+        )),
+        ("The RL runs (from `metrics.jsonl`; logged steps with full-reward rollouts for the alignment columns)", (
+            ("rl/reward_last_fifth", "mean reward, last fifth of the steps"),
+            ("rl/aligned_rollouts", "share of rollouts re-scored by the alignment term"),
+            ("rl/align_loss", "alignment term (k3, token mean)"),
+        )),
+    ),
     curves=(
         ("eval/accuracy/text_centric", "held-out accuracy, text-centric"),
         ("eval/accuracy/vision_centric", "held-out accuracy, vision-centric"),
@@ -362,6 +369,8 @@ def run_metrics(run: Run) -> dict[str, float]:
             metrics[condition] = conditions[condition]["accuracy"]
         gap = derived["modality_gap"]  # a number, or {"difference", "ci"} where xmodal-eval adds intervals
         metrics["modality_gap"] = gap["difference"] if isinstance(gap, dict) else gap
+        if run.recipe.entry == "rl":
+            metrics.update(rl_training_metrics(run.directory / "metrics.jsonl"))
         return metrics
     for condition in CONFLICT_CONDITIONS:
         metrics[f"recognition/{condition}"] = derived[f"conflict_recognition/{condition}"]["accuracy"]
@@ -376,6 +385,19 @@ def run_metrics(run: Run) -> dict[str, float]:
     for measure in ("recognition", "discrimination"):
         unimodal = (metrics[f"{measure}/unimodal_text"] + metrics[f"{measure}/unimodal_image"]) / 2
         metrics[f"{measure}_gap"] = unimodal - metrics[f"{measure}/cross_modal"]
+    return metrics
+
+
+def rl_training_metrics(metrics_file: Path) -> dict[str, float]:
+    """What the RL run did, from its logged steps: the mean reward of its last fifth, and per logged step with
+    full-reward rollouts the alignment term's token mean and the share of rollouts it re-scored."""
+    rows = [json.loads(line) for line in metrics_file.read_text().splitlines() if line.strip()]
+    rewards = [row["reward"] for row in rows if "reward" in row]
+    metrics = {"rl/reward_last_fifth": statistics.fmean(rewards[-max(1, len(rewards) // 5):])} if rewards else {}
+    for key in ("align_loss", "aligned_rollouts"):
+        values = [row[key] for row in rows if row.get(key) is not None]
+        if values:
+            metrics[f"rl/{key}"] = statistics.fmean(values)
     return metrics
 
 
@@ -425,6 +447,8 @@ def markdown_table(paper: Paper, results: dict) -> str:
         rows = [header, ["---"] * len(header)]
         for recipe, entry in results["papers"][paper.key]["recipes"].items():
             summary = entry["summary"]
+            if entry["seeds"] and not any(metric in summary for metric, _ in columns):
+                continue  # a table of some recipes' metrics (the RL runs'): not the others
             rows.append([recipe, str(len(entry["seeds"])), *(format_value(summary.get(metric)) for metric, _ in columns)])
         table = "\n".join("| " + " | ".join(row) + " |" for row in rows) + "\n"
         tables.append(f"{caption}\n\n{table}" if caption else table)
