@@ -48,9 +48,9 @@ def reproduce(*args, cache: Path) -> subprocess.CompletedProcess:
 def test_quick_reproduction_writes_tables_plots_and_skips_finished_runs(tmp_path):
     runs, out, cache = tmp_path / "runs", tmp_path / "results", tmp_path / "cache"
     first = reproduce("--quick", "--runs", str(runs), "--out", str(out), cache=cache)
-    assert "0 of 22 runs already finished" in first.stdout and "[done 22/22]" in first.stdout
+    assert "0 of 24 runs already finished" in first.stdout and "[done 24/24]" in first.stdout
     results = json.loads((out / "results.json").read_text())
-    assert results["run"]["finished_runs"] == 22 and results["run"]["failures"] == []
+    assert results["run"]["finished_runs"] == 24 and results["run"]["failures"] == []
     script = load_script()
     for paper in script.PAPERS:
         table = (out / f"{paper.key}.md").read_text()
@@ -88,7 +88,7 @@ def test_quick_reproduction_writes_tables_plots_and_skips_finished_runs(tmp_path
     # a rerun finds every run finished and only rewrites the results
     shutil.rmtree(out)
     again = reproduce("--quick", "--runs", str(runs), "--out", str(out), cache=cache)
-    assert "22 of 22 runs already finished; 0 to run" in again.stdout and "[start]" not in again.stdout
+    assert "24 of 24 runs already finished; 0 to run" in again.stdout and "[start]" not in again.stdout
     assert json.loads((out / "results.json").read_text())["papers"] == results["papers"]
 
     readme = tmp_path / "README.md"
