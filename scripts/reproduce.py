@@ -79,6 +79,7 @@ class Recipe:
     starts_from: str | None = None  # the recipe (same seed) whose final/ this one fine-tunes
     entry: str = "train"  # train (xmodal-train) | rl (xmodal-rl)
     epoch_scale: float = 1.0  # paper 1: passes over the instruction pool, as a multiple of the budget's
+    default: bool = True  # run without --recipes (false: an extra ablation, run by naming it)
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ MODAL_IMBALANCE = Paper(
                         "trainer.max_steps=-1")) for name in ("it", "hit")),
         # not the paper's comparison (matched data): hit with as many optimizer steps as it (twice the passes)
         Recipe("hit_matched_steps", ("experiment=modal_imbalance/hit", "data=conflict_mixture", "finetune=full",
-                                     "trainer.max_steps=-1"), epoch_scale=2.0),
+                                     "trainer.max_steps=-1"), epoch_scale=2.0, default=False),
     ),
     evaluate=("builder=conflict",),
     imbalance=("builder=conflict", "imbalance.spans=evidence"),
@@ -195,6 +196,7 @@ class Run:
 GROUPS = (("full_text",), ("it", "hit"), ("hit_matched_steps",), ("mix",), ("no_text",), ("kl",), ("rl_full_text", "rl_kl", "rl_kl_unclamped"),
           ("curriculum",), ("kl_curriculum",))
 ORDER = tuple(name for group in GROUPS for name in group)
+EXTRAS = tuple(recipe.name for paper in PAPERS for recipe in paper.recipes if not recipe.default)
 
 
 def plan(runs_root: Path, budget: Budget) -> list[Run]:
@@ -613,7 +615,7 @@ def readme_section(results: dict) -> str:
         f"{run['finished_runs']} of {run['planned_runs']} runs finished, seeds {', '.join(map(str, run['seeds']))}; "
         f"{run['settings_note']}). The finished runs took {run['span_minutes']:.0f} min of wall-clock time from the "
         f"first start to the last end, {run['jobs']} at a time on {run['cpus']} CPU cores "
-        f"(load average {run['load_average']:.1f} when the results were written: the machine was shared).",
+        f"(load average {run['load_average']:.1f} when the results were written).{extras_sentence(run)}",
         "",
         "Cells: mean ± standard deviation over seeds [95 % t-interval of the mean]; held-out records "
         f"(`data.seed={EVAL_DATA_SEED}`), {run['eval_per_condition']} items per condition and seed.",
@@ -623,6 +625,15 @@ def readme_section(results: dict) -> str:
         lines += [f"**{paper.title}**", "", markdown_table(paper, results)]
     lines += ["Directions (read off the intervals):", "", *verdicts(results), "", README_END]
     return "\n".join(lines)
+
+
+def extras_sentence(run: dict) -> str:
+    finished = {name: count for name, count in run["extra_finished_runs"].items() if count}
+    if not finished:
+        return ""
+    names = " ".join(finished)
+    return (f" The extra ablations, not in the default run (`python scripts/reproduce.py --recipes {names}`): "
+            f"{sum(finished.values())} runs finished, {run['extra_span_minutes']:.0f} min more.")
 
 
 def update_readme(results: dict, readme: Path) -> None:
@@ -655,7 +666,8 @@ def main(argv: list[str] | None = None) -> int:
                         "results-quick/)")
     parser.add_argument("--runs", type=Path, default=None, help="run directories (default runs/reproduce[-quick])")
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time, one thread each")
-    parser.add_argument("--recipes", nargs="+", choices=ORDER, default=ORDER, help="run only these recipes (the "
+    parser.add_argument("--recipes", nargs="+", choices=ORDER, default=[n for n in ORDER if n not in EXTRAS],
+                        help=f"run these recipes (default: all but the extra ablations {', '.join(EXTRAS)}; the "
                         "tables report whatever runs have finished)")
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="run only these of the budget's seeds")
     parser.add_argument("--cache-dir", default=os.environ.get("XMODAL_CACHE", str(Path.home() / ".cache" / "xmodal")))
@@ -692,11 +704,14 @@ def main(argv: list[str] | None = None) -> int:
             "results_file": os.path.relpath(out / "results.json", REPO),
             "quick": args.quick,
             "seeds": list(budget.seeds),
-            "planned_runs": len(planned),
-            "finished_runs": sum(r.finished() for r in planned),
+            "planned_runs": sum(r.recipe.default for r in planned),  # the default recipes'
+            "finished_runs": sum(r.recipe.default and r.finished() for r in planned),
+            "extra_finished_runs": {name: sum(r.recipe.name == name and r.finished() for r in planned) for name in EXTRAS},
             "failures": failures,
             "wall_minutes": (time.perf_counter() - started) / 60,  # this invocation
-            "span_minutes": run_span_minutes(planned),  # first start to last end of the finished runs
+            # first start to last end of the default recipes' finished runs, and of the extras' (run separately)
+            "span_minutes": run_span_minutes([r for r in planned if r.recipe.default]),
+            "extra_span_minutes": run_span_minutes([r for r in planned if not r.recipe.default]),
             "load_average": os.getloadavg()[0],
             "cpus": os.cpu_count(),
             "jobs": args.jobs,

@@ -44,13 +44,17 @@ def reproduce(*args, cache: Path) -> subprocess.CompletedProcess:
     return result
 
 
+def last_step(run_directory: Path) -> int:
+    return max(json.loads(line)["step"] for line in (run_directory / "metrics.jsonl").read_text().splitlines())
+
+
 @pytest.mark.slow
 def test_quick_reproduction_writes_tables_plots_and_skips_finished_runs(tmp_path):
     runs, out, cache = tmp_path / "runs", tmp_path / "results", tmp_path / "cache"
     first = reproduce("--quick", "--runs", str(runs), "--out", str(out), cache=cache)
-    assert "0 of 24 runs already finished" in first.stdout and "[done 24/24]" in first.stdout
+    assert "0 of 22 runs already finished" in first.stdout and "[done 22/22]" in first.stdout
     results = json.loads((out / "results.json").read_text())
-    assert results["run"]["finished_runs"] == 24 and results["run"]["failures"] == []
+    assert results["run"]["finished_runs"] == 22 and results["run"]["failures"] == []
     script = load_script()
     for paper in script.PAPERS:
         table = (out / f"{paper.key}.md").read_text()
@@ -79,17 +83,22 @@ def test_quick_reproduction_writes_tables_plots_and_skips_finished_runs(tmp_path
     assert {1, 2} <= {row["step"] for row in rows if "imbalance/ratio" in row}
     assert any("reward" in row for row in rows)
     # paper 1's two mixings trained on the same instructions: one epoch of the same pool
-    steps = {
-        name: max(json.loads(line)["step"] for line in (runs / "modal_imbalance" / name / "seed0" / "metrics.jsonl").read_text().splitlines())
-        for name in ("it", "hit")
-    }
+    steps = {name: last_step(runs / "modal_imbalance" / name / "seed0") for name in ("it", "hit")}
     assert steps["hit"] < steps["it"]
 
     # a rerun finds every run finished and only rewrites the results
     shutil.rmtree(out)
     again = reproduce("--quick", "--runs", str(runs), "--out", str(out), cache=cache)
-    assert "24 of 24 runs already finished; 0 to run" in again.stdout and "[start]" not in again.stdout
+    assert "22 of 22 runs already finished; 0 to run" in again.stdout and "[start]" not in again.stdout
     assert json.loads((out / "results.json").read_text())["papers"] == results["papers"]
+
+    # an extra ablation runs only when named: instance-level mixing with about as many optimizer steps as
+    # dataset-level mixing (twice the passes over half as many instances, each epoch's last batch rounded up)
+    extra = reproduce("--quick", "--runs", str(runs), "--out", str(out), "--recipes", "hit_matched_steps", cache=cache)
+    assert "0 of 2 runs already finished" in extra.stdout
+    matched = last_step(runs / "modal_imbalance" / "hit_matched_steps" / "seed0")
+    assert matched > steps["hit"] and matched == pytest.approx(steps["it"], rel=0.15)
+    assert json.loads((out / "results.json").read_text())["run"]["extra_finished_runs"] == {"hit_matched_steps": 2}
 
     readme = tmp_path / "README.md"
     readme.write_text(f"# title\n\nbefore\n{script.README_START}\nthe previous section\n{script.README_END}\nafter\n")
