@@ -22,6 +22,13 @@ def pytest_configure(config):
     os.environ["PET_MASTER_PORT"] = str(29500 + 100 * (1 + int(worker.removeprefix("gw"))))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Files holding slow tests first (the order within a file kept): under `-n 2 --dist loadfile` workers take
+    files in this order, so the long ones start early instead of leaving one worker alone with them at the end."""
+    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow_files)
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> str:
     """One cache for the session, so tiny models and rendered images are built once."""
