@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import set_seed
 
 from data_builders.collate import MultimodalCollator
@@ -18,14 +18,19 @@ from data_builders.instances import build_instances
 from data_builders.tokenize import EncodingSettings, tokenize_instances
 from losses.registry import build_loss
 from recipes import CONFIG_DIR
-from trainers import distributed
-from trainers.callbacks import CheckpointCompletionCallback, MetricsFileCallback
 from trainers.console import hydra_console_script
-from trainers.finetuning import FinetuneSettings, apply_finetuning
-from trainers.models import load_model, load_processor, model_location, set_image_pixels
+from trainers.models import load_processor, model_location, set_image_pixels
 from trainers.nonfinite import NonFiniteLossGuard
 from trainers.run_directory import claim_output_dir, open_output_dir
-from trainers.runs import build_training_args, export_logger_environment, metric_callbacks, train_and_save
+from trainers.runs import (
+    build_training_args,
+    export_logger_environment,
+    load_training_model,
+    metric_callbacks,
+    start_deepspeed_backend,
+    train_and_save,
+    training_callbacks,
+)
 from trainers.trainer import XModalTrainer
 
 
@@ -54,10 +59,7 @@ def train(cfg: DictConfig) -> str:
     resume_from = claim_output_dir(cfg)
     if cfg.packing and cfg.metrics:
         raise ConfigError("packing=true: the metric callbacks' probes need one row per sequence; set packing=false")
-    uses_deepspeed = bool(OmegaConf.to_container(cfg.deepspeed))
-    if uses_deepspeed:
-        distributed.ensure_launcher_environment()
-        distributed.init_deepspeed_backend()  # before TrainingArguments: the "auto" batch sizes read the world size
+    uses_deepspeed = start_deepspeed_backend(cfg)
     export_logger_environment(cfg.logger)
     base_model = model_location(cfg)
     args = build_training_args(cfg)
@@ -70,8 +72,7 @@ def train(cfg: DictConfig) -> str:
     # Data first: a bad record stops the run before a large model is loaded.
     with args.main_process_first(desc="build and tokenize instances"):
         train_dataset, builder = build_train_dataset(cfg, processor)
-    model = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
-    model = apply_finetuning(model, FinetuneSettings(**OmegaConf.to_container(cfg.finetune, resolve=True)))
+    model = load_training_model(cfg, base_model)
     metrics = metric_callbacks(cfg)
     trainer = XModalTrainer(
         model=model,
@@ -79,7 +80,7 @@ def train(cfg: DictConfig) -> str:
         train_dataset=train_dataset,
         data_collator=MultimodalCollator(processor, cfg.model.template, packing=cfg.packing),
         processing_class=processor,
-        callbacks=[MetricsFileCallback(cfg.output_dir), CheckpointCompletionCallback(), *metrics],
+        callbacks=training_callbacks(cfg, metrics),
         loss_composer=build_loss(cfg.loss),
         ordered=getattr(builder, "ordered", False),
         nonfinite=NonFiniteLossGuard(cfg.on_nonfinite_loss, cfg.max_skipped_steps, uses_deepspeed),

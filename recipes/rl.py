@@ -22,15 +22,20 @@ from data_builders.collate import MultimodalCollator
 from data_builders.rollout_prompts import rollout_dataset, sampled_view
 from data_builders.tokenize import EncodingSettings, tokenize_instances
 from recipes import CONFIG_DIR
-from trainers import distributed
-from trainers.callbacks import CheckpointCompletionCallback, MetricsFileCallback
 from trainers.console import hydra_console_script
-from trainers.finetuning import FinetuneSettings, apply_finetuning
 from trainers.grpo import RolloutAlignment, XModalGRPOTrainer
-from trainers.models import load_model, load_processor, model_location
+from trainers.models import load_processor, model_location
 from trainers.rewards import build_rewards
 from trainers.run_directory import claim_output_dir, open_output_dir
-from trainers.runs import build_training_args, export_logger_environment, metric_callbacks, train_and_save
+from trainers.runs import (
+    build_training_args,
+    export_logger_environment,
+    load_training_model,
+    metric_callbacks,
+    start_deepspeed_backend,
+    train_and_save,
+    training_callbacks,
+)
 
 PROBE_INSTANCES = 64  # instances tokenized for the metric callbacks' probe sets (each takes its probe_size)
 
@@ -53,9 +58,7 @@ def check_alignment_data(alignment: RolloutAlignment, dataset) -> None:
 
 def build_trainer(cfg: DictConfig) -> tuple[XModalGRPOTrainer, object, str]:
     """(trainer, processor, base model location) of the configured run, callbacks bound, ready to train."""
-    if OmegaConf.to_container(cfg.deepspeed):
-        distributed.ensure_launcher_environment()
-        distributed.init_deepspeed_backend()  # before the arguments: the "auto" batch sizes read the world size
+    start_deepspeed_backend(cfg)
     export_logger_environment(cfg.logger)
     base_model = model_location(cfg)
     rewards, reward_weights = build_rewards(cfg.reward)
@@ -72,8 +75,7 @@ def build_trainer(cfg: DictConfig) -> tuple[XModalGRPOTrainer, object, str]:
     processor = load_processor(base_model, cfg.model.trust_remote_code)
     # TRL left-pads its prompt ids and takes per-token fields (Qwen2-VL's mm_token_type_ids) from the processor.
     processor.tokenizer.padding_side = "left"
-    model = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
-    model = apply_finetuning(model, FinetuneSettings(**OmegaConf.to_container(cfg.finetune, resolve=True)))
+    model = load_training_model(cfg, base_model)
     metrics = metric_callbacks(cfg)
     trainer = XModalGRPOTrainer(
         model=model,
@@ -81,7 +83,7 @@ def build_trainer(cfg: DictConfig) -> tuple[XModalGRPOTrainer, object, str]:
         args=args,
         train_dataset=dataset,
         processing_class=processor,
-        callbacks=[MetricsFileCallback(cfg.output_dir), CheckpointCompletionCallback(), *metrics],
+        callbacks=training_callbacks(cfg, metrics),
         alignment=alignment,
         filter_equal_reward_groups=cfg.rl.filter_equal_reward_groups,
     )

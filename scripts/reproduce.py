@@ -132,17 +132,17 @@ MODALITY_GAP = Paper(
         ("lm_loss", "training LM loss"),
     ),
 )
+# paper 1's runs: the conflict mixture, whole epochs, full fine-tuning (the recipes use LoRA) as every other
+# embedded run
+MIXING = ("data=conflict_mixture", "finetune=full", "trainer.max_steps=-1")
 MODAL_IMBALANCE = Paper(
     key="modal_imbalance",
     title="Paper 1, cross-modal attention imbalance (arXiv 2510.02608)",
-    # it: dataset-level mixing, hit: instance-level mixing of the same instructions; full fine-tuning (the recipes
-    # use LoRA), as every other embedded run
+    # it: dataset-level mixing, hit: instance-level mixing of the same instructions
     recipes=(
-        *(Recipe(name, (f"experiment=modal_imbalance/{name}", "data=conflict_mixture", "finetune=full",
-                        "trainer.max_steps=-1")) for name in ("it", "hit")),
+        *(Recipe(name, (f"experiment=modal_imbalance/{name}", *MIXING)) for name in ("it", "hit")),
         # not the paper's comparison (matched data): hit with as many optimizer steps as it (twice the passes)
-        Recipe("hit_matched_steps", ("experiment=modal_imbalance/hit", "data=conflict_mixture", "finetune=full",
-                                     "trainer.max_steps=-1"), epoch_scale=2.0, default=False),
+        Recipe("hit_matched_steps", ("experiment=modal_imbalance/hit", *MIXING), epoch_scale=2.0, default=False),
     ),
     evaluate=("builder=conflict",),
     imbalance=("builder=conflict", "imbalance.spans=evidence"),
@@ -193,8 +193,8 @@ class Run:
 
 # The order runs start in: group by group, and within a group seed by seed (the recipes a comparison needs side by
 # side); the baselines and the papers' own comparisons first, so an interrupted reproduction reports whole ones.
-GROUPS = (("full_text",), ("it", "hit"), ("hit_matched_steps",), ("mix",), ("no_text",), ("kl",), ("rl_full_text", "rl_kl", "rl_kl_unclamped"),
-          ("curriculum",), ("kl_curriculum",))
+GROUPS = (("full_text",), ("it", "hit"), ("hit_matched_steps",), ("mix",), ("no_text",), ("kl",),
+          ("rl_full_text", "rl_kl", "rl_kl_unclamped"), ("curriculum",), ("kl_curriculum",))
 ORDER = tuple(name for group in GROUPS for name in group)
 EXTRAS = tuple(recipe.name for paper in PAPERS for recipe in paper.recipes if not recipe.default)
 
@@ -559,11 +559,12 @@ def _curves(paper: Paper, runs: list[Run], path: Path) -> Path:
     A recipe that starts from another's model is drawn from that model's last step on."""
     import matplotlib.pyplot as plt
 
+    first_steps = {r.directory: _first_step(r, runs) for r in runs if r.paper is paper and r.finished()}
     figure, axes = plt.subplots(2, 2, figsize=(12, 7.5))
     axes = axes.flatten()
     for axis, (key, label) in zip(axes, paper.curves):
         for recipe in paper.recipes:
-            curves = [_series(r.directory / "metrics.jsonl", key, _first_step(r, runs)) for r in runs
+            curves = [_series(r.directory / "metrics.jsonl", key, first_steps[r.directory]) for r in runs
                       if r.paper is paper and r.recipe is recipe and r.finished()]
             steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
             if steps:

@@ -91,11 +91,11 @@ def delete_old_checkpoints(output_dir: str, limit: int | None, keep: str | None 
         for name in os.listdir(output_dir)
         if (match := _CHECKPOINT_NAME.match(name)) and os.path.isdir(os.path.join(output_dir, name))
     )
-    complete = [path for _, path in checkpoints if os.path.exists(os.path.join(path, COMPLETE_MARKER))]
+    complete = [(step, path) for step, path in checkpoints if os.path.exists(os.path.join(path, COMPLETE_MARKER))]
     if not complete:
         return
-    kept = {os.path.abspath(path) for path in complete[-limit:] + ([keep] if keep else [])}
-    newest_complete_step = int(_CHECKPOINT_NAME.match(os.path.basename(complete[-1])).group(1))
+    kept = {os.path.abspath(path) for _, path in complete[-limit:]} | ({os.path.abspath(keep)} if keep else set())
+    newest_complete_step = complete[-1][0]
     for step, path in checkpoints:
         if step < newest_complete_step and os.path.abspath(path) not in kept:
             shutil.rmtree(path, ignore_errors=True)

@@ -16,10 +16,33 @@ from transformers import TrainingArguments
 from data_builders.atomic import publish_directory
 from data_builders.errors import ConfigError
 from trainers import distributed
+from trainers.callbacks import CheckpointCompletionCallback, MetricsFileCallback
 from trainers.console import run_summary
+from trainers.finetuning import FinetuneSettings, apply_finetuning
 from trainers.models import load_model
 
 logger = logging.getLogger(__name__)
+
+
+def start_deepspeed_backend(cfg: DictConfig) -> bool:
+    """With a `deepspeed` config: the launcher's environment and DeepSpeed's process group, set up before the
+    training arguments (their "auto" batch sizes read the world size). Returns whether DeepSpeed is on."""
+    uses_deepspeed = bool(OmegaConf.to_container(cfg.deepspeed))
+    if uses_deepspeed:
+        distributed.ensure_launcher_environment()
+        distributed.init_deepspeed_backend()
+    return uses_deepspeed
+
+
+def load_training_model(cfg: DictConfig, base_model: str):
+    """The model to train: loaded as `model` says, then frozen / LoRA-wrapped as `finetune` says."""
+    model = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
+    return apply_finetuning(model, FinetuneSettings(**OmegaConf.to_container(cfg.finetune, resolve=True)))
+
+
+def training_callbacks(cfg: DictConfig, metrics: list) -> list:
+    """Every run's callbacks (metrics.jsonl, checkpoint completion and rotation) and its metric callbacks."""
+    return [MetricsFileCallback(cfg.output_dir), CheckpointCompletionCallback(), *metrics]
 
 
 def build_training_args(cfg: DictConfig, args_class: type = TrainingArguments, **extra) -> TrainingArguments:
