@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from data_builders.errors import ConfigError
-from data_builders.templates import get_template
-from data_builders.tokenize import IGNORE_INDEX, load_rgb
+from xmodal.core.errors import ConfigError
+from xmodal.data_builders.templates import get_template
+from xmodal.core.tokens import IGNORE_INDEX
+from xmodal.data_builders.tokenize import load_rgb
 
 
 class MultimodalCollator:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import ConfigError
+from xmodal.core.errors import ConfigError
 from .sample import check_sample
 
 

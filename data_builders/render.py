@@ -16,7 +16,7 @@ from typing import Callable
 
 from PIL import Image, ImageDraw, ImageFont
 
-from data_builders.atomic import atomic_file
+from xmodal.core.atomic import atomic_file
 
 CACHE_ENV = "XMODAL_CACHE"
 

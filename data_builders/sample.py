@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .errors import DataError
+from xmodal.core.errors import DataError
 
 ROLES = ("system", "user", "assistant")
 

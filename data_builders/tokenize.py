@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import datasets
 from PIL import Image
 
-from data_builders.templates import ChatTemplate, get_template, render_segments
+from xmodal.core.tokens import IGNORE_INDEX
+from xmodal.data_builders.templates import ChatTemplate, get_template, render_segments
 
-IGNORE_INDEX = -100
 logger = logging.getLogger(__name__)
 
 

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from losses.base import LossContext, target_logprobs
-from losses.teacher import FrozenTeacher
+from xmodal.losses.base import LossContext, target_logprobs
+from xmodal.losses.teacher import FrozenTeacher
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class AlignmentLoss:
     """Modality-gap alignment on paired batches: student rows [0, B) towards teacher rows [B, 2B).
 
     Row i of the student block pairs with row i of the teacher block; their targets are the same tokens
-    at different positions (each branch has its own prompt), aligned by rank (see `losses.base`).
+    at different positions (each branch has its own prompt), aligned by rank (see `xmodal.losses.base`).
 
     kind: token (the released recipe: `estimator` k1/k2/k3 on the target token's log-prob, with the released
       clamps unless `clamp` is false; see `token_kl_estimates`), full
@@ -157,7 +157,7 @@ class AlignmentLoss:
       0 = embeddings, -1 = last layer; the distance is averaged over layers). Hidden states are taken at
       the prediction positions of the response tokens, the states the KL variants read their logits from.
     teacher: same (the teacher rows of the shared forward, detached) or frozen (a no-grad copy of the
-      model taken at the first step, run on the teacher rows; see `losses.teacher.FrozenTeacher`).
+      model taken at the first step, run on the teacher rows; see `xmodal.losses.teacher.FrozenTeacher`).
 
     Normalisation: sum over student response tokens / `ctx.target_normalizer("student")` (the global count
     of student response tokens), the LM loss's convention, so the term is a token mean over the global

@@ -18,7 +18,8 @@ from typing import Any
 
 import torch
 
-IGNORE_INDEX = -100
+from xmodal.core.tokens import IGNORE_INDEX
+
 STUDENT, TEACHER = 0, 1
 BRANCH_CHOICES = ("student", "teacher", "both")
 
@@ -38,15 +39,6 @@ def target_logprobs(logits_at_targets: torch.Tensor, tokens: torch.Tensor) -> to
     return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
-def image_token_id(config) -> int:
-    """The placeholder id the processor expands into image tokens (LLaVA: `image_token_index` in older configs)."""
-    for name in ("image_token_id", "image_token_index"):
-        token_id = getattr(config, name, None)
-        if token_id is not None:
-            return token_id
-    raise ValueError(f"{type(config).__name__} names no image token id")
-
-
 @dataclass
 class LossContext:
     """Everything a loss term may read for one micro-batch (see docs/design.md, "Losses").
@@ -57,7 +49,7 @@ class LossContext:
     over the whole gradient-accumulation window, as HF `Trainer` counts it, or None.
 
     `logits_at_targets`: True when the trainer computed logits only at the targets' prediction positions
-    (`outputs.logits` is `[M, V]` in `target_index` order, see `losses.selective`), False when they cover
+    (`outputs.logits` is `[M, V]` in `target_index` order, see `xmodal.losses.selective`), False when they cover
     every position (`[N, T, V]`). Terms read logits through `target_logits` / `target_logprobs`, which
     serve both; a term that needs `ctx.logits` at every position sets `needs_full_logits = True`.
     """

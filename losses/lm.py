@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from losses.base import BRANCH_CHOICES, LossContext
+from xmodal.losses.base import BRANCH_CHOICES, LossContext
 
 
 class LMLoss:

@@ -4,7 +4,7 @@ Adding a term takes one class and one YAML file (the class is named by import pa
 component: sources, builders, metrics and rewards are `_target_`-instantiated too):
 
     # my_project/losses.py (or a new file in losses/)
-    from losses import LossContext
+    from xmodal.losses import LossContext
 
     class EntropyLoss:
         needs_hidden_states = False          # optional; True makes the trainer request hidden states
@@ -19,7 +19,7 @@ component: sources, builders, metrics and rewards are `_target_`-instantiated to
 
     # conf/loss/lm_entropy.yaml
     terms:
-      lm: {_target_: losses.lm.LMLoss, weight: 1.0}
+      lm: {_target_: xmodal.losses.lm.LMLoss, weight: 1.0}
       entropy: {_target_: my_project.losses.EntropyLoss, weight: 0.1, warmup_steps: 100, temperature: 2.0}
 
 Each entry of `terms` takes `_target_` (the class), `weight` (default 1.0),
@@ -41,8 +41,8 @@ from typing import Any
 
 import torch
 
-from data_builders.errors import NOT_IMPORTABLE_HINT, ConfigError
-from losses.base import LossContext
+from xmodal.core.errors import NOT_IMPORTABLE_HINT, ConfigError
+from xmodal.losses.base import LossContext
 
 _ENTRY_KEYS = ("_target_", "weight", "warmup_steps", "name")
 
@@ -126,7 +126,7 @@ def _build_entry(key: str, entry: Mapping[str, Any]) -> WeightedTerm:
 
 def _resolve_class(key: str, entry: Mapping[str, Any]) -> type:
     if "_target_" not in entry:
-        raise ConfigError(f"loss term {key!r} needs a `_target_` (the import path of its class, e.g. losses.lm.LMLoss)")
+        raise ConfigError(f"loss term {key!r} needs a `_target_` (the import path of its class, e.g. xmodal.losses.lm.LMLoss)")
     module_name, _, class_name = str(entry["_target_"]).rpartition(".")
     try:  # importlib rather than hydra's get_class, which also logs the failure: the error below says it all
         return getattr(importlib.import_module(module_name), class_name)

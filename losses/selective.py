@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from losses.base import target_positions
+from xmodal.losses.base import target_positions
 
 
 def output_head(model: torch.nn.Module) -> torch.nn.Module:

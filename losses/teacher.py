@@ -7,8 +7,9 @@ from typing import Any
 
 import torch
 
-from losses.base import LossContext, image_token_id
-from losses.selective import forward_with_target_logits
+from xmodal.core.tokens import image_token_id
+from xmodal.losses.base import LossContext
+from xmodal.losses.selective import forward_with_target_logits
 
 # Keys of a batch that are not model inputs (the trainer pops them before its forward too).
 _NOT_MODEL_INPUTS = ("labels", "branch")
@@ -32,7 +33,7 @@ class FrozenTeacher:
     @torch.no_grad()
     def __call__(self, ctx: LossContext, output_hidden_states: bool) -> Any:
         """Model outputs for the teacher rows [B, 2B) of the paired batch; `logits` are `[M_teacher, V]`, at
-        the teacher rows' target prediction positions only (see `losses.selective`)."""
+        the teacher rows' target prediction positions only (see `xmodal.losses.selective`)."""
         if self.model is None:
             self.model = _frozen_copy(ctx.model)
         inputs = teacher_inputs(ctx.batch, ctx.num_pairs, image_token_id(self.model.config))

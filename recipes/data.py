@@ -16,11 +16,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from data_builders.atomic import atomic_file
-from data_builders.errors import ConfigError
-from data_builders.instances import build_instances
-from recipes import CONFIG_DIR
-from trainers.console import hydra_console_script
+from xmodal.core.atomic import atomic_file
+from xmodal.core.errors import ConfigError
+from xmodal.data_builders.instances import build_instances
+from xmodal.recipes import CONFIG_DIR
+from xmodal.core.console import hydra_console_script
 
 
 def instance_lines(instance: dict) -> list[dict]:

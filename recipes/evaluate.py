@@ -6,7 +6,7 @@ builder and encoding mean what they mean for `xmodal-train`, e.g. the modality g
     xmodal-eval builder=paired data.seed=7 evaluate.checkpoints=[runs/text/final,runs/mix/final]
 
 Every instance of the built split is answered (`evaluate.per_condition` caps it), greedily by default or
-`evaluate.num_samples` times at `evaluate.temperature`, and scored by `data_builders.scoring.answers_match` (accuracy
+`evaluate.num_samples` times at `evaluate.temperature`, and scored by `xmodal.core.scoring.answers_match` (accuracy
 averaged over samples). Prompts are the training prompts (trainers/evaluation/answers.py); instances whose chat
 template prompt differs from the training tokens are counted per condition (`prompt_mismatches`) and logged.
 Rates, the modality gap, the conflict rates (judged by the `judge` config group) and their paired-bootstrap
@@ -24,14 +24,14 @@ from dataclasses import asdict
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from data_builders.atomic import atomic_write_text
-from data_builders.instances import build_instances
-from data_builders.templates import get_template
-from recipes import CONFIG_DIR
-from trainers.console import hydra_console_script
-from trainers.evaluation.answers import EvalItem, GenerationSettings, Prediction, eval_items, predict
-from trainers.evaluation.report import results_table, summarise
-from trainers.models import load_for_inference, model_location
+from xmodal.core.atomic import atomic_write_text
+from xmodal.data_builders.instances import build_instances
+from xmodal.data_builders.templates import get_template
+from xmodal.recipes import CONFIG_DIR
+from xmodal.core.console import hydra_console_script
+from xmodal.trainers.evaluation.answers import EvalItem, GenerationSettings, Prediction, eval_items, predict
+from xmodal.trainers.evaluation.report import results_table, summarise
+from xmodal.trainers.models import load_for_inference, model_location
 
 logger = logging.getLogger("xmodal.evaluate")
 
@@ -108,7 +108,7 @@ def run(cfg: DictConfig) -> str:
             "builder": OmegaConf.to_container(cfg.builder, resolve=True),
             "judge": OmegaConf.to_container(cfg.judge, resolve=True),
             "seed": cfg.seed,
-            "scoring": "data_builders.scoring.answers_match after cutting at the first end token",
+            "scoring": "xmodal.core.scoring.answers_match after cutting at the first end token",
         },
         "results": reports,
     }

@@ -1,7 +1,7 @@
 """xmodal-train: the fine-tuning recipe, top to bottom: config -> model -> instances -> train -> save.
 
 Launch: `xmodal-train [overrides]` (one process), `torchrun --nproc_per_node N --no-python xmodal-train ...`,
-or `deepspeed --num_gpus N --module recipes.finetune ...`. See README.md.
+or `deepspeed --num_gpus N --module xmodal.recipes.finetune ...`. See README.md.
 """
 
 from __future__ import annotations
@@ -12,17 +12,17 @@ import time
 from omegaconf import DictConfig
 from transformers import set_seed
 
-from data_builders.collate import MultimodalCollator
-from data_builders.errors import ConfigError
-from data_builders.instances import build_instances
-from data_builders.tokenize import EncodingSettings, tokenize_instances
-from losses.registry import build_loss
-from recipes import CONFIG_DIR
-from trainers.console import hydra_console_script
-from trainers.models import load_processor, model_location, set_image_pixels
-from trainers.nonfinite import NonFiniteLossGuard
-from trainers.run_directory import claim_output_dir, open_output_dir
-from trainers.runs import (
+from xmodal.data_builders.collate import MultimodalCollator
+from xmodal.core.errors import ConfigError
+from xmodal.data_builders.instances import build_instances
+from xmodal.data_builders.tokenize import EncodingSettings, tokenize_instances
+from xmodal.losses.registry import build_loss
+from xmodal.recipes import CONFIG_DIR
+from xmodal.core.console import hydra_console_script
+from xmodal.trainers.models import load_processor, model_location, set_image_pixels
+from xmodal.trainers.lifecycle.nonfinite import NonFiniteLossGuard
+from xmodal.trainers.lifecycle.run_directory import claim_output_dir, open_output_dir
+from xmodal.trainers.lifecycle.runs import (
     build_training_args,
     export_logger_environment,
     load_training_model,
@@ -31,7 +31,7 @@ from trainers.runs import (
     train_and_save,
     training_callbacks,
 )
-from trainers.trainer import XModalTrainer
+from xmodal.trainers.sft import XModalTrainer
 
 
 def build_train_dataset(cfg: DictConfig, processor):

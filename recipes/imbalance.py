@@ -21,18 +21,18 @@ from dataclasses import dataclass
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from data_builders.collate import MultimodalCollator
-from data_builders.errors import ConfigError
-from data_builders.instances import build_instances
-from data_builders.templates import get_template
-from data_builders.tokenize import EncodingSettings, encode_instance
-from recipes import CONFIG_DIR
-from data_builders.atomic import atomic_write_text
-from trainers.console import hydra_console_script
-from trainers.metrics.imbalance import SpanStats, measure
-from trainers.metrics.imbalance_probes import SPAN_PAIRS, collate_probe
-from trainers.metrics.plots import heatmap_grid
-from trainers.models import load_for_inference, model_location, to_model
+from xmodal.data_builders.collate import MultimodalCollator
+from xmodal.core.errors import ConfigError
+from xmodal.data_builders.instances import build_instances
+from xmodal.data_builders.templates import get_template
+from xmodal.data_builders.tokenize import EncodingSettings, encode_instance
+from xmodal.recipes import CONFIG_DIR
+from xmodal.core.atomic import atomic_write_text
+from xmodal.core.console import hydra_console_script
+from xmodal.trainers.metrics.imbalance import SpanStats, measure
+from xmodal.trainers.metrics.imbalance_probes import SPAN_PAIRS, collate_probe
+from xmodal.trainers.metrics.plots import heatmap_grid
+from xmodal.trainers.models import load_for_inference, model_location, to_model
 
 logger = logging.getLogger("xmodal.imbalance")
 PLOTTED = {"ratio": "ratio", "per_token_ratio": "per-token ratio"}

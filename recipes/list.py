@@ -12,9 +12,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from data_builders.errors import ConfigError
-from recipes import CONFIG_DIR
-from trainers.console import console_script
+from xmodal.core.errors import ConfigError
+from xmodal.recipes import CONFIG_DIR
+from xmodal.core.console import console_script
 
 
 def targets(node) -> list[str]:

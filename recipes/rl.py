@@ -16,18 +16,18 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 from trl import GRPOConfig
 
-from data_builders.errors import ConfigError
-from data_builders.instances import build_instances
-from data_builders.collate import MultimodalCollator
-from data_builders.rollout_prompts import rollout_dataset, sampled_view
-from data_builders.tokenize import EncodingSettings, tokenize_instances
-from recipes import CONFIG_DIR
-from trainers.console import hydra_console_script
-from trainers.grpo import RolloutAlignment, XModalGRPOTrainer
-from trainers.models import load_processor, model_location
-from trainers.rewards import build_rewards
-from trainers.run_directory import claim_output_dir, open_output_dir
-from trainers.runs import (
+from xmodal.core.errors import ConfigError
+from xmodal.data_builders.instances import build_instances
+from xmodal.data_builders.collate import MultimodalCollator
+from xmodal.data_builders.rollout_prompts import rollout_dataset, sampled_view
+from xmodal.data_builders.tokenize import EncodingSettings, tokenize_instances
+from xmodal.recipes import CONFIG_DIR
+from xmodal.core.console import hydra_console_script
+from xmodal.trainers.grpo import RolloutAlignment, XModalGRPOTrainer
+from xmodal.trainers.models import load_processor, model_location
+from xmodal.losses.rewards import build_rewards
+from xmodal.trainers.lifecycle.run_directory import claim_output_dir, open_output_dir
+from xmodal.trainers.lifecycle.runs import (
     build_training_args,
     export_logger_environment,
     load_training_model,

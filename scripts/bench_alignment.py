@@ -22,10 +22,10 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from data_builders.collate import pad_rows
-from losses import build_loss
-from recipes import CONFIG_DIR
-from trainers.trainer import loss_context
+from xmodal.data_builders.collate import pad_rows
+from xmodal.losses import build_loss
+from xmodal.recipes import CONFIG_DIR
+from xmodal.trainers.sft import loss_context
 
 BASELINE = "lm"
 STUDENT_ONLY = "lm (student rows)"

@@ -21,12 +21,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from data_builders.collate import MultimodalCollator
-from data_builders.templates import get_template
-from data_builders.tokenize import EncodingSettings, encode_instance
-from recipes import CONFIG_DIR
-from trainers.metrics.imbalance import measure
-from trainers.metrics.imbalance_callback import collate_probe
+from xmodal.data_builders.collate import MultimodalCollator
+from xmodal.data_builders.templates import get_template
+from xmodal.data_builders.tokenize import EncodingSettings, encode_instance
+from xmodal.recipes import CONFIG_DIR
+from xmodal.trainers.metrics.imbalance import measure
+from xmodal.trainers.metrics.imbalance_callback import collate_probe
 
 
 

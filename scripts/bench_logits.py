@@ -2,7 +2,7 @@
 
 The shape that matters is real: a Qwen2.5-VL-sized vocabulary (151,936) and ~1,000-token prompts, mostly image
 tokens, with short answers; the rest of the model is tiny so that the output head's share shows as it does at
-scale. For each loss config both paths take full training steps (forward through `trainers.trainer.loss_context`,
+scale. For each loss config both paths take full training steps (forward through `xmodal.trainers.sft.loss_context`,
 the composed loss, backward, AdamW) in rotation, one step each per round. Reported per loss, medians over rounds:
 step time, the peak memory of a step above what was resident before it (weights, optimizer state, batch; the
 process's resident-set high-water mark, reset before each step), and the largest loss difference between the
@@ -24,9 +24,9 @@ import statistics
 import torch
 
 from bench_alignment import compose_config, paired_batch, train_step
-from data_builders.atomic import atomic_write_text
-from losses import build_loss
-from trainers.models.tiny import build_tiny_llava
+from xmodal.core.atomic import atomic_write_text
+from xmodal.losses import build_loss
+from xmodal.trainers.models.tiny import build_tiny_llava
 
 PATHS = {"full logits": True, "target logits": False}
 

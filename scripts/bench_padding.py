@@ -25,12 +25,12 @@ from hydra.utils import instantiate
 from torch.utils.data import RandomSampler
 
 from bench_alignment import compose_config, train_step
-from data_builders.atomic import atomic_write_text
-from data_builders.collate import MultimodalCollator
-from data_builders.instances import build_instances
-from data_builders.tokenize import EncodingSettings, tokenize_instances
-from losses import build_loss
-from trainers.sampling import LengthGroupedSampler
+from xmodal.core.atomic import atomic_write_text
+from xmodal.data_builders.collate import MultimodalCollator
+from xmodal.data_builders.instances import build_instances
+from xmodal.data_builders.tokenize import EncodingSettings, tokenize_instances
+from xmodal.losses import build_loss
+from xmodal.trainers.sampling import LengthGroupedSampler
 
 STRATEGIES = ("random", "group_by_length", "packed")
 

@@ -29,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from data_builders.atomic import atomic_write_text
+from xmodal.core.atomic import atomic_write_text
 
 FRAMEWORKS = ("xmodal", "hf", "trl")
 # The optimizer and schedule of conf/trainer/default.yaml, given to every framework.
@@ -76,7 +76,7 @@ def parse_args() -> argparse.Namespace:
 def build_checkpoint(config: str, folder: Path) -> Path:
     import torch
 
-    from trainers.models.tiny import build_tiny_llava
+    from xmodal.trainers.models.tiny import build_tiny_llava
 
     sizes, vocab, _, _ = CONFIGS[config]
     torch.manual_seed(0)
@@ -91,7 +91,7 @@ def build_checkpoint(config: str, folder: Path) -> Path:
 def write_llava_json(records: int, folder: Path, env: dict) -> tuple[Path, Path]:
     """`xmodal-data` writes synthetic records (and their images); they are rewritten as LLaVA-Instruct JSON."""
     jsonl = folder / "records.jsonl"
-    run([sys.executable, "-m", "recipes.data", "data=synthetic", f"data.num_records={records}", f"out={jsonl}"], env)
+    run([sys.executable, "-m", "xmodal.recipes.data", "data=synthetic", f"data.num_records={records}", f"out={jsonl}"], env)
     llava = []
     for line in jsonl.read_text().splitlines():
         record = json.loads(line)
@@ -110,7 +110,7 @@ def xmodal_run(checkpoint: Path, data: Path, images: Path, output: Path, batch: 
     trainer = {**TRAINING, "max_steps": steps, "per_device_train_batch_size": batch, "logging_steps": steps}
     run(
         [
-            sys.executable, "-m", "recipes.finetune", "model=tiny_llava", f"model.path={checkpoint}",
+            sys.executable, "-m", "xmodal.recipes.finetune", "model=tiny_llava", f"model.path={checkpoint}",
             "data=llava_instruct", f"data.path={data}", f"data.image_folder={images}", "encoding.max_length=4096",
             "trainer.save_strategy=no", f"output_dir={output}", *[f"trainer.{k}={v}" for k, v in trainer.items()],
         ],
@@ -146,7 +146,7 @@ def train_peer(framework: str, spec: dict) -> None:
     from PIL import Image
     from transformers import AutoModelForImageTextToText, AutoProcessor, Trainer, TrainingArguments
 
-    from trainers.finetuning import FinetuneSettings, apply_finetuning
+    from xmodal.trainers.models.finetuning import FinetuneSettings, apply_finetuning
 
     processor = AutoProcessor.from_pretrained(spec["checkpoint"])
     model = AutoModelForImageTextToText.from_pretrained(spec["checkpoint"], dtype=torch.float32)

@@ -2,7 +2,7 @@
 
 Builds a Qwen2-VL-shaped model from its config with random weights (`--preset 2b`: the Qwen2-VL-2B shapes, a
 151,936-token vocabulary; `--preset tiny` for a CPU check), then trains each variant through the recipe's own
-pieces (`recipes.finetune`: TrainingArguments, the tokenized paired synthetic data, `apply_finetuning`,
+pieces (`xmodal.recipes.finetune`: TrainingArguments, the tokenized paired synthetic data, `apply_finetuning`,
 `XModalTrainer` with its loss terms and metric callbacks) for `--steps` optimizer steps:
 
     finetune   full (vision tower frozen, the default) | lora
@@ -34,15 +34,15 @@ import torch
 from omegaconf import OmegaConf
 
 from bench_alignment import compose_config
-from data_builders.atomic import atomic_write_text
-from data_builders.collate import MultimodalCollator
-from losses import build_loss
-from recipes.finetune import build_train_dataset, build_training_args, metric_callbacks
-from trainers.finetuning import FinetuneSettings, apply_finetuning
-from trainers.models import set_image_pixels
-from trainers.models.loading import attention_implementation
-from trainers.models.tiny import build_tiny_qwen2_vl
-from trainers.trainer import XModalTrainer
+from xmodal.core.atomic import atomic_write_text
+from xmodal.data_builders.collate import MultimodalCollator
+from xmodal.losses import build_loss
+from xmodal.recipes.finetune import build_train_dataset, build_training_args, metric_callbacks
+from xmodal.trainers.models.finetuning import FinetuneSettings, apply_finetuning
+from xmodal.trainers.models import set_image_pixels
+from xmodal.trainers.models.loading import attention_implementation
+from xmodal.trainers.models.tiny import build_tiny_qwen2_vl
+from xmodal.trainers.sft import XModalTrainer
 
 PRESETS = {
     # Qwen2-VL-2B: LM 1536 x 28 layers (12 heads, 2 KV heads), ViT 1280 x 32 blocks, patch 14, 2x2 merge.

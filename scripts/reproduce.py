@@ -34,7 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from data_builders.atomic import atomic_file, atomic_write_text  # noqa: E402
+from xmodal.core.atomic import atomic_file, atomic_write_text  # noqa: E402
 
 EVAL_DATA_SEED = 7  # the held-out records: the training runs draw theirs with their own seed
 CURVE_DATA_SEED = 1000003  # the in-training evaluation's held-out records (metrics=eval's default seed)
@@ -268,11 +268,11 @@ def base_model_overrides(budget: Budget) -> list[str]:
 
 # step -> (the entry point's config name, its module, the function its console script runs)
 ENTRY_POINTS = {
-    "base": ("config", "trainers.models", "model_location"),  # build and cache the tiny base model (once)
-    "train": ("config", "recipes.finetune", "train"),  # xmodal-train
-    "rl": ("rl", "recipes.rl", "train"),  # xmodal-rl
-    "imbalance": ("imbalance", "recipes.imbalance", "run"),  # xmodal-imbalance
-    "eval": ("evaluate", "recipes.evaluate", "run"),  # xmodal-eval
+    "base": ("config", "xmodal.trainers.models", "model_location"),  # build and cache the tiny base model (once)
+    "train": ("config", "xmodal.recipes.finetune", "train"),  # xmodal-train
+    "rl": ("rl", "xmodal.recipes.rl", "train"),  # xmodal-rl
+    "imbalance": ("imbalance", "xmodal.recipes.imbalance", "run"),  # xmodal-imbalance
+    "eval": ("evaluate", "xmodal.recipes.evaluate", "run"),  # xmodal-eval
 }
 
 
@@ -304,7 +304,7 @@ def worker(job: Path) -> None:
 
     from hydra import compose, initialize_config_dir
 
-    from recipes import CONFIG_DIR
+    from xmodal.recipes import CONFIG_DIR
 
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="[%(asctime)s] %(name)s: %(message)s")
     for step, overrides in json.loads(job.read_text()):

@@ -11,7 +11,7 @@ Rollouts are sampled from each row's `prompt` (the text-centric view in the pape
   (every reward component 1) whose row has a `vision_prompt`, a second forward of the same response tokens
   after the vision-centric prompt gives the student log-probs; the teacher is the text-centric log-prob of the
   same token from the policy forward of this very step, detached. Per token `d = log p_text - log p_vision`,
-  k3 with the released clamps (`losses.alignment.token_kl_estimates`), summed over those tokens and divided by
+  k3 with the released clamps (`xmodal.losses.alignment.token_kl_estimates`), summed over those tokens and divided by
   their count over the whole generation batch (all ranks), i.e. a global token mean that does not change with
   the accumulation split, like DAPO's own normaliser. Both branches use TRL's log-prob path, so both are taken
   at the rollout temperature. The response follows the vision prompt directly, so its positions continue after
@@ -28,8 +28,8 @@ from transformers import Trainer
 from trl import GRPOTrainer
 from trl.trainer.utils import pad
 
-from losses.alignment import ESTIMATORS, token_kl_estimates
-from trainers.resilience import ResilientTrainingMixin
+from xmodal.losses.alignment import ESTIMATORS, token_kl_estimates
+from xmodal.trainers.lifecycle.resilience import ResilientTrainingMixin
 
 # Processor outputs that are not per-token: concatenated across rows (the rest are per-token and left-padded).
 _IMAGE_FIELDS = ("pixel_values", "image_grid_thw", "image_sizes")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import random
 
-from ..errors import DataError
+from xmodal.core.errors import DataError
 from ..render import render_cells, render_text
 from ..sample import image_part, make_sample, message, text_part
 from .base import Builder

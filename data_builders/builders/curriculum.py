@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import random
 
-from ..errors import ConfigError
+from xmodal.core.errors import ConfigError
 from .base import Builder
 from .views import DEFAULT_FACTS_TEMPLATE, centric_view, view_instance
 

@@ -7,7 +7,7 @@ gives the two prompts in `meta.centric_prompts`, used as they are.
 
 from __future__ import annotations
 
-from ..errors import DataError
+from xmodal.core.errors import DataError
 from ..sample import image_part, make_sample, message, text_part
 
 DEFAULT_FACTS_TEMPLATE = "Facts:\n{facts}\n"

@@ -9,7 +9,7 @@ from typing import Iterator
 
 from PIL import Image
 
-from ..errors import DataError, ErrorPolicy
+from xmodal.core.errors import DataError, ErrorPolicy
 from ..sample import check_sample
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import DataError
+from xmodal.core.errors import DataError
 from ..sample import make_sample
 from .base import Source, existing_image, read_file_or_hub, require
 from .sharegpt import conversation_messages

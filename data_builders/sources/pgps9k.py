@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ..errors import DataError
+from xmodal.core.errors import DataError
 from ..sample import image_part, make_sample, message, text_part
 from .base import Source, existing_image, read_json_records, require
 

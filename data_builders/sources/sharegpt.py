@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import DataError
+from xmodal.core.errors import DataError
 from ..sample import message, split_placeholders, text_part
 
 ROLE_NAMES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}

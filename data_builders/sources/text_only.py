@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import DataError
+from xmodal.core.errors import DataError
 from ..sample import make_sample, message, text_part
 from .base import Source, read_file_or_hub, require
 from .sharegpt import conversation_messages

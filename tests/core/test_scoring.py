@@ -1,4 +1,4 @@
-"""data_builders.scoring.answers_match against hand-checked cases (the values in comments were computed by hand)."""
+"""xmodal.core.scoring.answers_match against hand-checked cases (the values in comments were computed by hand)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import doctest
 
 import pytest
 
-from data_builders import scoring
-from data_builders.scoring import (
+from xmodal.core import scoring
+from xmodal.core.scoring import (
     ExactConflictJudge,
     FreeTextConflictJudge,
     answers_match,

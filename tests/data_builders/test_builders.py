@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
-from record_files import write_records
+from tests.data_builders.record_files import write_records
 
-from data_builders.builders import (
+from xmodal.data_builders.builders import (
     ConflictBuilder,
     CurriculumBuilder,
     DatasetMixBuilder,
@@ -15,10 +15,10 @@ from data_builders.builders import (
     PairedBuilder,
     SingleBuilder,
 )
-from data_builders.errors import ConfigError
-from data_builders.render import render_cells, render_text
-from data_builders.sample import check_sample, prompt_text
-from data_builders.sources import ConflictQASource, MixtureSource, Pgps9kSource, SyntheticFactsSource
+from xmodal.core.errors import ConfigError
+from xmodal.data_builders.render import render_cells, render_text
+from xmodal.data_builders.sample import check_sample, prompt_text
+from xmodal.data_builders.sources import ConflictQASource, MixtureSource, Pgps9kSource, SyntheticFactsSource
 
 
 def synthetic(num_records=12, **kwargs):

@@ -14,9 +14,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
-from data_builders.instances import build_instances
-from recipes.data import write_build
-from data_builders.sample import prompt_text
+from xmodal.data_builders.instances import build_instances
+from xmodal.recipes.data import write_build
+from xmodal.data_builders.sample import prompt_text
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 
@@ -116,7 +116,7 @@ def test_skipped_records_are_counted_in_the_summary(tmp_path):
 def test_command_line_entry_point(tmp_path):
     out = tmp_path / "mix.jsonl"
     result = subprocess.run(
-        [sys.executable, "-m", "recipes.data", "data=mixture", "builder=instance_mix",
+        [sys.executable, "-m", "xmodal.recipes.data", "data=mixture", "builder=instance_mix",
          "data.sources.image.num_records=6", "data.sources.text.num_records=6", f"out={out}",
          f"hydra.run.dir={tmp_path / 'run'}"],
         capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(CONF.parent)},

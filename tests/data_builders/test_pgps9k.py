@@ -8,12 +8,12 @@ import shutil
 import pytest
 from PIL import Image
 
-from data_builders.builders import PairedBuilder
-from data_builders.errors import DataError
-from data_builders.instances import build_instances
-from data_builders.sources import Pgps9kSource, verbalise_clause
-from data_builders.sources.pgps9k import PAPER_INSTRUCTION, paper_structural_clause
-from tests.core.helpers import compose_config
+from xmodal.data_builders.builders import PairedBuilder
+from xmodal.core.errors import DataError
+from xmodal.data_builders.instances import build_instances
+from xmodal.data_builders.sources import Pgps9kSource, verbalise_clause
+from xmodal.data_builders.sources.pgps9k import PAPER_INSTRUCTION, paper_structural_clause
+from tests.support.helpers import compose_config
 
 
 @pytest.mark.parametrize(

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from record_files import write_image, write_records
+from tests.data_builders.record_files import write_image, write_records
 
-from data_builders.errors import DataError
-from data_builders.sources import ConflictQASource, LlavaInstructSource, TextOnlySource
+from xmodal.core.errors import DataError
+from xmodal.data_builders.sources import ConflictQASource, LlavaInstructSource, TextOnlySource
 
 
 def llava_record(record_id, image="a.png", first="<image>\nWhat is shown?"):

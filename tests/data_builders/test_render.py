@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from data_builders.render import TextStyle, render_cells, render_text
+from xmodal.data_builders.render import TextStyle, render_cells, render_text
 
 STYLE = TextStyle(width=96, height=64, font_size=14)
 

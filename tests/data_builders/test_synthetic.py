@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_builders.sources import SyntheticFactsSource
+from xmodal.data_builders.sources import SyntheticFactsSource
 
 
 def test_same_seed_same_records_and_images(tmp_path):

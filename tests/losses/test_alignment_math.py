@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from losses.alignment import full_kl, hidden_alignment, token_kl
+from xmodal.losses.alignment import full_kl, hidden_alignment, token_kl
 
 HAND_ESTIMATORS = {
     "k1": lambda d: d,

@@ -7,8 +7,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from losses import LossContext
-from losses.alignment import AlignmentLoss
+from xmodal.losses import LossContext
+from xmodal.losses.alignment import AlignmentLoss
 
 # Row i's response starts after (left padding + prompt length); see PAIRED_LAYOUTS in conftest.py.
 RESPONSE_STARTS = {0: 3, 1: 7, 2: 9, 3: 6}
@@ -108,7 +108,7 @@ def test_term_is_invariant_to_the_accumulation_split(make_batch, paired_layouts,
 def test_unpaired_batch_gives_zero_and_warns_once(make_batch, caplog):
     batch, outputs = make_batch([(0, 3, [4, 7, 2]), (0, 2, [5])], paired=False)
     term = AlignmentLoss()
-    with caplog.at_level(logging.WARNING, logger="losses.alignment"):
+    with caplog.at_level(logging.WARNING, logger="xmodal.losses.alignment"):
         values = [term(_context(batch, outputs)) for _ in range(3)]
     assert all(value.item() == 0.0 for value in values)
     assert len([r for r in caplog.records if "not paired" in r.getMessage()]) == 1

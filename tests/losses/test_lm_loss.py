@@ -6,8 +6,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from losses import LossContext
-from losses.lm import LMLoss
+from xmodal.losses import LossContext
+from xmodal.losses.lm import LMLoss
 
 UNPAIRED_LAYOUTS = [(0, 3, [4, 7, 2]), (2, 5, [9, 1]), (0, 2, [3, 3, 5, 6]), (1, 9, [8])]
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from losses import LossContext, build_loss
-from losses.registry import WeightedTerm
-from recipes import CONFIG_DIR
+from xmodal.losses import LossContext, build_loss
+from xmodal.losses.registry import WeightedTerm
+from xmodal.recipes import CONFIG_DIR
 
 CONF_DIR = Path(CONFIG_DIR)
 LOSS_CONFIGS = sorted(path.stem for path in (CONF_DIR / "loss").glob("*.yaml"))
@@ -44,8 +44,8 @@ def test_composer_sums_weighted_terms_logs_unweighted_and_warms_up(make_batch, p
     composer = build_loss(
         {
             "terms": {
-                "lm": {"_target_": "losses.lm.LMLoss"},
-                "align": {"_target_": "losses.alignment.AlignmentLoss", "weight": 0.5, "warmup_steps": 4, "estimator": "k2"},
+                "lm": {"_target_": "xmodal.losses.lm.LMLoss"},
+                "align": {"_target_": "xmodal.losses.alignment.AlignmentLoss", "weight": 0.5, "warmup_steps": 4, "estimator": "k2"},
                 "const": {"_target_": f"{__name__}.ConstantLoss", "weight": 3.0, "name": "constant"},
                 "dropped": None,
             }
@@ -59,17 +59,17 @@ def test_composer_sums_weighted_terms_logs_unweighted_and_warms_up(make_batch, p
         expected = logged["lm_loss"] + align_weight * logged["align_loss"] + 3.0 * 2.0
         torch.testing.assert_close(total.detach(), expected)
     assert not composer.needs_hidden_states
-    assert build_loss({"terms": {"align": {"_target_": "losses.alignment.AlignmentLoss", "kind": "hidden"}}}).needs_hidden_states
+    assert build_loss({"terms": {"align": {"_target_": "xmodal.losses.alignment.AlignmentLoss", "kind": "hidden"}}}).needs_hidden_states
 
 
 def test_a_target_that_does_not_import_names_the_term_and_the_path():
-    with pytest.raises(ValueError, match=r"loss term 'align': cannot import `_target_` 'losses.alignment.KLLoss'"):
-        build_loss({"terms": {"align": {"_target_": "losses.alignment.KLLoss"}}})
+    with pytest.raises(ValueError, match=r"loss term 'align': cannot import `_target_` 'xmodal.losses.alignment.KLLoss'"):
+        build_loss({"terms": {"align": {"_target_": "xmodal.losses.alignment.KLLoss"}}})
 
 
 def test_unknown_option_lists_accepted_options():
     with pytest.raises(ValueError, match=r"unknown option\(s\) estimater.*accepts: .*estimator"):
-        build_loss({"terms": {"align": {"_target_": "losses.alignment.AlignmentLoss", "estimater": "k3"}}})
+        build_loss({"terms": {"align": {"_target_": "xmodal.losses.alignment.AlignmentLoss", "estimater": "k3"}}})
 
 
 @pytest.mark.parametrize(
@@ -77,8 +77,8 @@ def test_unknown_option_lists_accepted_options():
     [
         ({"terms": {"lm": {"weight": 1.0}}}, "needs a `_target_`"),
         ({"terms": {}}, "at least one term"),
-        ({"lm": {"_target_": "losses.lm.LMLoss"}}, "needs a `terms` mapping"),
-        ({"terms": {"a": {"_target_": "losses.lm.LMLoss", "name": "x"}, "b": {"_target_": "losses.lm.LMLoss", "name": "x"}}}, "repeated: x"),
+        ({"lm": {"_target_": "xmodal.losses.lm.LMLoss"}}, "needs a `terms` mapping"),
+        ({"terms": {"a": {"_target_": "xmodal.losses.lm.LMLoss", "name": "x"}, "b": {"_target_": "xmodal.losses.lm.LMLoss", "name": "x"}}}, "repeated: x"),
     ],
 )
 def test_malformed_configs_fail_clearly(cfg, message):

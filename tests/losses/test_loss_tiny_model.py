@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from data_builders.collate import pad_rows
-from losses import LossContext, build_loss
-from losses.alignment import AlignmentLoss
-from losses.teacher import teacher_inputs
-from trainers.models.tiny import build_tiny_llava
+from xmodal.data_builders.collate import pad_rows
+from xmodal.losses import LossContext, build_loss
+from xmodal.losses.alignment import AlignmentLoss
+from xmodal.losses.teacher import teacher_inputs
+from xmodal.trainers.models.tiny import build_tiny_llava
 
 IMAGE_TOKENS = 4  # (16 / 8) ** 2 patches, CLS dropped by the "default" strategy
 
@@ -49,7 +49,7 @@ def _forward(model, batch, hidden=False):
 def test_composer_on_a_real_forward(tiny_llava):
     model, tokenizer = tiny_llava
     batch = _paired_batch(tokenizer, model.config.image_token_id)
-    composer = build_loss({"terms": {"lm": {"_target_": "losses.lm.LMLoss"}, "align": {"_target_": "losses.alignment.AlignmentLoss", "weight": 0.01}}})
+    composer = build_loss({"terms": {"lm": {"_target_": "xmodal.losses.lm.LMLoss"}, "align": {"_target_": "xmodal.losses.alignment.AlignmentLoss", "weight": 0.01}}})
     outputs = _forward(model, batch, composer.needs_hidden_states)
     total, logged = composer(LossContext(model=model, batch=batch, outputs=outputs))
     reference = model(**{k: v for k, v in batch.items() if k != "branch"}).loss  # HF's own shifted CE

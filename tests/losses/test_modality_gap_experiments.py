@@ -7,9 +7,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
-from losses import LossContext, build_loss
-from losses.alignment import AlignmentLoss
-from recipes import CONFIG_DIR
+from xmodal.losses import LossContext, build_loss
+from xmodal.losses.alignment import AlignmentLoss
+from xmodal.recipes import CONFIG_DIR
 
 CONF_DIR = Path(CONFIG_DIR)
 EXPECTED = {  # experiment -> (builder target, paired emit or None, loss term classes)

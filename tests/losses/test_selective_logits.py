@@ -9,13 +9,13 @@ import copy
 import pytest
 import torch
 
-from data_builders.collate import MultimodalCollator
-from losses import build_loss
-from losses.alignment import full_kl_per_position, full_kl_sum_in_chunks
-from tests.core.tiny_batches import MODELS, encoded_instances
-from trainers.trainer import loss_context
+from xmodal.data_builders.collate import MultimodalCollator
+from xmodal.losses import build_loss
+from xmodal.losses.alignment import full_kl_per_position, full_kl_sum_in_chunks
+from tests.support.tiny_batches import MODELS, encoded_instances
+from xmodal.trainers.sft import loss_context
 
-ALIGN = {"_target_": "losses.alignment.AlignmentLoss", "weight": 0.5}
+ALIGN = {"_target_": "xmodal.losses.alignment.AlignmentLoss", "weight": 0.5}
 LOSSES = {
     "lm": {},
     "token_kl": {"align": ALIGN},
@@ -51,7 +51,7 @@ CASES = [("lm", False)] + [(loss, True) for loss in sorted(LOSSES)]
 def test_target_logits_match_the_full_logits_path(model_and_collator, tmp_path, loss, paired):
     model, processor, template = model_and_collator
     batch = MultimodalCollator(processor, template)(encoded_instances(tmp_path, processor, template, paired))
-    terms = {"lm": {"_target_": "losses.lm.LMLoss"}, **LOSSES[loss]}
+    terms = {"lm": {"_target_": "xmodal.losses.lm.LMLoss"}, **LOSSES[loss]}
 
     full = loss_and_gradients(model, batch, build_loss({"terms": terms}), full_logits=True)
     selective = loss_and_gradients(model, batch, build_loss({"terms": terms}), full_logits=False)
@@ -79,7 +79,7 @@ def test_target_logits_through_a_peft_wrapper(model_and_collator, tmp_path):
         copy.deepcopy(base), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "lm_head"], init_lora_weights=False)
     )
     batch = MultimodalCollator(processor, template)(encoded_instances(tmp_path, processor, template, paired=True))
-    composer = build_loss({"terms": {"lm": {"_target_": "losses.lm.LMLoss"}, **LOSSES["full_kl"]}})
+    composer = build_loss({"terms": {"lm": {"_target_": "xmodal.losses.lm.LMLoss"}, **LOSSES["full_kl"]}})
     full = loss_and_gradients(lora, batch, composer, full_logits=True)
     selective = loss_and_gradients(lora, batch, composer, full_logits=False)
     torch.testing.assert_close(selective[0], full[0], rtol=1e-12, atol=1e-12)
@@ -91,7 +91,7 @@ def test_target_logits_through_a_peft_wrapper(model_and_collator, tmp_path):
 def test_a_term_reading_every_position_must_ask_for_full_logits(model_and_collator, tmp_path):
     model, processor, template = model_and_collator
     batch = MultimodalCollator(processor, template)(encoded_instances(tmp_path, processor, template, paired=False))
-    composer = build_loss({"terms": {"lm": {"_target_": "losses.lm.LMLoss"}}})
+    composer = build_loss({"terms": {"lm": {"_target_": "xmodal.losses.lm.LMLoss"}}})
     context = loss_context(model, batch, composer, full_logits=False)
     with pytest.raises(ValueError, match="needs_full_logits = True"):
         context.logits

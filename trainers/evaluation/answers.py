@@ -14,11 +14,12 @@ from typing import Callable
 
 import torch
 
-from data_builders.sample import prompt_messages
-from data_builders.scoring import answers_match, cut_at_end
-from data_builders.templates import ChatTemplate
-from data_builders.tokenize import IGNORE_INDEX, encode_view, load_rgb
-from trainers.models import to_model
+from xmodal.data_builders.sample import prompt_messages
+from xmodal.core.scoring import answers_match, cut_at_end
+from xmodal.data_builders.templates import ChatTemplate
+from xmodal.core.tokens import IGNORE_INDEX
+from xmodal.data_builders.tokenize import encode_view, load_rgb
+from xmodal.trainers.models import to_model
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class GenerationSettings:
     num_samples: int = 1
     temperature: float = 0.0
     top_p: float = 1.0
-    tolerance: float = 0.01  # relative error a numeric answer may have (data_builders.scoring.answers_match)
+    tolerance: float = 0.01  # relative error a numeric answer may have (xmodal.core.scoring.answers_match)
     seed: int = 0
 
     def __post_init__(self):

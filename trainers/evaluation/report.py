@@ -19,7 +19,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from trainers.evaluation.answers import Prediction
+from xmodal.trainers.evaluation.answers import Prediction
 
 GAP = ("modality_gap", "text_centric", "vision_centric")
 

@@ -21,11 +21,11 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import TrainerCallback
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
-from data_builders.errors import ConfigError
-from data_builders.instances import build_instances
-from data_builders.templates import get_template
-from trainers.evaluation.answers import GenerationSettings, Prediction, batch_count, eval_items, predict
-from trainers.evaluation.report import flat_scalars, summarise
+from xmodal.core.errors import ConfigError
+from xmodal.data_builders.instances import build_instances
+from xmodal.data_builders.templates import get_template
+from xmodal.trainers.evaluation.answers import GenerationSettings, Prediction, batch_count, eval_items, predict
+from xmodal.trainers.evaluation.report import flat_scalars, summarise
 
 LOG_PREFIX = "eval"
 

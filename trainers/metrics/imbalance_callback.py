@@ -17,9 +17,9 @@ import torch
 import torch.distributed as dist
 from transformers import Trainer, TrainerCallback
 
-from trainers.metrics.imbalance import MODES, SpanStats, measure
-from trainers.metrics.imbalance_probes import QUERY_SETS, SPAN_PAIRS, ProbeMasks, collate_probe
-from trainers.metrics.plots import figure_to_rgb, heatmap_grid
+from xmodal.trainers.metrics.imbalance import MODES, SpanStats, measure
+from xmodal.trainers.metrics.imbalance_probes import QUERY_SETS, SPAN_PAIRS, ProbeMasks, collate_probe
+from xmodal.trainers.metrics.plots import figure_to_rgb, heatmap_grid
 
 LOG_PREFIX = "imbalance"
 

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from data_builders.tokenize import IGNORE_INDEX
-from losses.base import image_token_id
+from xmodal.core.tokens import IGNORE_INDEX, image_token_id
 
 QUERY_SETS = ("last_prompt", "answer")
 SPAN_PAIRS = ("image_text", "evidence")

@@ -13,9 +13,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
-from data_builders.atomic import atomic_directory, published_directory
-from data_builders.errors import ConfigError
-from trainers import distributed
+from xmodal.core.atomic import atomic_directory, published_directory
+from xmodal.core.errors import ConfigError
+from xmodal.core import distributed
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def load_processor(path: str, trust_remote_code: bool = False):
             raise refusal from error
         from transformers import AutoImageProcessor
 
-        from trainers.models.tiny import ImageOnlyQwen2VLProcessor
+        from xmodal.trainers.models.tiny import ImageOnlyQwen2VLProcessor
 
         logger.info("AutoProcessor failed (%s); using the image-only Qwen2-VL processor", error)
         return ImageOnlyQwen2VLProcessor(

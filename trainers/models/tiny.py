@@ -20,7 +20,7 @@ from transformers import (
 )
 from transformers.processing_utils import ProcessorMixin
 
-from data_builders.templates import get_template
+from xmodal.data_builders.templates import get_template
 
 # The tiny tokenizers are byte-level BPE (any text encodes) whose merges are learnt from this corpus, so
 # the chat markers and the words of the built-in tasks become short token sequences.

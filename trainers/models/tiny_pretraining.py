@@ -23,13 +23,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from data_builders.collate import MultimodalCollator
-from data_builders.sample import image_part, make_sample, message, text_part
-from data_builders.sources import SyntheticFactsSource
-from data_builders.templates import get_template
-from data_builders.tokenize import IGNORE_INDEX, encode_view, load_rgb
-from trainers.finetuning import component_prefixes
-from trainers.models.tiny import build_tiny_llava, build_tiny_qwen2_vl
+from xmodal.data_builders.collate import MultimodalCollator
+from xmodal.data_builders.sample import image_part, make_sample, message, text_part
+from xmodal.data_builders.sources import SyntheticFactsSource
+from xmodal.data_builders.templates import get_template
+from xmodal.core.tokens import IGNORE_INDEX
+from xmodal.data_builders.tokenize import encode_view, load_rgb
+from xmodal.trainers.models.finetuning import component_prefixes
+from xmodal.trainers.models.tiny import build_tiny_llava, build_tiny_qwen2_vl
 
 logger = logging.getLogger(__name__)
 

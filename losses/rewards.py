@@ -1,0 +1,74 @@
+r"""Verifiable rewards for `xmodal-rl`, built from `conf/reward/*.yaml` by their `_target_` like loss terms.
+
+A reward is a callable with TRL's reward-function signature: `reward(prompts, completions, **columns)` returns
+one float in [0, 1] per completion; `columns` are the dataset's columns, one value per completion (`target`,
+the reference answer, among them). The config maps a name to a component and its `weight`:
+
+    # conf/reward/correct_format.yaml (the released recipe: 0.9 x correct + 0.1 x format)
+    correct: {_target_: xmodal.losses.rewards.CorrectAnswer, weight: 0.9}
+    format: {_target_: xmodal.losses.rewards.FormatMatch, weight: 0.1, pattern: '<think>.*</think>.*\\boxed\{.*\}.*'}
+
+The run's reward is the weighted sum (GRPO normalises it within each group of rollouts); each component is
+logged on its own as `rewards/<name>/mean`. A rollout has *full reward* when every component gives 1, which is
+what the alignment term of `xmodal.trainers.grpo` keys on. `build_rewards` pops `weight` and names each callable after
+its entry.
+"""
+
+from __future__ import annotations
+
+import re
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from xmodal.core.scoring import answers_match
+
+# The released recipe's format check: reasoning in think tags, then a boxed final answer.
+RELEASED_FORMAT_PATTERN = r"<think>.*</think>.*\\boxed\{.*\}.*"
+
+
+def completion_text(completion) -> str:
+    """The text of one completion: TRL passes a plain string, or a conversation `[{"role": "assistant", ...}]`."""
+    if isinstance(completion, str):
+        return completion
+    return "".join(message["content"] for message in completion if isinstance(message.get("content"), str))
+
+
+class CorrectAnswer:
+    """1 when the completion's answer matches `target` (`xmodal.core.scoring.answers_match`: last boxed answer
+    or last number, 1 % relative tolerance for numbers, normalised exact match otherwise), else 0."""
+
+    def __init__(self, tolerance: float = 0.01):
+        self.tolerance = tolerance
+
+    def __call__(self, prompts, completions, target, **_columns) -> list[float]:
+        return [
+            float(answers_match(completion_text(completion), answer, tolerance=self.tolerance))
+            for completion, answer in zip(completions, target, strict=True)
+        ]
+
+
+class FormatMatch:
+    """1 when the whole completion matches `pattern` (a regular expression, `.` matching newlines), else 0."""
+
+    def __init__(self, pattern: str = RELEASED_FORMAT_PATTERN):
+        self.pattern = re.compile(pattern, re.DOTALL)
+
+    def __call__(self, prompts, completions, **_columns) -> list[float]:
+        return [float(self.pattern.fullmatch(completion_text(c).strip()) is not None) for c in completions]
+
+
+def build_rewards(reward_cfg: DictConfig) -> tuple[list, list[float]]:
+    """(reward callables named after their entries, their weights), in the config's order."""
+    rewards, weights = [], []
+    for name, entry in (reward_cfg or {}).items():
+        if entry is None:  # `reward.format=null` drops a component
+            continue
+        options = OmegaConf.to_container(entry, resolve=True)
+        weights.append(float(options.pop("weight", 1.0)))
+        reward = instantiate(options)
+        reward.__name__ = name  # TRL logs rewards/<__name__>/mean
+        rewards.append(reward)
+    if not rewards:
+        raise ValueError("reward: no reward component configured (see conf/reward/)")
+    return rewards, weights

@@ -1,0 +1,45 @@
+"""What `xmodal-train` prints: pure YAML for `--cfg job`, no notices a user cannot act on, a closing summary.
+
+Both run the installed command: the notices come from imports, which a fresh process makes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from tests.support.helpers import FAST, read_metrics
+
+XMODAL_TRAIN = os.path.join(os.path.dirname(sys.executable), "xmodal-train")
+UNACTIONABLE = ("Setting accelerator to CPU", "pin_memory", "mtime may not be reliable", "is deprecated")
+
+
+@pytest.mark.slow
+def test_cfg_job_is_pure_yaml_even_with_wandb_offline(tmp_path):
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    result = subprocess.run([XMODAL_TRAIN, "--cfg", "job", "seed=7"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)
+    assert config["seed"] == 7 and config["trainer"]["max_steps"] == 200 and "defaults" not in config
+
+
+@pytest.mark.slow
+def test_a_run_prints_no_unactionable_notice_and_ends_with_its_summary(tmp_path, cache_dir):
+    out = tmp_path / "run"
+    env = {**os.environ, "XMODAL_CACHE": cache_dir}
+    env.pop("DS_ACCELERATOR", None)  # DeepSpeed's own guess, as on a user's CPU machine
+    result = subprocess.run(
+        [XMODAL_TRAIN, *FAST, "data.num_records=48", f"output_dir={out}"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    output = result.stdout + result.stderr
+    assert not [notice for notice in UNACTIONABLE if notice in output], output
+    last = [record for record in read_metrics(str(out)) if "lm_loss" in record][-1]
+    summary = result.stdout[result.stdout.index("done: ") :].splitlines()
+    assert summary[0].startswith(f"done: 4 steps in ") and summary[0].endswith(f"step 4: loss {last['loss']:.4g}, lm_loss {last['lm_loss']:.4g}")
+    assert summary[1].split() == ["final", "model:", str(out / "final")]
+    assert summary[2].split() == ["metrics:", str(out / "metrics.jsonl")]

@@ -1,0 +1,68 @@
+"""Helpers for the core tests: Hydra composition, launching the real entry point, reading metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from xmodal.recipes import CONFIG_DIR
+
+# The real PGPS9K sample lies beside the checkout (as in tests/data_builders).
+PGPS9K_SAMPLE = os.environ.get(
+    "XMODAL_PGPS9K_SAMPLE",
+    os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "pgps9k_sample"),
+)
+
+# A few steps on a few records: every test run of the recipe is seconds long.
+FAST = ["debug=fast", "data.num_records=48", "model=tiny_llava"]
+
+
+def compose_config(overrides: list[str], config_name: str = "config"):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+def entry_point_env(cache_dir: str) -> dict[str, str]:
+    return {**os.environ, "XMODAL_CACHE": cache_dir, "DS_ACCELERATOR": "cpu", "PYTHONUNBUFFERED": "1"}
+
+
+def run_entry_point(command: list[str], cache_dir: str, timeout: int = 600, cwd=None) -> subprocess.CompletedProcess:
+    """Run an installed console script (or torchrun) as a user would, failing with its output on error."""
+    result = subprocess.run(
+        command, env=entry_point_env(cache_dir), capture_output=True, text=True, timeout=timeout, cwd=cwd
+    )
+    if result.returncode != 0:
+        pytest.fail(f"{' '.join(command)} exited {result.returncode}\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
+def train_command(args: list[str], processes: int = 1) -> list[str]:
+    """`xmodal-train args`, or the same under `torchrun` with `processes` ranks."""
+    if processes == 1:
+        return [os.path.join(os.path.dirname(sys.executable), "xmodal-train"), *args]
+    return [
+        os.path.join(os.path.dirname(sys.executable), "torchrun"),
+        f"--nproc_per_node={processes}",
+        "--no-python",
+        "xmodal-train",
+        *args,
+    ]
+
+
+def xmodal_train(args: list[str], cache_dir: str, processes: int = 1, timeout: int = 600, cwd=None):
+    """`xmodal-train args` (under torchrun for several processes); `cwd` is where relative output_dirs land."""
+    return run_entry_point(train_command(args, processes), cache_dir, timeout, cwd)
+
+
+def read_metrics(output_dir: str) -> list[dict]:
+    with open(os.path.join(output_dir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def loss_by_step(output_dir: str, key: str = "lm_loss") -> dict[int, float]:
+    return {record["step"]: record[key] for record in read_metrics(output_dir) if key in record}

@@ -1,0 +1,112 @@
+"""The run directory (`output_dir`) of a training run: one run per directory, its own directory in a sweep.
+
+`claim_output_dir` runs on every rank before anything is written: it gives each job of a Hydra multirun its own
+directory, refuses a fresh run into a directory that holds another run's files (unless `overwrite=true`), and
+returns the checkpoint to resume from. `open_output_dir` (rank 0, once every rank has claimed) deletes the old
+run's files when overwriting and writes `config.yaml` with secrets redacted.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+
+from omegaconf import DictConfig, OmegaConf
+
+from xmodal.core.atomic import atomic_write_text
+from xmodal.core.errors import ConfigError
+from xmodal.trainers.lifecycle.checkpoints import resolve_resume
+
+# What a run writes into its directory (checkpoint-N/ besides); the eval/ and imbalance/ defaults of xmodal-eval
+# and xmodal-imbalance describe its final model, so they go with it.
+RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "final", ".final.staging", "adapter", "wandb", "tensorboard", "eval", "imbalance")
+_CHECKPOINT = re.compile(r"^checkpoint-\d+$")
+_SECRET_KEY = re.compile(r"api_?key|secret|password|(auth|access|hub|hf|wandb)_?token", re.IGNORECASE)
+SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+REDACTED = "<redacted>"
+
+
+def run_entries(output_dir: str) -> list[str]:
+    """The names in `output_dir` that belong to a run, sorted."""
+    if not os.path.isdir(output_dir):
+        return []
+    return sorted(name for name in os.listdir(output_dir) if name in RUN_ENTRIES or _CHECKPOINT.match(name))
+
+
+def sweep_subdirectory() -> str | None:
+    """In a Hydra multirun, this job's swept overrides as `key=value,...` (one directory name); otherwise None.
+
+    None too when `output_dir` itself is swept: each job already has its own. A sweep that the command line does
+    not show (`hydra.sweeper.params`) falls back to the job number.
+    """
+    from hydra._internal.utils import get_args_parser  # Hydra's own parser for the command line it ran
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():  # composed in-process (hydra.compose in scripts and tests): a single job
+        return None
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode != RunMode.MULTIRUN:
+        return None
+    parser = OverridesParser.create()
+    command_line = get_args_parser().parse_args(sys.argv[1:]).overrides
+    swept = {override.key_or_group for override in parser.parse_overrides(command_line) if override.is_sweep_override()}
+    if "output_dir" in swept:
+        return None
+    job = parser.parse_overrides(list(hydra_cfg.overrides.task))
+    parts = [f"{o.key_or_group}={o.get_value_element_as_str()}" for o in job if o.key_or_group in swept]
+    name = ",".join(sorted(parts)) or f"job{hydra_cfg.job.num}"
+    return name.replace(os.sep, "_")
+
+
+def claim_output_dir(cfg: DictConfig) -> str | None:
+    """Fix `cfg.output_dir` for this job, refuse to mix runs, and return the checkpoint to resume from (or None).
+
+    Every rank calls it before any rank writes into the directory, so all ranks decide alike.
+    """
+    subdirectory = sweep_subdirectory()
+    if subdirectory:
+        cfg.output_dir = os.path.join(cfg.output_dir, subdirectory)
+    resume_from = resolve_resume(cfg.resume, cfg.output_dir)
+    # A config.yaml alone is a run that stopped before training (a bad record, a model that did not load): the
+    # corrected command may reuse the directory.
+    found = [name for name in run_entries(cfg.output_dir) if name != "config.yaml"]
+    if resume_from and cfg.overwrite:
+        raise ConfigError("overwrite=true would delete the checkpoints resume= continues from: pass one of them")
+    if found and not resume_from and not cfg.overwrite:
+        shown = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
+        raise ConfigError(
+            f"output_dir={cfg.output_dir} already holds a run ({shown}): resume=true continues it, overwrite=true "
+            "deletes it and starts afresh, or choose another output_dir"
+        )
+    return resume_from
+
+
+def open_output_dir(cfg: DictConfig) -> None:
+    """On rank 0: delete the previous run's files when overwriting, then write the resolved `config.yaml`."""
+    if cfg.overwrite:
+        for name in run_entries(cfg.output_dir):
+            path = os.path.join(cfg.output_dir, name)
+            shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    config = redact_secrets(OmegaConf.to_container(cfg, resolve=True))
+    atomic_write_text(os.path.join(cfg.output_dir, "config.yaml"), OmegaConf.to_yaml(config))
+
+
+def redact_secrets(node):
+    """A copy of a config container with API keys, tokens and passwords replaced by `<redacted>`.
+
+    A value counts as secret when its key says so or when it equals a secret environment variable's value
+    (a key passed under any name, e.g. `logger.env.KEY=${oc.env:WANDB_API_KEY}`).
+    """
+    secrets = {os.environ[name] for name in SECRET_ENV if os.environ.get(name)}
+    if isinstance(node, dict):
+        return {
+            key: REDACTED if _SECRET_KEY.search(str(key)) and isinstance(value, str) and value else redact_secrets(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [redact_secrets(value) for value in node]
+    return REDACTED if isinstance(node, str) and node in secrets else node
