@@ -31,7 +31,7 @@ from xmodal.trainers.lifecycle.runs import (
     train_and_save,
     training_callbacks,
 )
-from xmodal.trainers.sft import XModalTrainer
+from xmodal.trainers.sft import XModalSFTTrainer
 
 
 def build_train_dataset(cfg: DictConfig, processor):
@@ -74,7 +74,7 @@ def train(cfg: DictConfig) -> str:
         train_dataset, builder = build_train_dataset(cfg, processor)
     model = load_training_model(cfg, base_model)
     metrics = metric_callbacks(cfg)
-    trainer = XModalTrainer(
+    trainer = XModalSFTTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,

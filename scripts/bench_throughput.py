@@ -3,7 +3,7 @@
 Builds a Qwen2-VL-shaped model from its config with random weights (`--preset 2b`: the Qwen2-VL-2B shapes, a
 151,936-token vocabulary; `--preset tiny` for a CPU check), then trains each variant through the recipe's own
 pieces (`xmodal.recipes.finetune`: TrainingArguments, the tokenized paired synthetic data, `apply_finetuning`,
-`XModalTrainer` with its loss terms and metric callbacks) for `--steps` optimizer steps:
+`XModalSFTTrainer` with its loss terms and metric callbacks) for `--steps` optimizer steps:
 
     finetune   full (vision tower frozen, the default) | lora
     loss       lm | lm_kl (LM + token-level KL alignment on the paired views, the released recipe)
@@ -42,7 +42,7 @@ from xmodal.trainers.models.finetuning import FinetuneSettings, apply_finetuning
 from xmodal.trainers.models import set_image_pixels
 from xmodal.trainers.models.loading import attention_implementation
 from xmodal.trainers.models.tiny import build_tiny_qwen2_vl
-from xmodal.trainers.sft import XModalTrainer
+from xmodal.trainers.sft import XModalSFTTrainer
 
 PRESETS = {
     # Qwen2-VL-2B: LM 1536 x 28 layers (12 heads, 2 KV heads), ViT 1280 x 32 blocks, patch 14, 2x2 merge.
@@ -129,7 +129,7 @@ def run_variant(base_model, processor, args, finetune: str, loss: str, metrics: 
     settings = FinetuneSettings(**OmegaConf.to_container(cfg.finetune, resolve=True))
     model = apply_finetuning(copy.deepcopy(base_model), settings)
     callbacks = metric_callbacks(cfg)
-    trainer = XModalTrainer(
+    trainer = XModalSFTTrainer(
         model=model, args=training_args, train_dataset=dataset, data_collator=MultimodalCollator(processor, "qwen2"),
         processing_class=processor, callbacks=callbacks, loss_composer=build_loss(cfg.loss),
     )

@@ -1,4 +1,4 @@
-"""`XModalTrainer`: HF `Trainer` whose loss is a weighted sum of registered terms, each logged on its own."""
+"""`XModalSFTTrainer`: HF `Trainer` whose loss is a weighted sum of registered terms, each logged on its own."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def loss_context(
     )
 
 
-class XModalTrainer(ResilientTrainingMixin, Trainer):
+class XModalSFTTrainer(ResilientTrainingMixin, Trainer):
     """One forward per micro-batch feeds every loss term; terms are token-normalised over the global batch.
 
     The forward computes logits only where a term reads them (the targets) unless a term needs them all
