@@ -33,9 +33,15 @@ def test_full_weights_load_back_by_their_saved_names(model, tmp_path):
     assert file_keys - set(saved.state_dict())
 
     restored = _tiny_model(model, seed=1)
-    assert not torch.equal(restored.state_dict()["lm_head.weight"], saved.state_dict()["lm_head.weight"])
+    with torch.no_grad():  # a fresh init's norms and biases are ones and zeros on every seed: move them too
+        for tensor in restored.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.add_(torch.rand_like(tensor) + 0.5)
+    differing = {name for name, tensor in saved.state_dict().items() if not torch.equal(restored.state_dict()[name], tensor)}
+    floating = {name for name, tensor in saved.state_dict().items() if tensor.is_floating_point()}
+    assert differing == floating and any(saved.state_dict()[name].dim() == 1 for name in floating)
     load_full_weights(restored, str(tmp_path))
-    for name, tensor in saved.state_dict().items():
+    for name, tensor in saved.state_dict().items():  # every tensor, 1-D norm weights and biases included
         assert torch.equal(restored.state_dict()[name], tensor), name
 
 
