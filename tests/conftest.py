@@ -8,18 +8,18 @@ import pytest
 
 
 def pytest_configure(config):
-    """Under pytest-xdist each worker is one process of N on the machine: one thread each (N workers x 2 threads
-    would oversubscribe the cores), and its own torchrun rendezvous port (torchrun's default, 29500, would be
-    shared by two workers' distributed tests; PET_MASTER_PORT is torchrun's --master-port)."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ...
-    if worker is None:
+    """Every torchrun a test starts binds its own free rendezvous port (PET_STANDALONE is torchrun's --standalone:
+    its agent binds port 0 and the ranks use the agent's store), so no two runs, workers or sessions share one.
+    Under pytest-xdist each worker is one process of N on the machine: one thread each (N workers x 2 threads
+    would oversubscribe the cores)."""
+    os.environ["PET_STANDALONE"] = "1"
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:  # gw0, gw1, ... under xdist
         return
     import torch
 
     for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[variable] = "1"
     torch.set_num_threads(1)
-    os.environ["PET_MASTER_PORT"] = str(29500 + 100 * (1 + int(worker.removeprefix("gw"))))
 
 
 def pytest_collection_modifyitems(config, items):

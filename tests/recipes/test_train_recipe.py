@@ -5,8 +5,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,7 +14,9 @@ from omegaconf import OmegaConf
 from peft import PeftModel
 from transformers import AutoModelForImageTextToText
 
-from tests.support.helpers import FAST, PGPS9K_SAMPLE, loss_by_step, read_metrics, xmodal_train
+from tests.support.helpers import FAST, PGPS9K_SAMPLE, compose_config, loss_by_step, read_metrics, xmodal_train
+from xmodal.core.errors import DataError
+from xmodal.recipes import finetune
 from xmodal.trainers.lifecycle.checkpoints import COMPLETE_MARKER
 from xmodal.trainers.models import load_processor, model_location
 
@@ -57,6 +57,7 @@ def _assert_final_is_the_trained_model(out, finetune: str):
     assert (final - base).abs().max() > 1e-2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny_llava", "tiny_qwen2_vl"])
 @pytest.mark.parametrize("finetune", ["full", "lora"])
 def test_train_saves_a_model_that_reloads_and_generates(model, finetune, tmp_path, cache_dir):
@@ -73,6 +74,7 @@ def test_train_saves_a_model_that_reloads_and_generates(model, finetune, tmp_pat
     _generate(str(out / "final"))
 
 
+@pytest.mark.slow
 def test_default_run_learns_to_read_the_facts_from_the_image(tmp_path, cache_dir):
     """The README's main job, unchanged: the base-stage tiny LLaVA fine-tuned on the vision-centric facts task.
 
@@ -85,6 +87,7 @@ def test_default_run_learns_to_read_the_facts_from_the_image(tmp_path, cache_dir
     assert losses[10] > 2.0 and losses[200] < 0.7
 
 
+@pytest.mark.slow
 def test_alignment_loss_falls_while_training_paired_views(tmp_path, cache_dir):
     """`builder=paired loss=lm_kl` on the default model: the vision-centric branch moves towards the text-centric one."""
     out = tmp_path / "run"
@@ -94,6 +97,7 @@ def test_alignment_loss_falls_while_training_paired_views(tmp_path, cache_dir):
     assert sum(late) / len(late) < 0.5 * align[20]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("logger,pattern", [("wandb", "wandb/offline-run-*"), ("tensorboard", "tensorboard/events.out.tfevents.*")])
 def test_loggers_write_offline(logger, pattern, tmp_path, cache_dir, monkeypatch):
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
@@ -122,6 +126,7 @@ def assert_same_first_step(logs: dict[str, float], reference: dict[str, float]):
         assert logs[key] == pytest.approx(reference[key], rel=1e-4, abs=1e-6), (key, logs, reference)
 
 
+@pytest.mark.slow
 def test_first_step_losses_do_not_depend_on_the_accumulation_split(tmp_path, cache_dir):
     """At a fixed global batch of 4, (4 x 1), (2 x 2) and (1 x 4) back-propagate the same loss and gradient."""
     firsts = [
@@ -139,6 +144,7 @@ def test_first_step_losses_do_not_depend_on_the_accumulation_split(tmp_path, cac
 MIXTURE = ["data.sources.image.num_records=24", "data.sources.text.num_records=24"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "builder_args",
     [
@@ -186,6 +192,7 @@ def _llava_record(index: int, image: str) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_llava_instruct_json_with_text_only_records_trains(tmp_path, cache_dir):
     records = [_llava_record(i, f"{i % 4}.jpg") for i in range(8)]
     records.append({"id": "text", "conversations": [{"from": "human", "value": "Say hi."}, {"from": "gpt", "value": "hi"}]})
@@ -200,16 +207,10 @@ def test_llava_instruct_json_with_text_only_records_trains(tmp_path, cache_dir):
 
 def test_a_record_with_a_missing_image_stops_the_run_naming_file_record_and_field(tmp_path, cache_dir):
     path = _write_llava_records(tmp_path, [_llava_record(0, "0.jpg"), _llava_record(1, "missing.jpg")])
-    command = [
-        os.path.join(os.path.dirname(sys.executable), "xmodal-train"),
-        "debug=fast",
-        "model=tiny_llava",
-        "data=llava_instruct",
-        f"data.path={path}",
-        f"data.image_folder={tmp_path / 'images'}",
-        f"output_dir={tmp_path / 'run'}",
-    ]
-    result = subprocess.run(command, env={**os.environ, "XMODAL_CACHE": cache_dir}, capture_output=True, text=True)
-    assert result.returncode != 0
-    message = result.stdout + result.stderr
-    assert "llava.json: record 'r1', field 'image'" in message and "missing.jpg" in message
+    cfg = compose_config([
+        "debug=fast", "model=tiny_llava", "data=llava_instruct", f"data.path={path}",
+        f"data.image_folder={tmp_path / 'images'}", f"output_dir={tmp_path / 'run'}",
+    ])
+    with pytest.raises(DataError, match=r"llava.json: record 'r1', field 'image'.*missing.jpg"):
+        finetune.train(cfg)
+    assert not (tmp_path / "run" / "final").exists()

@@ -39,7 +39,7 @@ def _args(output_dir, *overrides: str) -> list[str]:
 
 
 def _nan_term(steps: str) -> str:
-    return f"+loss.terms.nan={{_target_:tests.core.test_nonfinite.NaNAtSteps,steps:{steps}}}"
+    return f"+loss.terms.nan={{_target_:tests.trainers.lifecycle.test_nonfinite.NaNAtSteps,steps:{steps}}}"
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -14,18 +13,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.mark.distributed
 @pytest.mark.parametrize("stage, mode", [(2, "weight"), (3, "norm")])
 def test_every_rank_logs_the_same_all_reduced_values(tmp_path, stage, mode):
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": os.pathsep.join([HERE, ROOT])}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         os.path.join(HERE, "distributed_probe.py"), str(stage), mode, str(tmp_path),
     ]
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
