@@ -93,12 +93,14 @@ def test_measuring_leaves_logits_and_attention_implementation_unchanged(family, 
     masks = masks_of(batch, model, processor)
     implementations = (model.config._attn_implementation, model.config.get_text_config()._attn_implementation)
     model.train()
-    with torch.no_grad():
-        before = model(**inputs).logits
-        measure(model, batch, masks.query, masks.a, masks.b, mode="norm")
-        after = model(**inputs).logits
-    assert model.training
-    model.eval()
+    try:  # the module's shared model goes back to eval mode whatever happens here
+        with torch.no_grad():
+            before = model(**inputs).logits
+            measure(model, batch, masks.query, masks.a, masks.b, mode="norm")
+            after = model(**inputs).logits
+        assert model.training
+    finally:
+        model.eval()
     assert torch.equal(before, after)
     assert (model.config._attn_implementation, model.config.get_text_config()._attn_implementation) == implementations
 
