@@ -59,7 +59,11 @@ def test_composer_on_a_real_forward(tiny_llava):
     total, logged = composer(LossContext(model=model, batch=batch, outputs=outputs))
     reference = model(**{k: v for k, v in batch.items() if k != "branch"}).loss  # HF's own shifted CE
     torch.testing.assert_close(logged["lm_loss"], reference.detach(), rtol=1e-5, atol=1e-6)
-    assert logged["align_loss"] > 0
+    # The alignment term as logged is the term computed on its own, and the total is their weighted sum.
+    alone = AlignmentLoss()(LossContext(model=model, batch=batch, outputs=_forward(model, batch)))
+    torch.testing.assert_close(logged["align_loss"], alone.detach())
+    assert logged["align_loss"] > 0  # the two views' prompts differ: a zero would mean the rows were not paired
+    torch.testing.assert_close(total.detach(), logged["lm_loss"] + 0.01 * logged["align_loss"])
     model.zero_grad()
     total.backward()
     assert model.lm_head.weight.grad.abs().sum() > 0

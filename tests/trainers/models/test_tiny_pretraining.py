@@ -11,7 +11,9 @@ from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from tests.support.helpers import compose_config
+from xmodal.core.tokens import IGNORE_INDEX
 from xmodal.trainers.models.tiny_pretraining import (
+    _teacher_forced_exact,
     PretrainingError,
     PretrainingSettings,
     build_tiny_llava_base,
@@ -138,6 +140,26 @@ def test_stage_reports_text_qa_accuracy_when_taught(tmp_path):
                                       "cache_dir": str(tmp_path)})
     scores = pretrain(model, processor, "llava", VISION["image_size"], settings)
     assert set(scores) == {"classifier_accuracy", "caption_exact_match", "text_qa_accuracy"}
-    assert 0.0 <= scores["text_qa_accuracy"] <= 1.0
+    _, held_out = text_qa_records(settings)
+    assert (scores["text_qa_accuracy"] * len(held_out)).is_integer()  # a share of the held-out questions
     with pytest.raises(PretrainingError, match="text_qa_accuracy"):
         pretrain(model, processor, "llava", VISION["image_size"], replace(settings, min_text_qa_accuracy=1.01))
+
+
+def test_an_answer_counts_as_exact_when_greedy_decoding_reproduces_it():
+    """The stage's scorer (one teacher-forced forward) against `generate`: rows whose answer is the model's own
+    greedy continuation score 1, the same rows with one answer token changed score 0."""
+    torch.manual_seed(0)
+    model, processor = build_tiny_llava(TEXT, VISION, vocab_size=512)
+    model.eval()
+    prompts = torch.randint(5, 500, (3, 6), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        generated = model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), do_sample=False,
+                                   max_new_tokens=4, min_new_tokens=4)
+    answers = generated[:, prompts.shape[1]:]
+    labels = torch.cat([torch.full_like(prompts, IGNORE_INDEX), answers], dim=1)
+    batch = {"input_ids": generated, "attention_mask": torch.ones_like(generated), "labels": labels}
+    assert _teacher_forced_exact(model, dict(batch)) == [True, True, True]
+    wrong = labels.clone()
+    wrong[1, -2] = (wrong[1, -2] + 1) % 512  # row 1: one answer token that greedy decoding did not produce
+    assert _teacher_forced_exact(model, dict(batch, labels=wrong)) == [True, False, True]
