@@ -81,6 +81,7 @@ def _options(group: str) -> list[str]:
     return [option for option_group, option in GROUP_OPTIONS if option_group == group]
 
 
+@pytest.mark.slow  # a fresh process sets up DeepSpeed for each option (a minute on 2 shared cores)
 def test_every_deepspeed_option_builds_training_arguments_with_its_auto_values_filled(tmp_path):
     """The "auto" batch, clipping and optimizer values come from the trainer group; only model-sized ones stay."""
     options = [option for option in _options("deepspeed") if option != "none"]  # none: the defaults test below

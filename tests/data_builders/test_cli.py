@@ -112,6 +112,7 @@ def test_skipped_records_are_counted_in_the_summary(tmp_path):
     assert summary["records"] == 1 and summary["skipped_records"] == {"image: missing image file": 1}
 
 
+@pytest.mark.slow  # starts the xmodal-data entry point
 @pytest.mark.timeout(120)
 def test_command_line_entry_point(tmp_path):
     out = tmp_path / "mix.jsonl"

@@ -35,6 +35,7 @@ def steps(run: Path) -> list[int]:
     return [record["step"] for record in read_metrics(str(run)) if "lm_loss" in record]
 
 
+@pytest.mark.slow  # xmodal-train end to end (in-process)
 def test_every_job_of_a_sweep_keeps_its_own_run(tmp_path, cache_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
     train(monkeypatch, "seed=1,2", multirun=True)
@@ -52,6 +53,7 @@ def test_every_job_of_a_sweep_keeps_its_own_run(tmp_path, cache_dir, monkeypatch
     assert first_losses[0] != first_losses[1]  # two seeds, two runs: neither replaced the other
 
 
+@pytest.mark.slow  # xmodal-train end to end (in-process)
 def test_a_fresh_run_refuses_a_directory_holding_a_run_until_overwrite(tmp_path, cache_dir, monkeypatch, capfd):
     run = tmp_path / "run"
     train(monkeypatch, f"output_dir={run}", "logger=tensorboard")
@@ -81,6 +83,7 @@ def test_weights_are_safetensors(tmp_path, cache_dir, monkeypatch):
     assert all(path.endswith((".safetensors", ".safetensors.index.json")) for path in weights), weights
 
 
+@pytest.mark.slow  # xmodal-train end to end (in-process)
 def test_the_wandb_key_never_reaches_the_run_files_or_the_console(tmp_path, cache_dir, monkeypatch, capfd):
     key = "f00dfeedf00dfeedf00dfeedf00dfeedf00dfeed"
     monkeypatch.setenv("WANDB_API_KEY", key)
