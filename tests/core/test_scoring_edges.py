@@ -3,13 +3,32 @@ docs/testing.md): where an answer is cut, bare choice letters, and the conflict 
 
 from __future__ import annotations
 
-from xmodal.core.scoring import ExactConflictJudge, FreeTextConflictJudge, answers_match, cut_at_end
+import pytest
+
+from xmodal.core.scoring import ExactConflictJudge, FreeTextConflictJudge, answers_match, cut_at_end, evaluate_number
 
 
 def test_an_answer_is_cut_at_the_first_end_marker_not_the_last():
     assert cut_at_end("12</s>padding</s>", ("</s>",)) == "12"
     assert cut_at_end("12<pad><pad>", ("</s>", "<pad>")) == "12"  # whichever marker comes first
     assert cut_at_end("12", ("</s>",)) == "12"
+
+
+@pytest.mark.parametrize("text,value", [
+    ("6/4", 1.5),
+    (r"2\frac{1}{4}", 0.5),  # implicit product with a fraction
+    ("2{3}", 6.0),  # and with a braced group
+    ("+5", 5.0),  # unary plus
+    ("-+5", -5.0),
+    ("{3}+1", 4.0),
+    ("[3+1]", 4.0),
+    (r"\sqrt[3]{8}", 2.0),
+    (r"\sqrt{0}", 0.0),  # the root of zero is zero, not a refusal
+    (r"\sqrt[3}{8}", None),  # a malformed degree is no number
+    ("(-8)^{0.5}", None),  # nor is a complex power
+])
+def test_arithmetic_edges_read_as_hand_computed(text, value):
+    assert evaluate_number(text) == value
 
 
 def test_a_bare_choice_letter_names_that_choice():
