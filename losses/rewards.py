@@ -21,7 +21,7 @@ import re
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from xmodal.core.scoring import answers_match
+from xmodal.core.scoring import grader as grader_by_name
 
 # The released recipe's format check: reasoning in think tags, then a boxed final answer.
 RELEASED_FORMAT_PATTERN = r"<think>.*</think>.*\\boxed\{.*\}.*"
@@ -35,15 +35,17 @@ def completion_text(completion) -> str:
 
 
 class CorrectAnswer:
-    """1 when the completion's answer matches `target` (`xmodal.core.scoring.answers_match`: last boxed answer
-    or last number, 1 % relative tolerance for numbers, normalised exact match otherwise), else 0."""
+    """1 when the completion's answer matches `target` by the named grader (`xmodal.core.scoring.grader`), else 0:
+    `lenient` (`answers_match`: last boxed answer or last number, `tolerance` relative error for numbers,
+    normalised exact match otherwise) or `release` (the released reward: last boxed answer, its grader, no
+    tolerance)."""
 
-    def __init__(self, tolerance: float = 0.01):
-        self.tolerance = tolerance
+    def __init__(self, grader: str = "lenient", tolerance: float = 0.01):
+        self.correct = grader_by_name(grader, "reward", tolerance)
 
     def __call__(self, prompts, completions, target, **_columns) -> list[float]:
         return [
-            float(answers_match(completion_text(completion), answer, tolerance=self.tolerance))
+            float(self.correct(completion_text(completion), answer))
             for completion, answer in zip(completions, target, strict=True)
         ]
 
