@@ -140,3 +140,21 @@ def test_refill_runs_until_capped_and_logs_its_rounds(trainer):
     assert trainer._metrics["train"]["groups_kept"] == [0.0]
     assert output["tool_mask"].sum() == 0 and output["num_items_in_batch"] == 0
     assert not math.isnan(float(output["advantages"].abs().sum()))
+
+
+@pytest.mark.slow
+def test_two_updates_per_rollout_batch_with_every_regime_knob_on(tmp_path, cache_dir):
+    """Two optimizer steps from one rollout batch (steps_per_generation = 2 x the accumulation steps), with the dual
+    clip, overlong shaping and refill on: one generation round set, both steps logged."""
+    trainer = build_rl_trainer(tmp_path, [
+        "model=tiny_llava", "rl.grpo.steps_per_generation=2", "rl.grpo.delta=10.0", "rl.overlong.buffer=2",
+        "rl.refill.enabled=true", "rl.refill.max_rounds=1", "trainer.max_steps=2", "trainer.logging_steps=1",
+        "trainer.save_steps=100",
+    ])
+    assert trainer.reward_func_names == ["correct", "overlong"]
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert [entry["step"] for entry in logs] == [1, 2]
+    # one rollout batch for both steps: the refill ran (at most its cap) once, in the first step's window only
+    assert [("refill_rounds" in entry) for entry in logs] == [True, False]
+    assert 0.0 <= logs[0]["refill_rounds"] <= 1.0 and "rewards/overlong/mean" in logs[0]
