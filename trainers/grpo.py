@@ -122,18 +122,18 @@ class XModalGRPOTrainer(ResilientTrainingMixin, GRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         mode = "train" if self.model.training else "eval"
-        output, kept_groups = self._score_rollouts(inputs, mode)
+        output, kept_rows = self._score_rollouts(inputs, mode)
         if self.refill.enabled and mode == "train":
-            output, kept_groups = self._refill(inputs, output, kept_groups)
-        group_size = self.num_generations if mode == "train" else self.num_generations_eval
+            output, kept_rows = self._refill(inputs, output, kept_rows)
         if self.filter_equal_reward_groups:
             # TRL multiplies its loss mask (never the attention mask) by `tool_mask`: the filtered rows leave the
             # loss and the DAPO normaliser while their tokens stay in place (M-RoPE positions need them).
-            kept = kept_groups.repeat_interleave(group_size).unsqueeze(1).to(output["completion_mask"])
+            kept = kept_rows.unsqueeze(1).to(output["completion_mask"])
             output["tool_mask"] = output.get("tool_mask", torch.ones_like(output["completion_mask"])) * kept
             loss_mask = output["completion_mask"] * output["tool_mask"]
             output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
-        self._metrics[mode]["groups_kept"].append(self.accelerator.gather(kept_groups.float()).mean().item())
+        # Every group has as many rows, so the share of kept rows is the share of kept groups.
+        self._metrics[mode]["groups_kept"].append(self.accelerator.gather(kept_rows.float()).mean().item())
         if "align_rows" in output:
             aligned = output["align_rows"]
             output["align_num_items"] = self.accelerator.gather((output["completion_mask"] * aligned.unsqueeze(1)).sum()).sum()
@@ -141,7 +141,8 @@ class XModalGRPOTrainer(ResilientTrainingMixin, GRPOTrainer):
         return output
 
     def _score_rollouts(self, inputs, mode: str) -> tuple[dict, torch.Tensor]:
-        """TRL's rollouts and scores of `inputs`, with the alignment rows; and this rank's informative groups."""
+        """TRL's rollouts and scores of `inputs`, with the alignment rows; and which of this rank's rows belong to
+        informative groups."""
         output = super()._generate_and_score_completions(inputs)
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
         rewards_per_func = self._rewards_per_func
@@ -157,10 +158,10 @@ class XModalGRPOTrainer(ResilientTrainingMixin, GRPOTrainer):
             has_vision_view = torch.tensor([row.get("vision_prompt") is not None for row in inputs], device=kept_rows.device)
             output["align_rows"] = full_reward[local] & kept_rows & has_vision_view
             output["vision_inputs"] = [self._encode_vision_prompt(row) for row in inputs]
-        return output, kept_rows.view(-1, group_size)[:, 0]
+        return output, kept_rows
 
     # -- refill -----------------------------------------------------------------------------------------------
-    def _refill(self, inputs, output: dict, kept_groups: torch.Tensor) -> tuple[dict, torch.Tensor]:
+    def _refill(self, inputs, output: dict, kept_rows: torch.Tensor) -> tuple[dict, torch.Tensor]:
         """Informative groups of further prompts in the places of filtered ones, until none is left (all ranks) or
         `max_rounds` rounds have run."""
         group_size = self.num_generations
@@ -169,20 +170,21 @@ class XModalGRPOTrainer(ResilientTrainingMixin, GRPOTrainer):
                 f"rl.refill needs whole groups on each rank: {len(inputs)} rollouts per rank is not a multiple of "
                 f"rl.grpo.num_generations={group_size} (trainer.per_device_train_batch_size x steps_per_generation)"
             )
+        kept_groups = kept_rows.view(-1, group_size)[:, 0]
         rounds = 0
         while rounds < self.refill.max_rounds and not bool(self.accelerator.gather(kept_groups).all()):
             rounds += 1
             extra_inputs = self._further_prompts(len(inputs) // group_size)
             extra, extra_kept = self._score_rollouts(extra_inputs, "train")
             filtered = (~kept_groups).nonzero().flatten().tolist()
-            replacements = extra_kept.nonzero().flatten().tolist()[: len(filtered)]
+            replacements = extra_kept.view(-1, group_size)[:, 0].nonzero().flatten().tolist()[: len(filtered)]
             if replacements:
                 output = _replace_groups(output, extra, filtered[: len(replacements)], replacements, group_size,
                                          self._tokenizer.pad_token_id)
                 kept_groups = kept_groups.clone()
                 kept_groups[filtered[: len(replacements)]] = True
         self._metrics["train"]["refill_rounds"].append(float(rounds))
-        return output, kept_groups
+        return output, kept_groups.repeat_interleave(group_size)
 
     def _further_prompts(self, prompts: int) -> list[dict]:
         """`prompts` rows of the training set (a seeded walk through it, per rank), each repeated for its group."""

@@ -122,6 +122,7 @@ def test_sft_recipes_compose_the_released_optimiser_and_alignment(recipe):
     assert trainer.learning_rate == RELEASED_RL["learning rate"]
     assert (trainer.lr_scheduler_type, trainer.warmup_steps) == (RELEASED_RL["lr schedule"], RELEASED_RL["warm-up steps"])
     assert (trainer.weight_decay, trainer.max_grad_norm) == (RELEASED_RL["weight decay"], RELEASED_RL["gradient clip"])
+    assert cfg.encoding.max_length == 1024 + RELEASED_RL["response length"]  # data.max_prompt_length + response
     align = cfg.loss.terms.get("align")
     if recipe in ALIGNED_SFT:
         assert {key: align[key] for key in RELEASED_ALIGNMENT} == RELEASED_ALIGNMENT

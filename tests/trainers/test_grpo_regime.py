@@ -106,7 +106,7 @@ def test_overlong_shaping_is_daposs_linear_penalty():
 def test_replace_groups_moves_whole_groups_with_their_images(trainer):
     rows = [trainer.train_dataset[i] for i in range(2) for _ in range(trainer.num_generations)]
     trainer.model.train()
-    first, kept_first = trainer._score_rollouts(rows, "train")
+    first, _ = trainer._score_rollouts(rows, "train")
     second, _ = trainer._score_rollouts(list(reversed(rows)), "train")
     merged = _replace_groups(first, second, [1], [0], trainer.num_generations, trainer._tokenizer.pad_token_id)
     group = trainer.num_generations
