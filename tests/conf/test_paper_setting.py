@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from xmodal.losses.alignment import RELEASED_ESTIMATE_BOUND, RELEASED_LOG_RATIO_BOUND
-from xmodal.losses.rewards import RELEASED_FORMAT_PATTERN
+from xmodal.losses.rewards import RELEASED_FORMAT_PATTERN, build_rewards
 from xmodal.recipes import CONFIG_DIR
 
 GPUS = 8  # trainer.n_gpus_per_node=8 in every released script
@@ -137,3 +137,14 @@ def test_evaluation_composes_the_released_evaluation():
     assert (cfg.evaluate.grader, cfg.data.prompt_style, cfg.split) == ("release", "release_eval", "test")
     default = composed("evaluate", [])
     assert default.evaluate.grader == "lenient"
+
+
+def test_the_composed_reward_grades_as_released():
+    """The reward that `setting=paper` builds: 0.9 x (boxed answer by the release's grader, no tolerance) + 0.1 x format."""
+    released, weights = build_rewards(composed("rl", ["experiment=modality_gap_rl/kl", *DATA]).reward)
+    embedded, _ = build_rewards(composed("rl", ["experiment=modality_gap_rl/kl"]).reward)
+    assert weights == [0.9, 0.1]
+    completions = [r"<think>AB = 2\sqrt{3}</think> \boxed{2\sqrt{3}}", "<think>so 3.464</think> 3.464"]
+    target = ["3.464", "3.464"]
+    assert [reward(None, completions, target=target) for reward in released] == [[0.0, 0.0], [1.0, 0.0]]
+    assert embedded[0](None, completions, target=target) == [1.0, 1.0]  # lenient: 1 %, and the last number
