@@ -49,3 +49,9 @@ def test_the_free_text_judge_defaults_read_disagreement_and_its_negation():
     assert judge("This is not a simple plain conflict.")  # "not" is 4 words before: outside the window
     assert not judge("I am indifferent to the answer.")  # a phrase counts only as a word start ("differ")
     assert judge("It is either 7 or 9.", answer="7", counter_answer="9")  # names both answers
+
+
+def test_the_free_text_judge_reads_its_own_negations_when_given():
+    judge = FreeTextConflictJudge(negations=["hardly"])
+    assert not judge("The sources hardly conflict.")
+    assert judge("The sources do not conflict.")  # "not" is no negation of this judge
