@@ -30,6 +30,12 @@ def lay_out_tree(tree: Path) -> None:
         shutil.copytree(REPO / package, tree / "xmodal" / package, ignore=IGNORED, dirs_exist_ok=True)
     shutil.copytree(REPO / "tests", tree / "tests", ignore=IGNORED, dirs_exist_ok=True)
     shutil.copy2(REPO / "setup.cfg", tree / "setup.cfg")
+    mutated = tree / "mutants" / "xmodal"
+    if mutated.is_dir():  # mutmut re-copies changed .py files only: refresh the configs beside them
+        for path in (tree / "xmodal").rglob("*"):
+            if path.is_file() and path.suffix not in (".py", ".pyc"):
+                (mutated / path.relative_to(tree / "xmodal")).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(path, mutated / path.relative_to(tree / "xmodal"))
 
 
 def main() -> int:
