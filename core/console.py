@@ -148,10 +148,10 @@ def hydra_console_script(
     show_traceback = False
 
     @functools.wraps(task)
-    def guarded_task(cfg):
+    def guarded_task(*composed):  # Hydra's composed config, handed on to the task unread
         failed = False
         try:
-            return task(cfg)
+            return task(*composed)
         except Exception as error:  # exit here: Hydra prints "Error executing job" for what leaves the task
             failed = True
             _exit_on_user_error(script, error, show_traceback)

@@ -80,6 +80,12 @@ def check_deepspeed_config(args) -> None:
         )
 
 
+def launched_world_size() -> int:
+    """The number of processes the launcher started (`WORLD_SIZE`, set by torchrun and the DeepSpeed launcher
+    before the recipe starts, so it is known before any process group exists); 1 for a single process."""
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
 @contextlib.contextmanager
 def main_process_first():
     """Rank 0 runs the block first, the other ranks after it (all at once when no process group exists yet)."""

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from xmodal.core.errors import ConfigError
 from .sample import check_sample
@@ -19,24 +18,14 @@ class BuiltInstances:
     instances: list[dict]
 
 
-def examples_per_step(cfg: DictConfig) -> int:
-    """Instances per optimizer step of the configured training run (what a step-based schedule counts in).
-
-    The world size comes from the launcher's `WORLD_SIZE`, which torchrun and the DeepSpeed launcher set
-    before the recipe starts; a single process is 1.
-    """
-    batch = OmegaConf.select(cfg, "trainer.per_device_train_batch_size", default=1)
-    accumulation = OmegaConf.select(cfg, "trainer.gradient_accumulation_steps", default=1)
-    return int(batch) * int(accumulation) * int(os.environ.get("WORLD_SIZE", 1))
-
-
-def build_instances(cfg: DictConfig) -> BuiltInstances:
-    """Instantiate `cfg.data` and `cfg.builder`, build with the run's seed and step size, and check every instance."""
-    source = instantiate(cfg.data)
-    builder = instantiate(cfg.builder)
-    instances = builder.build(source, seed=cfg.seed, examples_per_step=examples_per_step(cfg))
+def build_instances(data_cfg: DictConfig, builder_cfg: DictConfig, *, seed: int, examples_per_step: int = 1) -> BuiltInstances:
+    """Instantiate the `data` source and the `builder`, build with `seed` and `examples_per_step` (instances per
+    optimizer step of the run the instances are for: a step-based schedule counts in it), check every instance."""
+    source = instantiate(data_cfg)
+    builder = instantiate(builder_cfg)
+    instances = builder.build(source, seed=seed, examples_per_step=examples_per_step)
     if not instances:
-        raise ConfigError(f"builder {cfg.builder._target_} produced no instances from data {cfg.data._target_}")
+        raise ConfigError(f"builder {builder_cfg._target_} produced no instances from data {data_cfg._target_}")
     for instance in instances:
         check_sample(instance)
     return BuiltInstances(source, builder, instances)

@@ -18,8 +18,7 @@ from omegaconf import DictConfig
 
 from xmodal.core.atomic import atomic_file
 from xmodal.core.errors import ConfigError
-from xmodal.data_builders.instances import build_instances
-from xmodal.recipes import CONFIG_DIR
+from xmodal.recipes import CONFIG_DIR, instances_of
 from xmodal.core.console import hydra_console_script
 
 
@@ -63,7 +62,7 @@ def copy_images(lines: list[dict], folder: Path) -> int:
 
 def write_build(cfg: DictConfig, out: str) -> dict:
     """Build, write the JSONL and its images, write and return the summary."""
-    built = build_instances(cfg)
+    built = instances_of(cfg)
     source, builder, instances = built.source, built.builder, built.instances
     out_path = Path(out).expanduser().resolve()
     out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,13 +25,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from xmodal.core.atomic import atomic_write_text
-from xmodal.data_builders.instances import build_instances
 from xmodal.data_builders.templates import get_template
-from xmodal.recipes import CONFIG_DIR
+from xmodal.recipes import CONFIG_DIR, base_model, instances_of
 from xmodal.core.console import hydra_console_script
 from xmodal.trainers.evaluation.answers import EvalItem, GenerationSettings, Prediction, eval_items, predict
 from xmodal.trainers.evaluation.report import results_table, summarise
-from xmodal.trainers.models import load_for_inference, model_location
+from xmodal.trainers.models import load_for_inference
 
 logger = logging.getLogger("xmodal.evaluate")
 
@@ -87,8 +86,8 @@ def prediction_lines(checkpoint: str, predictions: list[Prediction]) -> list[str
 def run(cfg: DictConfig) -> str:
     """Evaluate `evaluate.checkpoints` (or the configured model); returns the path of eval.json."""
     settings = cfg.evaluate
-    checkpoints = list(settings.checkpoints) or [model_location(cfg)]
-    items = eval_items(build_instances(cfg).instances, settings.per_condition)
+    checkpoints = list(settings.checkpoints) or [base_model(cfg)]
+    items = eval_items(instances_of(cfg).instances, settings.per_condition)
     # Batches stay within one condition, so padding and per-condition timings stay comparable.
     items.sort(key=lambda item: item.condition)
     generation = GenerationSettings.from_config(settings, OmegaConf.select(cfg, "data.prompt_style", default="compact"))

@@ -23,16 +23,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from xmodal.data_builders.collate import MultimodalCollator
 from xmodal.core.errors import ConfigError
-from xmodal.data_builders.instances import build_instances
 from xmodal.data_builders.templates import get_template
 from xmodal.data_builders.tokenize import EncodingSettings, encode_instance
-from xmodal.recipes import CONFIG_DIR
+from xmodal.recipes import CONFIG_DIR, base_model, instances_of
 from xmodal.core.atomic import atomic_write_text
 from xmodal.core.console import hydra_console_script
 from xmodal.trainers.metrics.imbalance import SpanStats, measure
 from xmodal.trainers.metrics.imbalance_probes import SPAN_PAIRS, collate_probe
 from xmodal.trainers.metrics.plots import heatmap_grid
-from xmodal.trainers.models import load_for_inference, model_location, to_model
+from xmodal.trainers.models import load_for_inference, to_model
 
 logger = logging.getLogger("xmodal.imbalance")
 PLOTTED = {"ratio": "ratio", "per_token_ratio": "per-token ratio"}
@@ -49,7 +48,7 @@ def read_instances(cfg: DictConfig) -> list[dict]:
     if cfg.imbalance.instances:
         with open(cfg.imbalance.instances) as f:
             return [json.loads(line) for line in f if line.strip()]
-    return build_instances(cfg).instances
+    return instances_of(cfg).instances
 
 
 def encode_by_condition(instances: list[dict], processor, cfg: DictConfig) -> dict[str, list[tuple[dict, dict]]]:
@@ -156,7 +155,7 @@ def run(cfg: DictConfig) -> str:
     if settings.spans not in SPAN_PAIRS:
         raise ConfigError(f"imbalance.spans must be one of {SPAN_PAIRS}, got {settings.spans!r}")
     torch.manual_seed(cfg.seed)
-    checkpoint = settings.checkpoint or model_location(cfg)
+    checkpoint = settings.checkpoint or base_model(cfg)
     checkpoints = {"checkpoint": checkpoint, **({"compare": settings.compare} if settings.compare else {})}
     instances = read_instances(cfg)
     results, layers = {}, None

@@ -12,8 +12,9 @@ import os
 import re
 import shutil
 import sys
+from typing import NamedTuple
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from xmodal.core.atomic import atomic_write_text
 from xmodal.core.errors import ConfigError
@@ -62,37 +63,43 @@ def sweep_subdirectory() -> str | None:
     return name.replace(os.sep, "_")
 
 
-def claim_output_dir(cfg: DictConfig) -> str | None:
-    """Fix `cfg.output_dir` for this job, refuse to mix runs, and return the checkpoint to resume from (or None).
+class ClaimedRunDirectory(NamedTuple):
+    output_dir: str  # the job's own directory: `output_dir`, or its sweep subdirectory in a multirun
+    resume_from: str | None  # the checkpoint to resume from
+
+
+def claim_output_dir(output_dir: str, resume: bool | str, overwrite: bool) -> ClaimedRunDirectory:
+    """This job's run directory (its own subdirectory of `output_dir` in a sweep) and the checkpoint `resume`
+    names in it; refuses to mix two runs in one directory. The recipe records the returned directory in its config.
 
     Every rank calls it before any rank writes into the directory, so all ranks decide alike.
     """
     subdirectory = sweep_subdirectory()
     if subdirectory:
-        cfg.output_dir = os.path.join(cfg.output_dir, subdirectory)
-    resume_from = resolve_resume(cfg.resume, cfg.output_dir)
+        output_dir = os.path.join(output_dir, subdirectory)
+    resume_from = resolve_resume(resume, output_dir)
     # A config.yaml alone is a run that stopped before training (a bad record, a model that did not load): the
     # corrected command may reuse the directory.
-    found = [name for name in run_entries(cfg.output_dir) if name != "config.yaml"]
-    if resume_from and cfg.overwrite:
+    found = [name for name in run_entries(output_dir) if name != "config.yaml"]
+    if resume_from and overwrite:
         raise ConfigError("overwrite=true would delete the checkpoints resume= continues from: pass one of them")
-    if found and not resume_from and not cfg.overwrite:
+    if found and not resume_from and not overwrite:
         shown = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
         raise ConfigError(
-            f"output_dir={cfg.output_dir} already holds a run ({shown}): resume=true continues it, overwrite=true "
+            f"output_dir={output_dir} already holds a run ({shown}): resume=true continues it, overwrite=true "
             "deletes it and starts afresh, or choose another output_dir"
         )
-    return resume_from
+    return ClaimedRunDirectory(output_dir, resume_from)
 
 
-def open_output_dir(cfg: DictConfig) -> None:
-    """On rank 0: delete the previous run's files when overwriting, then write the resolved `config.yaml`."""
-    if cfg.overwrite:
-        for name in run_entries(cfg.output_dir):
-            path = os.path.join(cfg.output_dir, name)
+def open_output_dir(output_dir: str, overwrite: bool, resolved_config: dict) -> None:
+    """On rank 0: delete the previous run's files when `overwrite`, then write `resolved_config` (the run's config
+    as a plain container) to `config.yaml`, secrets redacted."""
+    if overwrite:
+        for name in run_entries(output_dir):
+            path = os.path.join(output_dir, name)
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    config = redact_secrets(OmegaConf.to_container(cfg, resolve=True))
-    atomic_write_text(os.path.join(cfg.output_dir, "config.yaml"), OmegaConf.to_yaml(config))
+    atomic_write_text(os.path.join(output_dir, "config.yaml"), OmegaConf.to_yaml(redact_secrets(resolved_config)))
 
 
 def redact_secrets(node):

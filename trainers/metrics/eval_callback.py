@@ -50,13 +50,9 @@ class EvalCallback(TrainerCallback):
     ):
         if every_n_steps < 1:
             raise ValueError("metrics.eval.every_n_steps must be positive")
-        self.heldout = OmegaConf.create(
-            {
-                "data": _overridden(data, data_overrides, "data"),
-                "builder": _overridden(builder, builder_overrides, "builder"),
-                "seed": seed,
-            }
-        )
+        self.heldout_data = _overridden(data, data_overrides, "data")
+        self.heldout_builder = _overridden(builder, builder_overrides, "builder")
+        self.seed = seed
         self.template = get_template(template)
         self.judge = instantiate(judge) if judge is not None else None
         self.every_n_steps = every_n_steps
@@ -71,7 +67,8 @@ class EvalCallback(TrainerCallback):
         """Attach to `trainer` and build the held-out items once. The held-out set is the callback's own: the
         probe arguments a recipe hands every metric callback (for `metrics=imbalance`) are not used."""
         self.trainer = trainer
-        items = eval_items(build_instances(self.heldout).instances, self.per_condition)
+        built = build_instances(self.heldout_data, self.heldout_builder, seed=self.seed)
+        items = eval_items(built.instances, self.per_condition)
         self.items = sorted(items, key=lambda item: item.condition)  # batches within one condition, as in xmodal-eval
 
     def on_step_end(self, args, state, control, **kwargs):
