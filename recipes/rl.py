@@ -16,13 +16,13 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 from trl import GRPOConfig
 
-from xmodal.core.errors import ConfigError
 from xmodal.data_builders.collate import MultimodalCollator
 from xmodal.data_builders.rollout_prompts import rollout_dataset, sampled_view
 from xmodal.data_builders.tokenize import EncodingSettings, tokenize_instances
 from xmodal.recipes import CONFIG_DIR, base_model, instances_of
 from xmodal.core.console import hydra_console_script
-from xmodal.trainers.grpo import RolloutAlignment, XModalGRPOTrainer
+from xmodal.losses.alignment import RolloutAlignment, require_pairs
+from xmodal.trainers.grpo import XModalGRPOTrainer
 from xmodal.trainers.models import load_processor
 from xmodal.losses.rewards import build_rewards
 from xmodal.trainers.lifecycle.run_directory import claim_output_dir, open_output_dir
@@ -48,11 +48,8 @@ def build_rl_args(cfg: DictConfig, reward_weights: list[float], ordered: bool) -
 
 
 def check_alignment_data(alignment: RolloutAlignment, dataset) -> None:
-    if alignment.weight > 0 and all(prompt is None for prompt in dataset["vision_prompt"]):
-        raise ConfigError(
-            "rl.align.weight > 0 needs the vision-centric view of every prompt: use builder=paired builder.emit=both "
-            "(or set rl.align.weight=0)"
-        )
+    if alignment.weight > 0:
+        require_pairs(any(prompt is not None for prompt in dataset["vision_prompt"]), "rl.align")
 
 
 def build_trainer(cfg: DictConfig) -> tuple[XModalGRPOTrainer, object, str]:
