@@ -28,8 +28,8 @@ from xmodal.data_builders.tokenize import EncodingSettings, encode_instance
 from xmodal.recipes import CONFIG_DIR, base_model, instances_of
 from xmodal.core.atomic import atomic_write_text
 from xmodal.core.console import hydra_console_script
-from xmodal.trainers.metrics.imbalance import SpanStats, measure
-from xmodal.trainers.metrics.imbalance_probes import SPAN_PAIRS, collate_probe
+from xmodal.trainers.metrics.imbalance import SpanStats
+from xmodal.trainers.metrics.imbalance_probes import SPAN_PAIRS, collate_probe, probe_totals
 from xmodal.trainers.metrics.plots import heatmap_grid
 from xmodal.trainers.models import load_for_inference, to_model
 
@@ -90,12 +90,9 @@ def measure_checkpoint(path: str, instances: list[dict], cfg: DictConfig) -> tup
         probe = collate_probe(
             rows, collator, model.config, processor, settings.batch_size, settings.query, settings.spans, condition_instances
         )
-        sums, count = 0.0, 0.0
-        for batch, masks in probe:
-            inputs = to_model(batch, model)
-            measured = measure(model, inputs, masks.query, masks.a, masks.b, layers=settings.layers, mode=settings.mode)
-            batch_sums, batch_count = measured.totals()
-            sums, count, layers = sums + batch_sums, count + batch_count, measured.layers
+        sums, count, layers = probe_totals(
+            model, probe, lambda batch: to_model(batch, model), layers=settings.layers, mode=settings.mode
+        )
         if count == 0:
             logger.warning("condition %s: no sequence where the query sees both spans; skipped", condition)
             continue
