@@ -182,6 +182,16 @@ def hydra_console_script(
     return main
 
 
+def progress_bar(iterable, description: str, total: int | None = None):
+    """`iterable` behind a tqdm bar on stderr, on HF's terms: transformers' `disable_progress_bar()` (or
+    HF_HUB_DISABLE_PROGRESS_BARS=1) hides it, and so do logs quieter than warnings (TrainingArguments' disable_tqdm
+    default). The bar is cleared when the loop ends; the log lines say what it produced."""
+    from transformers.utils import logging as hf_logging
+
+    quiet = logging.getLogger("xmodal").getEffectiveLevel() > logging.WARN
+    return hf_logging.tqdm(iterable, desc=description, total=total, disable=quiet, leave=False)
+
+
 def run_summary(log_history: list[dict], global_step: int, output_dir: str, final_dir: str, seconds: float) -> str:
     """The lines a training run ends with: steps, the last logged loss terms, where its outputs are, wall time."""
     last = next((record for record in reversed(log_history) if "loss" in record), None)

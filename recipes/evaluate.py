@@ -43,7 +43,9 @@ def evaluate_checkpoint(
     model, processor = load_for_inference(
         path, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code
     )
-    predictions = predict(model, processor, items, get_template(cfg.model.template), generation, judge)
+    predictions = predict(
+        model, processor, items, get_template(cfg.model.template), generation, judge, progress=f"answering {path}"
+    )
     summary = summarise(predictions, settings.bootstrap_resamples, settings.seed, settings.confidence)
     report = {"checkpoint": path, **summary}
     mismatches: dict[str, int] = defaultdict(int)

@@ -91,7 +91,8 @@ def measure_checkpoint(path: str, instances: list[dict], cfg: DictConfig) -> tup
             rows, collator, model.config, processor, settings.batch_size, settings.query, settings.spans, condition_instances
         )
         sums, count, layers = probe_totals(
-            model, probe, lambda batch: to_model(batch, model), layers=settings.layers, mode=settings.mode
+            model, probe, lambda batch: to_model(batch, model), layers=settings.layers, mode=settings.mode,
+            progress=f"imbalance {condition}",
         )
         if count == 0:
             logger.warning("condition %s: no sequence where the query sees both spans; skipped", condition)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from xmodal.core.console import progress_bar
 from xmodal.core.tokens import IGNORE_INDEX, image_token_id
 from xmodal.trainers.metrics.imbalance import measure
 
@@ -183,16 +184,18 @@ def collate_probe(
 @torch.no_grad()
 def probe_totals(
     model, probe: list[tuple[dict, ProbeMasks]], prepare, *, layers: list[int] | None, mode: str, rank: int = 0,
-    world: int = 1,
+    world: int = 1, progress: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """`(sums over the valid sequences [quantities, L, H], their count, the measured layers)` of `probe`'s batches,
     each made model inputs by `prepare(batch)` and measured with `measure(..., layers, mode)`.
 
     Rank `rank` of `world` measures batches rank, rank + world, ...; a rank short of batches repeats batch 0 without
     counting it, so every rank runs the same number of (collective, under ZeRO-3) forwards; the caller all-reduces.
+    `progress`: the description of a progress bar over the batches (none without one).
     """
     sums = count = measured_layers = None
-    for turn in range(math.ceil(len(probe) / world)):
+    turns = range(math.ceil(len(probe) / world))
+    for turn in turns if progress is None else progress_bar(turns, progress):
         index = turn * world + rank
         counted = index < len(probe)
         batch, masks = probe[index if counted else 0]
