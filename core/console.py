@@ -134,9 +134,11 @@ def console_script(script: str) -> Callable:
 
 
 def hydra_console_script(
-    script: str, task: Callable, config_path: str, config_name: str, distributed_launch: bool = False
+    script: str, task: Callable, config_path: str, config_name: str, distributed_launch: bool = False,
+    check: Callable | None = None,
 ) -> Callable[[], None]:
-    """The console script that composes `config_name` with the command line and runs `task(cfg)`.
+    """The console script that composes `config_name` with the command line and runs `task(cfg)`, after
+    `check(cfg)` (the typed schema of the composed config: a typo stops the command before anything runs).
 
     User errors from composition and from the task are one line; Hydra's "Error executing job" line and traceback
     appear for unexpected errors (and for all with HYDRA_FULL_ERROR=1). `distributed_launch`: a script that
@@ -151,6 +153,8 @@ def hydra_console_script(
     def guarded_task(*composed):  # Hydra's composed config, handed on to the task unread
         failed = False
         try:
+            if check is not None:
+                check(*composed)
             return task(*composed)
         except Exception as error:  # exit here: Hydra prints "Error executing job" for what leaves the task
             failed = True

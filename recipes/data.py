@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from xmodal.core.atomic import atomic_file
 from xmodal.core.errors import ConfigError
 from xmodal.recipes import CONFIG_DIR, instances_of
+from xmodal.conf.schema import check_schema
 from xmodal.core.console import hydra_console_script
 
 
@@ -94,7 +95,7 @@ def build_and_report(cfg: DictConfig) -> None:
     print(json.dumps(write_build(cfg, out), indent=2))
 
 
-main = hydra_console_script("xmodal-data", build_and_report, CONFIG_DIR, "config")
+main = hydra_console_script("xmodal-data", build_and_report, CONFIG_DIR, "config", check=check_schema)
 
 
 if __name__ == "__main__":

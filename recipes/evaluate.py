@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from xmodal.core.atomic import atomic_write_text
 from xmodal.data_builders.templates import get_template
 from xmodal.recipes import CONFIG_DIR, base_model, instances_of
+from xmodal.conf.schema import check_schema
 from xmodal.core.console import hydra_console_script
 from xmodal.trainers.evaluation.answers import EvalItem, GenerationSettings, Prediction, eval_items, predict
 from xmodal.trainers.evaluation.report import results_table, summarise
@@ -124,7 +125,7 @@ def run(cfg: DictConfig) -> str:
 
 
 # The console script: compose `conf/evaluate.yaml` with the command-line overrides, then `run` it.
-main = hydra_console_script("xmodal-eval", run, CONFIG_DIR, "evaluate")
+main = hydra_console_script("xmodal-eval", run, CONFIG_DIR, "evaluate", check=check_schema)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from xmodal.core.errors import ConfigError
 from xmodal.data_builders.tokenize import EncodingSettings, tokenize_instances
 from xmodal.losses.registry import build_loss
 from xmodal.recipes import CONFIG_DIR, base_model, instances_of
+from xmodal.conf.schema import check_schema
 from xmodal.core.console import hydra_console_script
 from xmodal.trainers.models import load_processor, set_image_pixels
 from xmodal.trainers.lifecycle.nonfinite import NonFiniteLossGuard
@@ -92,7 +93,9 @@ def train(cfg: DictConfig) -> str:
     )
 
 
-main = hydra_console_script("xmodal-train", train, CONFIG_DIR, "config", distributed_launch=True)
+main = hydra_console_script(
+    "xmodal-train", train, CONFIG_DIR, "config", distributed_launch=True, check=check_schema
+)
 
 
 if __name__ == "__main__":

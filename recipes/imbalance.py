@@ -27,6 +27,7 @@ from xmodal.data_builders.templates import get_template
 from xmodal.data_builders.tokenize import EncodingSettings, encode_instance
 from xmodal.recipes import CONFIG_DIR, base_model, instances_of
 from xmodal.core.atomic import atomic_write_text
+from xmodal.conf.schema import check_schema
 from xmodal.core.console import hydra_console_script
 from xmodal.trainers.metrics.imbalance import SpanStats
 from xmodal.trainers.metrics.imbalance_probes import SPAN_PAIRS, collate_probe, probe_totals
@@ -184,7 +185,7 @@ def run(cfg: DictConfig) -> str:
 
 
 # The console script: compose `conf/imbalance.yaml` with the command-line overrides, then `run` it.
-main = hydra_console_script("xmodal-imbalance", run, CONFIG_DIR, "imbalance")
+main = hydra_console_script("xmodal-imbalance", run, CONFIG_DIR, "imbalance", check=check_schema)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from xmodal.data_builders.collate import MultimodalCollator
 from xmodal.data_builders.rollout_prompts import rollout_dataset, sampled_view
 from xmodal.data_builders.tokenize import EncodingSettings, tokenize_instances
 from xmodal.recipes import CONFIG_DIR, base_model, instances_of
+from xmodal.conf.schema import check_schema
 from xmodal.core.console import hydra_console_script
 from xmodal.losses.alignment import RolloutAlignment, require_pairs
 from xmodal.trainers.grpo import XModalGRPOTrainer
@@ -113,7 +114,7 @@ def train(cfg: DictConfig) -> str:
     )
 
 
-main = hydra_console_script("xmodal-rl", train, CONFIG_DIR, "rl", distributed_launch=True)
+main = hydra_console_script("xmodal-rl", train, CONFIG_DIR, "rl", distributed_launch=True, check=check_schema)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from transformers import AttentionInterface
 from transformers.integrations import get_reporting_integration_callbacks
 
+from xmodal.conf.schema import check_schema
 from xmodal.core.errors import ConfigError
 from xmodal.data_builders.templates import TEMPLATES
 from xmodal.recipes import CONFIG_DIR
@@ -70,11 +71,14 @@ def test_group_option_composes_and_resolves(group, option):
     resolved = _resolve([f"{'' if group in ROOT_GROUPS or root != 'config' else '+'}{group}={option}"], config_name=root)
     assert resolved["output_dir"]
     assert resolved["trainer"]["output_dir"] == resolved["output_dir"]
+    check_schema(OmegaConf.create(resolved))  # every shipped value is one its typed schema allows
 
 
 @pytest.mark.parametrize("config_name", ROOT_CONFIGS)
 def test_root_config_composes_and_resolves(config_name):
-    assert _resolve([], config_name=config_name)["seed"] == 42
+    resolved = _resolve([], config_name=config_name)
+    assert resolved["seed"] == 42
+    check_schema(OmegaConf.create(resolved))
 
 
 def _options(group: str) -> list[str]:
