@@ -149,7 +149,7 @@ class MessagesSource:
             with_indices=True,
             fn_kwargs={"conversion": self.conversion, "source_file": self.path},
             remove_columns=raw.column_names,
-            num_proc=self.num_proc if len(raw) >= 2 * self.num_proc else None,
+            num_proc=min(self.num_proc, len(raw)) if self.num_proc > 1 else None,
             cache_file_name=os.path.join(folder, f"{key}.arrow"),
             load_from_cache_file=True,
             desc="Checking records and images",
@@ -236,6 +236,8 @@ def to_sample(raw, file: str, record_id, conversion: Conversion) -> dict:
 
 
 def _typed_messages(turns, file: str, record_id) -> list[dict]:
+    if turns is None:
+        raise DataError(file, record_id, "messages", "missing", "missing field")
     if not isinstance(turns, list) or not turns:
         raise DataError(file, record_id, "messages", "expected a non-empty list of messages", "bad messages")
     messages = []
