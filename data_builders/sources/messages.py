@@ -5,7 +5,8 @@ Layouts (`layout`):
 - `messages` (OpenAI / TRL): `messages: [{role, content}]`, `content` a string or a list of `{"type": "text",
   "text": ...}` / `{"type": "image"}` parts; the i-th image part is `images[i]`.
 - `sharegpt` (LLaMA-Factory): `messages` or `conversations`, turns `{role, content}` or `{from, value}`, with
-  `<image>` placeholders in the text standing for `images` in order, and an optional top-level `system`.
+  `<image>` placeholders in the text standing for `images` in order, and an optional top-level `system`; LLaVA's
+  own files (`conversations` + `image`) read the same way.
 
 An entry of `images` is a path (relative to `image_folder`, else to the record file's folder), a URL (fetched
 unless offline), or image data: bytes, `{"bytes": ..., "path": ...}` as a `datasets.Image()` column stores it,
@@ -229,6 +230,8 @@ def to_sample(raw, file: str, record_id, conversion: Conversion) -> dict:
     else:
         messages = _sharegpt_messages(raw, file, record_id, conversion.placeholder)
     images = raw.get("images")
+    if images is None and conversion.layout == "sharegpt":
+        images = raw.get("image")  # LLaVA's own files name the key in the singular
     images = [] if images is None else images
     images = images if isinstance(images, list) else [images]
     paths = [_image_file(entry, conversion, file, record_id, f"images[{i}]") for i, entry in enumerate(images)]

@@ -67,9 +67,12 @@ def test_llama_factory_sharegpt_placeholders_system_and_several_images(record_di
          "images": ["red.png", "pics/blue.png"], "system": "You see images."},
         {"messages": [{"role": "user", "content": "<image>\nWhat?"}, {"role": "assistant", "content": "blue"}],
          "images": ["pics/blue.png"]},
+        {"conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "blue"}],
+         "image": "pics/blue.png"},  # LLaVA's own key
     ]
     path = write_records(record_dir / "lf.json", records)
-    two, one = MessagesSource(str(path), layout="sharegpt", cache_dir=cache_dir).records()
+    two, one, llava = MessagesSource(str(path), layout="sharegpt", cache_dir=cache_dir).records()
+    assert {key: llava[key] for key in ("messages", "images")} == {key: one[key] for key in ("messages", "images")}
     assert two["messages"] == [
         {"role": "system", "content": [{"type": "text", "text": "You see images."}]},
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Compare with "}, {"type": "image"}]},
