@@ -114,18 +114,19 @@ class MessagesSource:
         """The raw rows, as `datasets` reads them; JSON records arrive as one JSON string each (see _json_rows)."""
         local = Path(self.path).expanduser()
         kind = _FILE_SUFFIXES.get(local.suffix) if local.is_file() else None
+        # Arrow copies of files and Hub downloads go to the run's cache, not ~/.cache/huggingface.
+        options = {} if streaming else {"cache_dir": os.path.join(self.cache_dir, "datasets")}
         if kind == "json":
             # Arrow's JSON reader needs one type per field, and `content` is a string in one message and a list
             # of parts in the next: records travel as JSON text and are parsed by the conversion.
             factory = datasets.IterableDataset if streaming else datasets.Dataset
             stat = local.stat()
-            options = {} if streaming else {"cache_dir": os.path.join(self.cache_dir, "datasets")}
             return factory.from_generator(
                 _json_rows, gen_kwargs={"path": str(local.resolve()), "version": (stat.st_size, stat.st_mtime_ns)},
                 **options,
             )
         if kind is not None:
-            return datasets.load_dataset(kind, data_files=str(local), split="train", streaming=streaming)
+            return datasets.load_dataset(kind, data_files=str(local), split="train", streaming=streaming, **options)
         if local.is_dir() and ((local / "dataset_info.json").exists() or (local / "state.json").exists()):
             dataset = datasets.load_from_disk(str(local))
             return dataset.to_iterable_dataset() if streaming else dataset
@@ -134,9 +135,12 @@ class MessagesSource:
                 self.path, None, "path", "not a .json/.jsonl/.parquet/.arrow file or a save_to_disk folder", "bad path"
             )
         try:
-            return datasets.load_dataset(self.path, split=self.split, streaming=streaming)
+            return datasets.load_dataset(self.path, split=self.split, streaming=streaming, **options)
         except Exception as error:  # the Hub client raises many kinds; the user needs the one line
-            raise DataError(self.path, None, "path", f"no such file, and not loadable as a Hub dataset: {error}") from error
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise DataError(
+                self.path, None, "path", f"no such file, and not loadable as a Hub dataset: {first_line}"
+            ) from error
 
     def _prepared(self) -> ArrowRecords:
         raw = self._raw(streaming=False)

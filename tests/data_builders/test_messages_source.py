@@ -181,6 +181,14 @@ def test_an_image_url_offline_fails_at_start_in_one_line(tmp_path, cache_dir, mo
         assert "\n" not in str(error.value)
 
 
+def test_a_path_that_is_neither_a_file_nor_a_reachable_hub_dataset_fails_in_one_line(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError) as error:
+        MessagesSource("nobody-xmodal/absent-dataset", cache_dir=cache_dir).records()
+    assert str(error.value).startswith("nobody-xmodal/absent-dataset: record None, field 'path': no such file")
+    assert "\n" not in str(error.value)
+
+
 def test_streaming_skips_and_counts_a_bad_record_found_mid_run_or_stops_naming_it(record_dir, cache_dir):
     good = {"messages": [ASK, ANSWER], "images": ["red.png"]}
     path = write_records(record_dir / "mid.jsonl", [good, good, {"messages": [ASK, ANSWER], "images": ["gone.png"]}, good])
