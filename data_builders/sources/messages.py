@@ -80,7 +80,7 @@ class MessagesSource:
         limit: int | None = None,
     ):
         if layout not in LAYOUTS:
-            raise DataError(path, None, "layout", f"unknown layout {layout!r}; one of {LAYOUTS}", "unknown layout")
+            raise ConfigError(f"data.layout: unknown layout {layout!r}; one of {LAYOUTS}")
         self.path = path
         self.name = name
         self.split = split
