@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import datasets
+import huggingface_hub.constants
 import pytest
 from PIL import Image
 from tests.data_builders.record_files import write_image, write_records
@@ -182,7 +183,9 @@ def test_an_image_url_offline_fails_at_start_in_one_line(tmp_path, cache_dir, mo
 
 
 def test_a_path_that_is_neither_a_file_nor_a_reachable_hub_dataset_fails_in_one_line(tmp_path, cache_dir, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # Offline as HF_HUB_OFFLINE=1 makes it, set where the libraries read it at import (no network in tests).
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(DataError) as error:
         MessagesSource("nobody-xmodal/absent-dataset", cache_dir=cache_dir).records()
     assert str(error.value).startswith("nobody-xmodal/absent-dataset: record None, field 'path': no such file")
