@@ -327,18 +327,26 @@ def _image_file(entry, conversion: Conversion, file: str, record_id, field: str)
         return _cached_image(entry, conversion.image_cache, file, record_id, field)
     if isinstance(entry, str):
         folder = conversion.image_folder or conversion.file_folder or "."
-        return existing_image(folder, entry, file, record_id, field)
+        path = existing_image(folder, entry, file, record_id, field)
+        _decode(path, file, record_id, field)
+        return path
     raise DataError(file, record_id, field, f"expected a path, bytes or an image, got {type(entry).__name__}", "wrong type")
 
 
-def _cached_image(data: bytes, folder: str, file: str, record_id, field: str) -> str:
-    """Verify image bytes and write them once, named by their content."""
+def _decode(image_file, file: str, record_id, field: str) -> str:
+    """Decode the whole image once, here, and return its format: `verify()` reads headers and checksums only, and
+    a truncated JPEG passes it, to fail hours later in the training loop."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image_format = (image.format or "png").lower()
-            image.verify()
-    except (OSError, SyntaxError, ValueError) as error:
+        with Image.open(image_file) as image:
+            image.load()
+            return (image.format or "png").lower()
+    except (OSError, SyntaxError, ValueError) as error:  # PIL reports corrupt data through all three
         raise DataError(file, record_id, field, f"unreadable image data: {error}", "unreadable image data") from error
+
+
+def _cached_image(data: bytes, folder: str, file: str, record_id, field: str) -> str:
+    """Check image bytes and write them once, named by their content."""
+    image_format = _decode(io.BytesIO(data), file, record_id, field)
     path = os.path.join(folder, f"{hashlib.sha256(data).hexdigest()[:32]}.{image_format}")
     if not os.path.exists(path):
         with atomic_file(path, "wb") as handle:

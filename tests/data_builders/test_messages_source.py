@@ -159,15 +159,24 @@ def test_a_bad_record_stops_the_build_naming_file_record_and_field(record_dir, c
     assert len(skipping.records()) == 1 and sum(skipping.skipped.values()) == 1
 
 
+def truncated_jpeg() -> bytes:
+    """A JPEG cut short: its header is whole, so PIL's verify() accepts it; decoding it fails."""
+    buffer = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(buffer, format="JPEG")
+    return buffer.getvalue()[: len(buffer.getvalue()) // 2]
+
+
 def test_corrupt_image_bytes_and_sharegpt_placeholder_mismatch_are_named(tmp_path, cache_dir):
+    with Image.open(io.BytesIO(truncated_jpeg())) as image:
+        image.verify()  # what a header check lets through
     dataset = datasets.Dataset.from_dict({
-        "conversations": [[{"from": "human", "value": "<image>?"}, {"from": "gpt", "value": "a"}]] * 2,
-        "images": [[b"not an image"], []],
+        "conversations": [[{"from": "human", "value": "<image>?"}, {"from": "gpt", "value": "a"}]] * 3,
+        "images": [[b"not an image"], [], [truncated_jpeg()]],
     })
     dataset.to_parquet(str(tmp_path / "bad.parquet"))
     source = MessagesSource(str(tmp_path / "bad.parquet"), layout="sharegpt", cache_dir=cache_dir, on_error="skip")
     assert len(source.records()) == 0
-    assert dict(source.skipped) == {"images[0]: unreadable image data": 1, "images: placeholder/image count mismatch": 1}
+    assert dict(source.skipped) == {"images[0]: unreadable image data": 2, "images: placeholder/image count mismatch": 1}
     with pytest.raises(DataError, match=r"bad.parquet: record 0, field 'images\[0\]': unreadable image data"):
         MessagesSource(str(tmp_path / "bad.parquet"), layout="sharegpt", cache_dir=cache_dir).records()
 
