@@ -3,7 +3,8 @@ a saved dataset or the Hugging Face Hub, prepared once into Arrow (or streamed) 
 
 Layouts (`layout`):
 - `messages` (OpenAI / TRL): `messages: [{role, content}]`, `content` a string or a list of `{"type": "text",
-  "text": ...}` / `{"type": "image"}` parts; the i-th image part is `images[i]`.
+  "text": ...}` / `{"type": "image"}` parts; the i-th image part is `images[i]` (or, without `images`, the part's
+  own `"image"`).
 - `sharegpt` (LLaMA-Factory): `messages` or `conversations`, turns `{role, content}` or `{from, value}`, with
   `<image>` placeholders in the text standing for `images` in order, and an optional top-level `system`; LLaVA's
   own files (`conversations` + `image`) read the same way.
@@ -238,7 +239,10 @@ def to_sample(raw, file: str, record_id, conversion: Conversion) -> dict:
         images = raw.get("image")  # LLaVA's own files name the key in the singular
     images = [] if images is None else images
     images = images if isinstance(images, list) else [images]
-    paths = [_image_file(entry, conversion, file, record_id, f"images[{i}]") for i, entry in enumerate(images)]
+    entries = [(f"images[{i}]", entry) for i, entry in enumerate(images)]
+    if not entries and conversion.layout == "messages":
+        entries = _inline_images(raw["messages"])
+    paths = [_image_file(entry, conversion, file, record_id, field) for field, entry in entries]
     return make_sample(f"{conversion.name}/{record_id}", conversion.name, messages, paths)
 
 
@@ -262,6 +266,17 @@ def _typed_messages(turns, file: str, record_id) -> list[dict]:
             raise DataError(file, record_id, f"{field}.content", "expected a string or a list of parts", "bad content")
         messages.append(message(role, parts))
     return messages
+
+
+def _inline_images(turns: list[dict]) -> list[tuple[str, object]]:
+    """(field, image) of image parts that carry their image (`{"type": "image", "image": ...}`, as TRL accepts)."""
+    return [
+        (f"messages[{i}].content[{j}].image", part["image"])
+        for i, turn in enumerate(turns)
+        if isinstance(turn["content"], list)
+        for j, part in enumerate(turn["content"])
+        if part.get("type") == "image" and part.get("image") is not None
+    ]
 
 
 def _typed_part(part, file: str, record_id, field: str) -> dict:

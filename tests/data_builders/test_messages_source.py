@@ -134,6 +134,13 @@ def test_typed_parts_stored_as_parquet_structs_read_like_json(tmp_path, cache_di
     assert sample["messages"][0]["content"] == ASK["content"] and Path(sample["images"][0]).read_bytes() == png_bytes("red")
 
 
+def test_image_parts_may_carry_their_own_image(record_dir, cache_dir):
+    inline = [{"type": "image", "image": "red.png"}, {"type": "text", "text": "Colour?"}]
+    path = write_records(record_dir / "inline.jsonl", [{"messages": [{"role": "user", "content": inline}, ANSWER]}])
+    (sample,) = MessagesSource(str(path), cache_dir=cache_dir).records()
+    assert sample["messages"][0]["content"] == ASK["content"] and sample["images"] == [str(record_dir / "red.png")]
+
+
 BAD_RECORDS = [
     ({"images": []}, "messages", "missing"),
     ({"messages": [{"role": "robot", "content": "x"}, ANSWER]}, "messages[0].role", "unknown role"),
