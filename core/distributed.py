@@ -6,10 +6,14 @@ import contextlib
 import os
 import socket
 import sys
+import uuid
 
 import torch
 
+from xmodal.core.atomic import atomic_write_text
 from xmodal.core.errors import ConfigError
+
+SHARED_CHECK_FILE = ".xmodal-shared-check"
 
 
 def strip_local_rank_argument(argv: list[str]) -> list[str]:
@@ -89,6 +93,50 @@ def main_process_first():
     yield
     if first:
         barrier()
+
+
+def require_shared_directories(directories: dict[str, str]) -> None:
+    """Stop a multi-process run unless every rank sees the same files at `directories` ({what: path}).
+
+    Rank 0 writes a fresh token into each directory and every other rank must read it back there: a node-local
+    disk mounted at the same path would otherwise give each node its own checkpoints (a requeued job resumes
+    from whichever node rank 0 lands on) and its own tokenized-data cache. Raises the same ConfigError on every
+    rank, naming the directories and the first rank that does not see them.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    world_size, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    if world_size == 1:
+        return
+    token = [uuid.uuid4().hex if rank == 0 else None]
+    if rank == 0:
+        for path in directories.values():
+            atomic_write_text(os.path.join(path, SHARED_CHECK_FILE), token[0])
+    torch.distributed.broadcast_object_list(token, src=0)
+    unseen = [what for what, path in directories.items() if _read_text(os.path.join(path, SHARED_CHECK_FILE)) != token[0]]
+    reports: list = [None] * world_size
+    torch.distributed.all_gather_object(reports, (rank, socket.gethostname(), unseen))
+    if rank == 0:
+        for path in directories.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(path, SHARED_CHECK_FILE))
+    failed = [(other, host, names) for other, host, names in reports if names]
+    if failed:
+        other, host, _ = failed[0]
+        names = sorted({name for _, _, names in failed for name in names})
+        shown = ", ".join(f"{name}={directories[name]}" for name in names)
+        raise ConfigError(
+            f"{shown}: not on a filesystem every node sees (rank {other} on {host} cannot read the file rank 0 wrote "
+            f"there; {len(failed)} of {world_size} ranks): put them on a shared filesystem (docs/cluster.md)"
+        )
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def barrier() -> None:
