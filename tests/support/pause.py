@@ -15,7 +15,8 @@ PAUSED, RELEASE = "paused", "release"
 
 class PauseAtStep(TrainerCallback):
     """At the start of optimizer step `step` (1-based) rank 0 creates `<directory>/paused`, then waits for
-    `<directory>/release`; the other ranks wait for it at the step's collectives."""
+    `<directory>/release`; the other ranks wait for it at the step's collectives. Once released it never holds
+    again, so a resumed run that repeats the step (same command, same config) runs through."""
 
     def __init__(self, step: int, directory: str):
         self.step, self.directory = step, Path(directory)
@@ -24,7 +25,7 @@ class PauseAtStep(TrainerCallback):
         pass
 
     def on_step_begin(self, args, state, control, **kwargs):
-        if state.global_step + 1 != self.step or args.process_index != 0:
+        if state.global_step + 1 != self.step or args.process_index != 0 or (self.directory / RELEASE).exists():
             return
         (self.directory / PAUSED).touch()
         while not (self.directory / RELEASE).exists():
