@@ -43,12 +43,19 @@ def ensure_launcher_environment() -> None:
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
-def init_deepspeed_backend() -> None:
-    """Start the process group before the model is built: ZeRO-3's `zero.Init` reads the world size then."""
+def init_deepspeed_backend(timeout_s: float | None = None) -> None:
+    """Start the process group before the model is built: ZeRO-3's `zero.Init` reads the world size then.
+
+    `timeout_s` is `trainer.ddp_timeout` (None: DeepSpeed's default): the Trainer gives it only to a group it
+    creates itself, never to this one.
+    """
+    import datetime
+
     import deepspeed
 
     backend = "gloo" if not torch.cuda.is_available() else None
-    deepspeed.init_distributed(dist_backend=backend)
+    timeout = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
+    deepspeed.init_distributed(dist_backend=backend, **timeout)
 
 
 def configure_cpu_deepspeed_state() -> bool:

@@ -56,12 +56,13 @@ def _wait_until_done(slurm, job: str, timeout: float) -> dict[str, str]:
 
 
 def _release_when_requeued(slurm, job: str, restarts: int, timeout: float = 60) -> None:
-    """Wait for the job to be pending again after its `restarts`-th requeue, then let it start now: SLURM holds a
-    requeued job back for a while (BeginTime, about two minutes), which the test does not need to sit out."""
+    """Wait for the job to be pending again after its `restarts`-th requeue and for the node to have cleaned up its
+    previous start, then let it start now: SLURM holds a requeued job back for a while (BeginTime, about two
+    minutes), which the test does not need to sit out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = _job_state(slurm, job)
-        if state["JobState"] == "PENDING" and int(state["Restarts"]) == restarts:
+        if state["JobState"] == "PENDING" and int(state["Restarts"]) == restarts and slurm.node_idle():
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm.env(), check=True)
             return
         assert state["JobState"] not in ENDED, state

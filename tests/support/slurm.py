@@ -71,7 +71,7 @@ class SlurmCluster:
         self._wait_for(munge_socket.exists, "munged did not create its socket")
         self._spawn(programs["slurmctld"], "-D", "-i", "-f", str(self.conf))
         self._spawn(programs["slurmd"], "-D", "-N", NODE, "-f", str(self.conf))
-        self._wait_for(self._node_idle, "the node did not come up idle")
+        self._wait_for(self.node_idle, "the node did not come up idle")
         return self
 
     def _config(self, munge_socket: Path) -> str:
@@ -112,7 +112,7 @@ PartitionName=test Nodes={NODE} Default=YES MaxTime=INFINITE State=UP OverSubscr
         log = open(self.root / f"{Path(command[0]).name}.out", "w")
         self.processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env()))
 
-    def _node_idle(self) -> bool:
+    def node_idle(self) -> bool:
         result = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=self.env(), capture_output=True, text=True)
         return result.stdout.strip() == "idle"
 

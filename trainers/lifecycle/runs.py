@@ -31,7 +31,7 @@ def start_deepspeed_backend(cfg: DictConfig) -> bool:
     uses_deepspeed = bool(OmegaConf.to_container(cfg.deepspeed))
     if uses_deepspeed:
         distributed.ensure_launcher_environment()
-        distributed.init_deepspeed_backend()
+        distributed.init_deepspeed_backend(cfg.trainer.ddp_timeout)
     return uses_deepspeed
 
 
