@@ -13,7 +13,7 @@ import torch
 from xmodal.core.atomic import atomic_write_text
 from xmodal.core.errors import ConfigError
 
-SHARED_CHECK_FILE = ".xmodal-shared-check"
+SHARED_CHECK_PREFIX = ".xmodal-shared-check-"  # + the token: jobs starting at once with one cache do not collide
 
 
 def strip_local_rank_argument(argv: list[str]) -> list[str]:
@@ -118,15 +118,16 @@ def require_shared_directories(directories: dict[str, str]) -> None:
     token = [uuid.uuid4().hex if rank == 0 else None]
     if rank == 0:
         for path in directories.values():
-            atomic_write_text(os.path.join(path, SHARED_CHECK_FILE), token[0])
+            atomic_write_text(os.path.join(path, SHARED_CHECK_PREFIX + token[0]), token[0])
     torch.distributed.broadcast_object_list(token, src=0)
-    unseen = [what for what, path in directories.items() if _read_text(os.path.join(path, SHARED_CHECK_FILE)) != token[0]]
+    check_file = SHARED_CHECK_PREFIX + token[0]
+    unseen = [what for what, path in directories.items() if _read_text(os.path.join(path, check_file)) != token[0]]
     reports: list = [None] * world_size
     torch.distributed.all_gather_object(reports, (rank, socket.gethostname(), unseen))
     if rank == 0:
         for path in directories.values():
             with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(path, SHARED_CHECK_FILE))
+                os.remove(os.path.join(path, check_file))
     failed = [(other, host, names) for other, host, names in reports if names]
     if failed:
         other, host, _ = failed[0]

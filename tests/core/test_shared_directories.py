@@ -10,7 +10,7 @@ import torch
 import torch.distributed
 import torch.multiprocessing
 
-from xmodal.core.distributed import SHARED_CHECK_FILE, require_shared_directories
+from xmodal.core.distributed import SHARED_CHECK_PREFIX, require_shared_directories
 from xmodal.core.errors import ConfigError
 
 
@@ -48,4 +48,4 @@ def test_a_directory_one_node_does_not_see_stops_every_rank_and_a_shared_one_pas
     )
     assert split_outcomes == [expected, expected.replace(f"output_dir={shared}", f"output_dir={local}")]
     assert same_outcomes == ["ok", "ok"]
-    assert not (shared / SHARED_CHECK_FILE).exists() and not (cache / SHARED_CHECK_FILE).exists()
+    assert not [path for path in (*shared.iterdir(), *cache.iterdir()) if path.name.startswith(SHARED_CHECK_PREFIX)]

@@ -2,9 +2,9 @@
 
 `claim_output_dir` runs on every rank before anything is written: it gives each job of a Hydra multirun its own
 directory, refuses a fresh run into a directory that holds another run's files (unless `overwrite=true`), and
-returns the checkpoint to resume from (`resume=auto`: only a checkpoint of the run this very command started). `open_output_dir` (rank 0, once every rank has claimed) deletes the old
-run's files when overwriting, clears the PREEMPTED marker of the start before, and writes `config.yaml` with
-secrets redacted.
+returns the checkpoint to resume from (`resume=auto`: only a checkpoint of a run with this command's settings).
+`open_output_dir` (rank 0, once every rank has claimed) deletes the old run's files when overwriting, clears the
+PREEMPTED marker of the start before, and writes `config.yaml` with secrets redacted.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ from xmodal.trainers.lifecycle.preemption import PREEMPTED_MARKER
 
 # What a run writes into its directory (checkpoint-N/ besides); the eval/ and imbalance/ defaults of xmodal-eval
 # and xmodal-imbalance describe its final model, so they go with it.
-RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "final", ".final.staging", "adapter", "wandb", "tensorboard", "eval", "imbalance",
-               PREEMPTED_MARKER)
+RUN_ENTRIES = (
+    "config.yaml", "metrics.jsonl", "final", ".final.staging", "adapter", "wandb", "tensorboard", "eval", "imbalance",
+    PREEMPTED_MARKER,
+)
 _CHECKPOINT = re.compile(r"^checkpoint-\d+$")
 _SECRET_KEY = re.compile(r"api_?key|secret|password|(auth|access|hub|hf|wandb)_?token", re.IGNORECASE)
 SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
