@@ -5,6 +5,7 @@
 - `atomic`: crash-safe file writes (checkpoints markers, metrics.jsonl, run files);
 - `scoring`: when an answer is correct (rewards, evaluation and metrics all decide it here, the same way);
 - `tokens`: the ignored label id and a model's image placeholder id;
-- `distributed`: launcher environment, DeepSpeed-on-CPU state, barriers;
+- `distributed`: launcher environment, DeepSpeed-on-CPU state, barriers, the shared-filesystem check of a
+  multi-node run;
 - `console`: how console scripts report user errors, quiet logs and run summaries.
 """
