@@ -22,12 +22,13 @@ from xmodal.core.console import hydra_console_script
 from xmodal.trainers.models import load_processor, model_location, set_image_pixels
 from xmodal.trainers.lifecycle.nonfinite import NonFiniteLossGuard
 from xmodal.trainers.lifecycle.skipped_records import SkippedRecordsCallback
-from xmodal.trainers.lifecycle.run_directory import claim_output_dir, open_output_dir
+from xmodal.trainers.lifecycle.run_directory import claim_output_dir
 from xmodal.trainers.lifecycle.runs import (
     build_training_args,
     export_logger_environment,
     load_training_model,
     metric_callbacks,
+    open_run,
     start_deepspeed_backend,
     train_and_save,
     training_callbacks,
@@ -72,8 +73,7 @@ def train(cfg: DictConfig) -> str:
     base_model = model_location(cfg)
     args = build_training_args(cfg)
     set_seed(cfg.seed)
-    if args.process_index == 0:
-        open_output_dir(cfg)
+    open_run(cfg, args)
 
     processor = load_processor(base_model, cfg.model.trust_remote_code)
     processor = set_image_pixels(processor, cfg.model.get("min_pixels"), cfg.model.get("max_pixels"))

@@ -26,12 +26,13 @@ from xmodal.core.console import hydra_console_script
 from xmodal.trainers.grpo import RolloutAlignment, RolloutRefill, XModalGRPOTrainer
 from xmodal.trainers.models import load_processor, model_location
 from xmodal.losses.rewards import OVERLONG_REWARD, build_rewards, overlong_shaping
-from xmodal.trainers.lifecycle.run_directory import claim_output_dir, open_output_dir
+from xmodal.trainers.lifecycle.run_directory import claim_output_dir
 from xmodal.trainers.lifecycle.runs import (
     build_training_args,
     export_logger_environment,
     load_training_model,
     metric_callbacks,
+    open_run,
     start_deepspeed_backend,
     train_and_save,
     training_callbacks,
@@ -73,8 +74,7 @@ def build_trainer(cfg: DictConfig) -> tuple[XModalGRPOTrainer, object, str]:
     check_alignment_data(alignment, dataset)
     args = build_rl_args(cfg, reward_weights, ordered=getattr(built.builder, "ordered", False))
     set_seed(cfg.seed)
-    if args.process_index == 0:
-        open_output_dir(cfg)
+    open_run(cfg, args)
 
     processor = load_processor(base_model, cfg.model.trust_remote_code)
     # TRL left-pads its prompt ids and takes per-token fields (Qwen2-VL's mm_token_type_ids) from the processor.
