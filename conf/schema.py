@@ -88,7 +88,7 @@ class RootSchema:
     max_skipped_steps: int = 5
     overwrite: bool = False
     packing: bool = False
-    resume: Any = False  # false | true | a checkpoint directory: checked below (a path is no Enum)
+    resume: Any = False  # false | true | auto | a checkpoint directory: checked below (a path is no Enum)
 
 
 def _schema_values(schema: type, node: DictConfig) -> dict:
@@ -114,8 +114,10 @@ def check_schema(cfg: DictConfig) -> None:
         allowed = _allowed(error.full_key)
         raise ConfigError(f"{error.full_key}={value!r} is not allowed: expected {allowed}") from None
     resume = cfg.get("resume", False)
-    if not isinstance(resume, bool) and not (isinstance(resume, str) and os.path.isdir(resume)):
-        raise ConfigError(f"resume={resume!r} is not a checkpoint directory: expected true, false or a checkpoint directory")
+    if not isinstance(resume, bool) and resume != "auto" and not (isinstance(resume, str) and os.path.isdir(resume)):
+        raise ConfigError(
+            f"resume={resume!r} is not a checkpoint directory: expected true, false, auto or a checkpoint directory"
+        )
 
 
 def _allowed(full_key: str) -> str:

@@ -8,6 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from xmodal.core.errors import ConfigError
+from .records import ArrowRecords
 from .sample import check_sample
 
 
@@ -15,7 +16,7 @@ from .sample import check_sample
 class BuiltInstances:
     source: object  # the instantiated `data` source (its `skipped` counts go into build summaries)
     builder: object  # the instantiated `builder` (`ordered`, `dropped`, and builder-specific attributes)
-    instances: list[dict]
+    instances: list[dict] | ArrowRecords | object  # or a datasets.IterableDataset when the source streams
 
 
 def build_instances(data_cfg: DictConfig, builder_cfg: DictConfig, *, seed: int, examples_per_step: int = 1) -> BuiltInstances:
@@ -23,9 +24,17 @@ def build_instances(data_cfg: DictConfig, builder_cfg: DictConfig, *, seed: int,
     optimizer step of the run the instances are for: a step-based schedule counts in it), check every instance."""
     source = instantiate(data_cfg)
     builder = instantiate(builder_cfg)
+    if getattr(source, "streaming", False) and not getattr(builder, "streams", False):
+        raise ConfigError(
+            f"data.streaming=true: builder {builder_cfg._target_} needs the whole corpus (mixing, pairing, "
+            "curricula); use builder=single or data.streaming=false"
+        )
     instances = builder.build(source, seed=seed, examples_per_step=examples_per_step)
-    if not instances:
+    if getattr(source, "streaming", False):
+        return BuiltInstances(source, builder, instances)  # checked as it is read
+    if not len(instances):
         raise ConfigError(f"builder {builder_cfg._target_} produced no instances from data {data_cfg._target_}")
-    for instance in instances:
-        check_sample(instance)
+    if not isinstance(instances, ArrowRecords):  # prepared records were checked when the source prepared them
+        for instance in instances:
+            check_sample(instance)
     return BuiltInstances(source, builder, instances)

@@ -33,3 +33,23 @@ def base_model(cfg) -> str:
     from xmodal.trainers.models import model_location
 
     return model_location(cfg.model, cfg.cache_dir, cfg.seed)
+
+
+def claim_run_directory(cfg) -> str | None:
+    """Fix the job's `output_dir` in the config (its sweep subdirectory in a multirun), claim it on this rank, and
+    return the checkpoint to resume from."""
+    from omegaconf import OmegaConf
+
+    from xmodal.trainers.lifecycle.run_directory import claim_output_dir, job_output_dir
+
+    cfg.output_dir = job_output_dir(cfg.output_dir)
+    return claim_output_dir(cfg.output_dir, cfg.resume, cfg.overwrite, OmegaConf.to_container(cfg, resolve=True))
+
+
+def open_run_directory(cfg, args) -> None:
+    """Rank 0 writes the run's config.yaml into its directory; every rank checks the directories are shared."""
+    from omegaconf import OmegaConf
+
+    from xmodal.trainers.lifecycle.runs import open_run
+
+    open_run(args, cfg.output_dir, cfg.cache_dir, overwrite=cfg.overwrite, resolved_config=OmegaConf.to_container(cfg, resolve=True))

@@ -19,14 +19,13 @@ from trl import GRPOConfig
 from xmodal.data_builders.collate import MultimodalCollator
 from xmodal.data_builders.rollout_prompts import rollout_dataset, sampled_view
 from xmodal.data_builders.tokenize import EncodingSettings, tokenize_instances
-from xmodal.recipes import CONFIG_DIR, base_model, instances_of
+from xmodal.recipes import CONFIG_DIR, base_model, claim_run_directory, instances_of, open_run_directory
 from xmodal.conf.schema import check_schema
 from xmodal.core.console import hydra_console_script
 from xmodal.losses.alignment import RolloutAlignment, require_pairs
-from xmodal.trainers.grpo import XModalGRPOTrainer
+from xmodal.losses.rewards import OVERLONG_REWARD, build_rewards, overlong_shaping
+from xmodal.trainers.grpo import RolloutRefill, XModalGRPOTrainer
 from xmodal.trainers.models import load_processor
-from xmodal.losses.rewards import build_rewards
-from xmodal.trainers.lifecycle.run_directory import claim_output_dir, open_output_dir
 from xmodal.trainers.lifecycle.runs import (
     build_training_args,
     export_logger_environment,
@@ -55,10 +54,14 @@ def check_alignment_data(alignment: RolloutAlignment, dataset) -> None:
 
 def build_trainer(cfg: DictConfig) -> tuple[XModalGRPOTrainer, object, str]:
     """(trainer, processor, base model location) of the configured run, callbacks bound, ready to train."""
-    start_deepspeed_backend(cfg.deepspeed)
+    start_deepspeed_backend(cfg.deepspeed, cfg.trainer.ddp_timeout)
     export_logger_environment(cfg.logger)
     base = base_model(cfg)
     rewards, reward_weights = build_rewards(cfg.reward)
+    shaping = overlong_shaping(cfg.rl.grpo.max_completion_length, **cfg.rl.overlong)
+    if shaping is not None:
+        rewards.append(shaping[0])
+        reward_weights.append(shaping[1])
     alignment = RolloutAlignment(**OmegaConf.to_container(cfg.rl.align, resolve=True))
     # Data first: a bad record stops the run before a large model is loaded.
     built = instances_of(cfg)
@@ -66,8 +69,7 @@ def build_trainer(cfg: DictConfig) -> tuple[XModalGRPOTrainer, object, str]:
     check_alignment_data(alignment, dataset)
     args = build_rl_args(cfg, reward_weights, ordered=getattr(built.builder, "ordered", False))
     set_seed(cfg.seed)
-    if args.process_index == 0:
-        open_output_dir(cfg.output_dir, cfg.overwrite, OmegaConf.to_container(cfg, resolve=True))
+    open_run_directory(cfg, args)
 
     processor = load_processor(base, cfg.model.trust_remote_code)
     # TRL left-pads its prompt ids and takes per-token fields (Qwen2-VL's mm_token_type_ids) from the processor.
@@ -83,6 +85,8 @@ def build_trainer(cfg: DictConfig) -> tuple[XModalGRPOTrainer, object, str]:
         callbacks=training_callbacks(cfg.output_dir, metrics),
         alignment=alignment,
         filter_equal_reward_groups=cfg.rl.filter_equal_reward_groups,
+        refill=RolloutRefill(**cfg.rl.refill),
+        shaping_rewards=(OVERLONG_REWARD,),
     )
     bind_metric_callbacks(metrics, trainer, built.instances, processor, cfg)
     return trainer, processor, base
@@ -106,7 +110,7 @@ def bind_metric_callbacks(metrics: list, trainer, instances: list[dict], process
 def train(cfg: DictConfig) -> str:
     """Run one RL fine-tune; returns the directory of the final model."""
     started = time.monotonic()
-    cfg.output_dir, resume_from = claim_output_dir(cfg.output_dir, cfg.resume, cfg.overwrite)
+    resume_from = claim_run_directory(cfg)
     trainer, processor, base = build_trainer(cfg)
     return train_and_save(
         trainer, processor, output_dir=cfg.output_dir, base_model=base, model_cfg=cfg.model,

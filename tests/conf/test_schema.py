@@ -30,7 +30,7 @@ TYPOS = {
     "encoding.overlong=truncate": "encoding.overlong='truncate' is not allowed: expected one of [drop, error]",
     "packing=maybe": "packing='maybe' is not allowed: expected a value of type bool",
     "trainer.max_steps=ten": "trainer.max_steps='ten' is not allowed: expected a value of type int",
-    "resume=yes": "resume='yes' is not a checkpoint directory: expected true, false or a checkpoint directory",
+    "resume=yes": "resume='yes' is not a checkpoint directory: expected true, false, auto or a checkpoint directory",
 }
 
 
@@ -41,8 +41,9 @@ def test_a_typo_names_key_value_and_the_allowed_values(overrides):
     assert str(error.value) == TYPOS[overrides]
 
 
-def test_a_checkpoint_directory_is_a_resume_value(tmp_path):
-    check_schema(composed([f"resume={tmp_path}"]))  # every shipped option passes: tests/conf/test_configs.py
+def test_a_checkpoint_directory_and_auto_are_resume_values(tmp_path):
+    check_schema(composed([f"resume={tmp_path}"]))
+    check_schema(composed(["resume=auto"]))  # every shipped option passes: tests/conf/test_configs.py
 
 
 def test_the_console_script_stops_at_composition_with_one_line(tmp_path, monkeypatch, capfd):

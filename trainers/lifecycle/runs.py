@@ -17,6 +17,7 @@ from xmodal.core.atomic import publish_directory
 from xmodal.core.errors import ConfigError
 from xmodal.core import distributed
 from xmodal.trainers.lifecycle.callbacks import CheckpointCompletionCallback, MetricsFileCallback
+from xmodal.trainers.lifecycle.run_directory import open_output_dir
 from xmodal.core.console import run_summary
 from xmodal.trainers.models.finetuning import FinetuneSettings, apply_finetuning
 from xmodal.trainers.models import load_model
@@ -24,13 +25,14 @@ from xmodal.trainers.models import load_model
 logger = logging.getLogger(__name__)
 
 
-def start_deepspeed_backend(deepspeed_cfg: DictConfig) -> bool:
-    """With a `deepspeed` config: the launcher's environment and DeepSpeed's process group, set up before the
-    training arguments (their "auto" batch sizes read the world size). Returns whether DeepSpeed is on."""
+def start_deepspeed_backend(deepspeed_cfg: DictConfig, timeout_s: float | None = None) -> bool:
+    """With a `deepspeed` config: the launcher's environment and DeepSpeed's process group (`timeout_s`:
+    `trainer.ddp_timeout`), set up before the training arguments (their "auto" batch sizes read the world size).
+    Returns whether DeepSpeed is on."""
     uses_deepspeed = bool(OmegaConf.to_container(deepspeed_cfg))
     if uses_deepspeed:
         distributed.ensure_launcher_environment()
-        distributed.init_deepspeed_backend()
+        distributed.init_deepspeed_backend(timeout_s)
     return uses_deepspeed
 
 
@@ -72,6 +74,16 @@ def build_training_args(
         raise ConfigError(f"trainer: {error} (every trainer.* key must be a {args_class.__name__} field)") from error
     distributed.check_deepspeed_config(args)
     return args
+
+
+def open_run(
+    args: TrainingArguments, output_dir: str, cache_dir: str, *, overwrite: bool, resolved_config: dict
+) -> None:
+    """Rank 0 opens the run directory (xmodal.trainers.lifecycle.run_directory.open_output_dir, which records
+    `resolved_config`); then every rank checks that the run directory and the cache are the same files on every node."""
+    if args.process_index == 0:
+        open_output_dir(output_dir, overwrite, resolved_config)
+    distributed.require_shared_directories({"output_dir": output_dir, "cache_dir (XMODAL_CACHE)": cache_dir})
 
 
 def export_logger_environment(logger_cfg: DictConfig) -> None:
