@@ -35,10 +35,10 @@ def comparable(instance: dict) -> dict:
 
 
 def test_written_instances_read_back_equal_and_tokenize_to_the_same_ids_and_labels(tmp_path, cache_dir):
-    original = build_instances(config("data.num_records=12", f"cache_dir={cache_dir}")).instances
+    original = instances_of(config("data.num_records=12", f"cache_dir={cache_dir}")).instances
     out = tmp_path / "train.jsonl"
     write_build(config("data.num_records=12", f"cache_dir={cache_dir}"), str(out))
-    read_back = build_instances(
+    read_back = instances_of(
         config("data=messages", f"data.path={out}", "builder.shuffle=false", f"cache_dir={cache_dir}", "data.num_proc=2")
     ).instances
     assert isinstance(read_back, ArrowRecords)  # the map-style path keeps records in Arrow
