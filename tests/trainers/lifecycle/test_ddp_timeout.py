@@ -15,7 +15,8 @@ import sys, torch
 from torch.distributed.distributed_c10d import _get_default_group
 from tests.support.helpers import compose_config
 from xmodal.trainers.lifecycle.runs import start_deepspeed_backend
-start_deepspeed_backend(compose_config(["deepspeed=zero2", *sys.argv[1:]]))
+cfg = compose_config(["deepspeed=zero2", *sys.argv[1:]])
+start_deepspeed_backend(cfg.deepspeed, cfg.trainer.ddp_timeout)
 print(_get_default_group()._get_backend(torch.device("cpu")).options._timeout.total_seconds())
 """
 
