@@ -268,7 +268,7 @@ def base_model_overrides(budget: Budget) -> list[str]:
 
 # step -> (the entry point's config name, its module, the function its console script runs)
 ENTRY_POINTS = {
-    "base": ("config", "xmodal.trainers.models", "model_location"),  # build and cache the tiny base model (once)
+    "base": ("config", "xmodal.recipes", "base_model"),  # build and cache the tiny base model (once)
     "train": ("config", "xmodal.recipes.finetune", "train"),  # xmodal-train
     "rl": ("rl", "xmodal.recipes.rl", "train"),  # xmodal-rl
     "imbalance": ("imbalance", "xmodal.recipes.imbalance", "run"),  # xmodal-imbalance
