@@ -54,9 +54,9 @@ def _rows(batch: dict) -> list[list[int]]:
 
 def test_an_ordered_curriculum_reaches_the_model_in_the_builders_order(recorded, tmp_path, cache_dir):
     cfg = _run(["builder=curriculum", "builder.switch_step=1"], tmp_path)
-    processor = load_processor(model_location(cfg), cfg.model.trust_remote_code)
-    schedule, builder = finetune.build_train_dataset(cfg, processor)
-    assert builder.ordered
+    processor = load_processor(model_location(cfg.model, cfg.cache_dir, cfg.seed), cfg.model.trust_remote_code)
+    schedule, built = finetune.build_train_dataset(cfg, processor)
+    assert built.builder.ordered
     trained = [row for batch in recorded.batches for row in _rows(batch)]
     assert len(trained) == len(schedule) == 4  # 2 steps x 2 instances: the whole schedule, once
     # A shuffling sampler would also pass a text-centric-first check half of the time; the exact order does not.
