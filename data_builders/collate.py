@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from xmodal.core.errors import ConfigError
-from xmodal.data_builders.templates import get_template
+from xmodal.data_builders.templates import image_text
 from xmodal.core.tokens import IGNORE_INDEX
 from xmodal.data_builders.tokenize import load_rgb
 
@@ -24,7 +24,7 @@ class MultimodalCollator:
     row) and unpaired instances (paired views must stay rows of their own).
     """
 
-    def __init__(self, processor, template: str, pad_to_multiple_of: int | None = None, packing: bool = False):
+    def __init__(self, processor, pad_to_multiple_of: int | None = None, packing: bool = False):
         if packing and processor.return_mm_token_type_ids:
             raise ConfigError(
                 f"packing: {type(processor).__name__} models compute M-RoPE position ids per row, which packed rows "
@@ -32,7 +32,7 @@ class MultimodalCollator:
             )
         self.packing = packing
         self.processor = processor
-        self.image_text = get_template(template).image
+        self.image_text = image_text(processor)
         self.pad_id = processor.tokenizer.pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
         self._placeholder = None  # (token ids, image) of the blank image, built on first use

@@ -12,7 +12,8 @@ import datasets
 from PIL import Image
 
 from xmodal.core.tokens import IGNORE_INDEX
-from xmodal.data_builders.templates import ChatTemplate, get_template, render_segments
+from xmodal.core.errors import ConfigError
+from xmodal.data_builders.templates import image_text, render_segments
 
 logger = logging.getLogger(__name__)
 
@@ -36,11 +37,12 @@ def load_rgb(path: str) -> Image.Image:
         return image.convert("RGB")
 
 
-def encode_view(messages: list[dict], image_paths: list[str], processor, template: ChatTemplate, where: str) -> dict:
-    """Token ids and labels of one conversation; images expand to exactly as many tokens as the model will see."""
-    image_token = processor.image_token
-    segments = _segments(template, messages, where)
-    placeholders = sum(text.count(image_token) for text, _ in segments)
+def encode_view(messages: list[dict], image_paths: list[str], processor, where: str) -> dict:
+    """Token ids and labels of one conversation, rendered by the processor's chat template; images expand to exactly
+    as many tokens as the model will see."""
+    segments = _segments(processor, messages, where)
+    image = image_text(processor)
+    placeholders = sum(text.count(image) for text, _ in segments)
     if placeholders != len(image_paths):
         raise EncodingError(
             f"{where}: field 'images' has {len(image_paths)} path(s) but 'messages' has {placeholders} image part(s)"
@@ -49,7 +51,7 @@ def encode_view(messages: list[dict], image_paths: list[str], processor, templat
     input_ids: list[int] = []
     labels: list[int] = []
     for text, supervised in segments:
-        count = text.count(image_token)
+        count = text.count(image)
         paths, remaining = remaining[:count], remaining[count:]
         images = [_open_image(path, where) for path in paths]
         ids = processor(text=[text], images=images or None, add_special_tokens=False)["input_ids"][0]
@@ -59,10 +61,12 @@ def encode_view(messages: list[dict], image_paths: list[str], processor, templat
     return {"input_ids": input_ids, "labels": labels, "images": list(image_paths)}
 
 
-def _segments(template: ChatTemplate, messages: list[dict], where: str) -> list[tuple[str, bool]]:
+def _segments(processor, messages: list[dict], where: str) -> list[tuple[str, bool]]:
     try:
-        return render_segments(template, messages)
+        return render_segments(processor, messages)
     except (KeyError, TypeError, ValueError) as error:
+        if isinstance(error, ConfigError):
+            raise
         raise EncodingError(f"{where}: field 'messages' is malformed: {error}") from error
 
 
@@ -73,13 +77,13 @@ def _open_image(path: str, where: str) -> Image.Image:
         raise EncodingError(f"{where}: field 'images' names an unreadable image {path!r}: {error}") from error
 
 
-def encode_instance(instance: dict, processor, template: ChatTemplate, settings: EncodingSettings) -> dict | None:
+def encode_instance(instance: dict, processor, settings: EncodingSettings) -> dict | None:
     """Encode an instance (and its teacher view, if paired); None when it is over-long and settings say drop."""
     where = f"instance {instance.get('id')!r}"
-    encoded = encode_view(instance["messages"], instance.get("images", []), processor, template, where)
+    encoded = encode_view(instance["messages"], instance.get("images", []), processor, where)
     teacher = instance.get("teacher")
     if teacher:
-        view = encode_view(teacher["messages"], teacher.get("images", []), processor, template, f"{where} (teacher)")
+        view = encode_view(teacher["messages"], teacher.get("images", []), processor, f"{where} (teacher)")
         if _supervised(view["labels"]) != _supervised(encoded["labels"]):
             raise EncodingError(f"{where}: field 'teacher' does not share the student's target tokens")
         encoded.update({f"teacher_{key}": value for key, value in view.items()})
@@ -99,7 +103,7 @@ def _supervised(labels: list[int]) -> list[int]:
     return [label for label in labels if label != IGNORE_INDEX]
 
 
-def _fingerprint(instances: list[dict], processor, template: ChatTemplate, settings: EncodingSettings) -> str:
+def _fingerprint(instances: list[dict], processor, settings: EncodingSettings) -> str:
     digest = hashlib.sha256()
     digest.update(json.dumps(instances, sort_keys=True).encode())
     for instance in instances:  # images edited in place must invalidate the cache
@@ -108,24 +112,24 @@ def _fingerprint(instances: list[dict], processor, template: ChatTemplate, setti
             digest.update(f"{path}:{stat and stat.st_size}:{stat and stat.st_mtime_ns}".encode())
     digest.update(processor.tokenizer.backend_tokenizer.to_str().encode())
     digest.update(processor.image_processor.to_json_string().encode())
-    digest.update(repr((template, settings)).encode())
+    digest.update(repr((processor.chat_template, settings)).encode())
     return digest.hexdigest()[:24]
 
 
 def tokenize_instances(
-    instances: list[dict], processor, template_name: str, settings: EncodingSettings, cache_dir: str
+    instances: list[dict], processor, settings: EncodingSettings, cache_dir: str
 ) -> datasets.Dataset:
     """A `datasets.Dataset` of encoded instances; re-running with the same inputs loads the cached Arrow file."""
-    template = get_template(template_name)
+    image_text(processor)  # a template that cannot train stops here, in one line, before any instance
     os.makedirs(cache_dir, exist_ok=True)
-    cache_file = os.path.join(cache_dir, f"tokenized-{_fingerprint(instances, processor, template, settings)}.arrow")
+    cache_file = os.path.join(cache_dir, f"tokenized-{_fingerprint(instances, processor, settings)}.arrow")
     raw = datasets.Dataset.from_dict({"instance": [json.dumps(instance) for instance in instances]})
 
     def encode_batch(batch):
         columns: dict[str, list] = {"input_ids": [], "labels": [], "images": [], "length": []}
         paired = False
         for serialized in batch["instance"]:
-            encoded = encode_instance(json.loads(serialized), processor, template, settings)
+            encoded = encode_instance(json.loads(serialized), processor, settings)
             if encoded is None:
                 continue
             if "teacher_input_ids" in encoded:

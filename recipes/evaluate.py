@@ -26,7 +26,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from xmodal.core.atomic import atomic_write_text
 from xmodal.data_builders.instances import build_instances
-from xmodal.data_builders.templates import get_template
 from xmodal.recipes import CONFIG_DIR
 from xmodal.core.console import hydra_console_script
 from xmodal.trainers.evaluation.answers import EvalItem, GenerationSettings, Prediction, eval_items, predict
@@ -44,7 +43,7 @@ def evaluate_checkpoint(
     model, processor = load_for_inference(
         path, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code
     )
-    predictions = predict(model, processor, items, get_template(cfg.model.template), generation, judge)
+    predictions = predict(model, processor, items, generation, judge)
     summary = summarise(predictions, settings.bootstrap_resamples, settings.seed, settings.confidence)
     report = {"checkpoint": path, **summary}
     mismatches: dict[str, int] = defaultdict(int)
@@ -54,8 +53,7 @@ def evaluate_checkpoint(
         report["conditions"][condition]["prompt_mismatches"] = count
         if count:
             logger.warning(
-                "%s %s: %d prompt(s) from the chat template differ from the training tokens of template %r",
-                path, condition, count, cfg.model.template,
+                "%s %s: %d prompt(s) from the chat template differ from the training tokens", path, condition, count,
             )
     return report, predictions
 

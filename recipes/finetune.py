@@ -39,7 +39,7 @@ def build_train_dataset(cfg: DictConfig, processor):
     built = build_instances(cfg)
     settings = EncodingSettings(**cfg.encoding)
     dataset = tokenize_instances(
-        built.instances, processor, cfg.model.template, settings, os.path.join(cfg.cache_dir, "tokenized")
+        built.instances, processor, settings, os.path.join(cfg.cache_dir, "tokenized")
     )
     if len(dataset) == 0:
         raise ConfigError(f"every instance is longer than encoding.max_length={settings.max_length}")
@@ -78,7 +78,7 @@ def train(cfg: DictConfig) -> str:
         model=model,
         args=args,
         train_dataset=train_dataset,
-        data_collator=MultimodalCollator(processor, cfg.model.template, packing=cfg.packing),
+        data_collator=MultimodalCollator(processor, packing=cfg.packing),
         processing_class=processor,
         callbacks=training_callbacks(cfg, metrics),
         loss_composer=build_loss(cfg.loss),

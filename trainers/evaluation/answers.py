@@ -1,7 +1,7 @@
 """Held-out instances -> prompts -> generated answers -> per-item scores.
 
 Each instance is prompted with everything up to its last assistant turn through the model's own chat template
-(`add_generation_prompt=True`), which for the shipped templates is token for token the prompt the model was trained
+(`add_generation_prompt=True`), which is token for token the prompt the model was trained
 on (`Prediction.prompt_matches_training` says where it is not). A paired instance with a `teacher` view is
 answered as two items (its own condition and the teacher's), on the same record.
 """
@@ -16,7 +16,6 @@ import torch
 
 from xmodal.data_builders.sample import prompt_messages
 from xmodal.core.scoring import answers_match, cut_at_end
-from xmodal.data_builders.templates import ChatTemplate
 from xmodal.core.tokens import IGNORE_INDEX
 from xmodal.data_builders.tokenize import encode_view, load_rgb
 from xmodal.trainers.models import to_model
@@ -127,9 +126,9 @@ def generation_prompt(item: EvalItem, processor) -> str:
     return processor.apply_chat_template(prompt_messages(item.messages), add_generation_prompt=True, tokenize=False)
 
 
-def training_prompt_ids(item: EvalItem, processor, template: ChatTemplate) -> list[int]:
+def training_prompt_ids(item: EvalItem, processor) -> list[int]:
     """The tokens training puts before the last answer: the encoded conversation up to its last supervised run."""
-    encoded = encode_view(item.messages, item.images, processor, template, f"instance {item.id!r}")
+    encoded = encode_view(item.messages, item.images, processor, f"instance {item.id!r}")
     labels = encoded["labels"]
     start = max(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
     while start > 0 and labels[start - 1] != IGNORE_INDEX:
@@ -208,7 +207,6 @@ def predict(
     model,
     processor,
     items: list[EvalItem],
-    template: ChatTemplate,
     settings: GenerationSettings,
     judge: Callable | None = None,
     batches: list[int] | None = None,
@@ -225,7 +223,7 @@ def predict(
             batch = items[start : start + settings.batch_size]
             prompts, prompt_ids, answers = answer_batch(model, processor, batch, settings)
             for item, prompt, ids, item_answers in zip(batch, prompts, prompt_ids, answers):
-                matches = ids == training_prompt_ids(item, processor, template)
+                matches = ids == training_prompt_ids(item, processor)
                 predictions.append(score_item(item, prompt, item_answers, matches, settings, judge))
     return predictions
 

@@ -23,7 +23,6 @@ from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from xmodal.core.errors import ConfigError
 from xmodal.data_builders.instances import build_instances
-from xmodal.data_builders.templates import get_template
 from xmodal.trainers.evaluation.answers import GenerationSettings, Prediction, batch_count, eval_items, predict
 from xmodal.trainers.evaluation.report import flat_scalars, summarise
 
@@ -38,7 +37,6 @@ class EvalCallback(TrainerCallback):
         self,
         data: DictConfig,
         builder: DictConfig,
-        template: str,
         data_overrides: dict | None = None,
         builder_overrides: dict | None = None,
         judge: DictConfig | None = None,
@@ -57,7 +55,6 @@ class EvalCallback(TrainerCallback):
                 "seed": seed,
             }
         )
-        self.template = get_template(template)
         self.judge = instantiate(judge) if judge is not None else None
         self.every_n_steps = every_n_steps
         self.per_condition = per_condition
@@ -100,7 +97,7 @@ class EvalCallback(TrainerCallback):
             # Inputs go to the model's device and dtype (DeepSpeed casts the module to bf16/fp16), not through
             # trainer._prepare_inputs: a GRPO trainer's generates rollouts there.
             predictions = predict(
-                model, trainer.processing_class, self.items, self.template, self.settings, self.judge, batches=batches
+                model, trainer.processing_class, self.items, self.settings, self.judge, batches=batches
             )
         finally:
             model.train(was_training)

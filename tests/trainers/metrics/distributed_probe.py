@@ -18,7 +18,6 @@ from imbalance_support import BUILDERS, make_instances
 from transformers import Trainer, TrainingArguments
 
 from xmodal.data_builders.collate import MultimodalCollator
-from xmodal.data_builders.templates import get_template
 from xmodal.data_builders.tokenize import EncodingSettings, encode_instance
 from xmodal.core.distributed import configure_cpu_deepspeed_state, init_deepspeed_backend, teardown
 from xmodal.trainers.metrics.imbalance import SpanStats, measure
@@ -47,7 +46,7 @@ def main(stage: int, mode: str, out: pathlib.Path) -> None:
     image_dir = out / f"images{rank}"
     image_dir.mkdir(exist_ok=True)
     rows = [
-        encode_instance(instance, processor, get_template("qwen2"), EncodingSettings(max_length=512))
+        encode_instance(instance, processor, EncodingSettings(max_length=512))
         for instance in make_instances(image_dir, 8)
     ]
     # 5 probe rows in batches of 2: rank 0 measures 2 batches, rank 1 one batch plus one uncounted forward.

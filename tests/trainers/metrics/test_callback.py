@@ -11,7 +11,6 @@ from tests.trainers.metrics.imbalance_support import BUILDERS, make_instances, m
 from transformers import Trainer, TrainingArguments
 
 from xmodal.data_builders.collate import MultimodalCollator
-from xmodal.data_builders.templates import get_template
 from xmodal.data_builders.tokenize import EncodingSettings, encode_instance
 from xmodal.trainers.metrics.imbalance import measure
 from xmodal.trainers.metrics.imbalance_callback import ImbalanceCallback
@@ -20,9 +19,8 @@ from xmodal.trainers.metrics.imbalance_callback import ImbalanceCallback
 def tiny_trainer(tmp_path, callback, report_to):
     torch.manual_seed(0)
     model, processor = BUILDERS["llava"]()
-    template = get_template("llava")
     rows = [
-        encode_instance(instance, processor, template, EncodingSettings(max_length=512))
+        encode_instance(instance, processor, EncodingSettings(max_length=512))
         for instance in make_instances(tmp_path, 6)
     ]
     args = TrainingArguments(
