@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
 from xmodal.data_builders.collate import MultimodalCollator
@@ -84,6 +84,7 @@ def train(cfg: DictConfig) -> str:
         loss_composer=build_loss(cfg.loss),
         ordered=getattr(builder, "ordered", False),
         nonfinite=NonFiniteLossGuard(cfg.on_nonfinite_loss, cfg.max_skipped_steps, uses_deepspeed),
+        component_learning_rates=OmegaConf.to_container(cfg.optim.lr),
     )
     for callback in metrics:
         callback.bind(trainer)  # probes are collated from the training set with the run's own collator

@@ -86,6 +86,7 @@ def build_trainer(cfg: DictConfig) -> tuple[XModalGRPOTrainer, object, str]:
         callbacks=training_callbacks(cfg, metrics),
         alignment=alignment,
         filter_equal_reward_groups=cfg.rl.filter_equal_reward_groups,
+        component_learning_rates=OmegaConf.to_container(cfg.optim.lr),
     )
     bind_metric_callbacks(metrics, trainer, built.instances, processor, cfg)
     return trainer, processor, base_model

@@ -30,6 +30,7 @@ from trl.trainer.utils import pad
 
 from xmodal.losses.alignment import ESTIMATORS, token_kl_estimates
 from xmodal.trainers.lifecycle.resilience import ResilientTrainingMixin
+from xmodal.trainers.optimizer import ComponentLearningRatesMixin
 
 # Processor outputs that are not per-token: concatenated across rows (the rest are per-token and left-padded).
 _IMAGE_FIELDS = ("pixel_values", "image_grid_thw", "image_sizes")
@@ -67,7 +68,7 @@ def masked_alignment_sum(student_logps, teacher_logps, mask, alignment: RolloutA
     return torch.where(mask.bool(), estimates, 0.0).sum()
 
 
-class XModalGRPOTrainer(ResilientTrainingMixin, GRPOTrainer):
+class XModalGRPOTrainer(ResilientTrainingMixin, ComponentLearningRatesMixin, GRPOTrainer):
     """GRPO/DAPO with the alignment term and the group filter (module docstring); everything else is TRL's."""
 
     def __init__(self, *args, alignment: RolloutAlignment, filter_equal_reward_groups: bool = True, **kwargs):

@@ -138,9 +138,10 @@ def training_prompt_ids(item: EvalItem, processor) -> list[int]:
 
 def prompt_inputs(prompts: list[str], items: list[EvalItem], processor) -> dict:
     """Left-padded model inputs (generation appends to the right end of every row)."""
-    images = [load_rgb(path) for item in items for path in item.images]
+    # Images per prompt (some processors, Gemma 3's, need to know which prompt has none).
+    images = [[load_rgb(path) for path in item.images] for item in items]
     return processor(
-        text=prompts, images=images or None, padding=True, padding_side="left", add_special_tokens=False, return_tensors="pt"
+        text=prompts, images=images if any(images) else None, padding=True, padding_side="left", add_special_tokens=False, return_tensors="pt"
     )
 
 

@@ -10,6 +10,7 @@ is the one exceptions table: families whose projector is a submodule of the visi
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 
 from peft import LoraConfig, get_peft_model
@@ -73,26 +74,39 @@ class ModelParts:
     projector_modules: tuple[str, ...]  # the projector's module paths (PEFT's `modules_to_save` for it)
 
     def component_of(self, parameter_name: str) -> str:
+        """The component of a parameter, named as in the model or in its PEFT wrapper."""
+        name = unwrapped_name(parameter_name)
         for component, prefixes in self.prefixes.items():
-            if parameter_name.startswith(prefixes):
+            if name.startswith(prefixes):
                 return component
         raise ValueError(f"parameter {parameter_name} belongs to no component")
 
 
+def unwrapped_name(name: str) -> str:
+    """A module or parameter name without PEFT's wrapping (`base_model.model.`, a `modules_to_save` copy or the
+    original it shadows): the name it has in the bare model."""
+    name = name.removeprefix("base_model.model.")
+    return re.sub(r"\.(modules_to_save\.[^.]+|original_module)(?=\.|$)", "", name)
+
+
 def model_parts(model) -> ModelParts:
-    """Locate the vision tower, projector and language model of a transformers image-text model."""
+    """Locate the vision tower, projector and language model of a transformers image-text model (bare, or wrapped
+    by PEFT: the names are then the bare model's)."""
+    peft_model = model
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model
     model_type = model.config.model_type
-    paths = {id(module): name for name, module in model.named_modules()}
+    paths = {id(module): unwrapped_name(name) for name, module in model.named_modules()}
     vision_config = getattr(model.config, "vision_config", None)
-    tower_name = next(
+    tower = next(
         (
-            name
+            module
             for name, module in model.named_modules()
             if name and isinstance(module, PreTrainedModel) and vision_config is not None
             and type(module.config) is type(vision_config)
         ),
         None,
     )
+    tower_name = paths[id(tower)] if tower is not None else None
     try:
         decoder = model.get_decoder()
     except (AttributeError, ValueError):
@@ -103,7 +117,6 @@ def model_parts(model) -> ModelParts:
             f"model: cannot find the {'vision tower' if not tower_name else 'language model'} of {type(model).__name__} "
             "(no submodule of its vision_config / get_decoder() found); add it to xmodal.trainers.models.finetuning"
         )
-    tower = model.get_submodule(tower_name)
     inside = PROJECTOR_INSIDE_TOWER.get(model_type, ())
     projector_inside = tuple(f"{tower_name}.{child}" for child in inside if hasattr(tower, child))
     tower_prefixes = tuple(
@@ -128,7 +141,8 @@ def model_parts(model) -> ModelParts:
         "language_model": lm_prefixes,
     }
     parts = ModelParts(tower_name, lm_name, prefixes, projector_modules)
-    strays = [name for name, _ in model.named_parameters() if not name.startswith(sum(prefixes.values(), ()))]
+    every_prefix = sum(prefixes.values(), ())
+    strays = [name for name, _ in peft_model.named_parameters() if not unwrapped_name(name).startswith(every_prefix)]
     if strays or not prefixes["projector"]:
         raise ConfigError(
             f"model: the components of {type(model).__name__} are unusual (parameters outside vision tower, projector "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoPr
 from xmodal.core.atomic import atomic_directory, published_directory
 from xmodal.core.errors import ConfigError
 from xmodal.core import distributed
-from xmodal.trainers.models.tiny import IMAGE_ONLY_PROCESSORS
+from xmodal.trainers.models.tiny import IMAGE_ONLY_PROCESSORS, SUB_PROCESSORS, upstream_class
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +74,14 @@ def load_processor(path: str, trust_remote_code: bool = False):
                 raise
             raise refusal from error
         logger.info("AutoProcessor failed (%s); using the image-only %s", error, config["processor_class"])
-        return IMAGE_ONLY_PROCESSORS[config["processor_class"]](
+        image_only = IMAGE_ONLY_PROCESSORS[config["processor_class"]]
+        # The processor's own settings saved beside its sub-processors (e.g. InternVL's image_seq_length).
+        settings = inspect.signature(upstream_class(image_only).__init__).parameters
+        return image_only(
             image_processor=AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code),
             tokenizer=AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code),
             chat_template=_read_text(path, "chat_template.jinja"),
+            **{key: value for key, value in config.items() if key in settings and key not in SUB_PROCESSORS},
         )
 
 

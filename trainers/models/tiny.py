@@ -9,6 +9,7 @@ Builders share one signature: `text` (hidden_size, intermediate_size, num_layers
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 
@@ -256,13 +257,23 @@ class _WithoutVideo:
         config_path = os.path.join(save_directory, "processor_config.json")
         with open(config_path) as f:
             config = json.load(f)
-        config["processor_class"] = _upstream(type(self)).__name__
+        upstream = upstream_class(type(self))
+        config["processor_class"] = upstream.__name__
+        # The upstream processor's own settings (e.g. InternVL's image_seq_length), which transformers saves by
+        # the signature of the class's __init__: this class's hides them.
+        for name, parameter in inspect.signature(upstream.__init__).parameters.items():
+            if parameter.default is not inspect.Parameter.empty and name not in SUB_PROCESSORS and hasattr(self, name):
+                config.setdefault(name, getattr(self, name))
         with open(config_path, "w") as f:
             json.dump(config, f, indent=2)
         return saved
 
 
-def _upstream(image_only_class: type) -> type:
+# Processor __init__ arguments that are saved as files of their own, not as processor settings.
+SUB_PROCESSORS = ("image_processor", "tokenizer", "video_processor", "chat_template")
+
+
+def upstream_class(image_only_class: type) -> type:
     return next(c for c in image_only_class.__mro__ if c.__module__.startswith("transformers."))
 
 
@@ -284,7 +295,7 @@ class ImageOnlyInternVLProcessor(_WithoutVideo, InternVLProcessor):
 
 # The image-only stand-in of each upstream processor class, by the name a checkpoint's processor_config holds.
 IMAGE_ONLY_PROCESSORS = {
-    _upstream(cls).__name__: cls
+    upstream_class(cls).__name__: cls
     for cls in (ImageOnlyQwen2VLProcessor, ImageOnlyQwen2_5_VLProcessor, ImageOnlyQwen3VLProcessor, ImageOnlyInternVLProcessor)
 }
 
