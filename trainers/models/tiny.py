@@ -524,7 +524,12 @@ def build_tiny_gemma3(
         image_token_index=tokenizer.convert_tokens_to_ids("<image_soft_token>"),
         tie_word_embeddings=False,
     )
-    return _instantiate(config, dtype, attn_implementation), processor
+    model = _instantiate(config, dtype, attn_implementation)
+    # transformers initialises Gemma 3's image projection at zero (a trained checkpoint's never is): the tower would
+    # get no gradient until the projector has moved.
+    with torch.no_grad():
+        model.model.multi_modal_projector.mm_input_projection_weight.normal_(std=config.text_config.initializer_range)
+    return model, processor
 
 
 def build_tiny_internvl(

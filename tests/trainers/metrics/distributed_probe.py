@@ -53,7 +53,7 @@ def main(stage: int, mode: str, out: pathlib.Path) -> None:
     callback = ImbalanceCallback(every_n_steps=2, probe_size=5, probe_batch_size=2, mode=mode)
     trainer = Trainer(
         model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
-        data_collator=MultimodalCollator(processor, "qwen2"), processing_class=processor, callbacks=[callback],
+        data_collator=MultimodalCollator(processor), processing_class=processor, callbacks=[callback],
     )
     callback.bind(trainer)
     trainer.train()

@@ -38,7 +38,7 @@ def tiny_trainer(tmp_path, callback, report_to):
         model=model,
         args=args,
         train_dataset=datasets.Dataset.from_list(rows),
-        data_collator=MultimodalCollator(processor, "llava"),
+        data_collator=MultimodalCollator(processor),
         processing_class=processor,
         callbacks=[callback],
     )
@@ -59,7 +59,7 @@ def test_logs_imbalance_at_configured_steps(tmp_path):
     assert {"imbalance/mass_image", "imbalance/mass_text", "imbalance/per_token_image", "imbalance/per_token_text"} <= set(entry)
     # The logged means are those of a direct measurement of the trained model on the same probe.
     model, processor = trainer.model, trainer.processing_class
-    batch = MultimodalCollator(processor, "llava")([trainer.train_dataset[i] for i in range(3)])
+    batch = MultimodalCollator(processor)([trainer.train_dataset[i] for i in range(3)])
     masks = masks_of(batch, model, processor)
     direct = measure(model, batch, masks.query, masks.a, masks.b)
     assert entry["imbalance/ratio"] == pytest.approx(direct.mean().ratio.mean().item(), abs=1e-6)

@@ -5,6 +5,10 @@ eager attention, and a saved checkpoint reloads and generates through the evalua
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -34,6 +38,7 @@ from xmodal.trainers.models.finetuning import (
     unwrapped_name,
 )
 from xmodal.trainers.sft import XModalSFTTrainer
+from tests.trainers.metrics.test_distributed import free_port
 
 TEXT = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
 VISION = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4)
@@ -221,3 +226,24 @@ def test_a_saved_checkpoint_reloads_and_generates(family, image_path, tmp_path):
     predictions = predict(reloaded, reloaded_processor, items, GenerationSettings(2, max_new_tokens=3))
     assert all(prediction.prompt_matches_training for prediction in predictions)
     assert all(isinstance(prediction.answers[0], str) for prediction in predictions)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_one_zero2_step_of_every_family_on_two_ranks(tmp_path):
+    """One torchrun for the whole table (a launch per family would cost the suite minutes): each family takes a
+    ZeRO-2 step with the projector's learning rate at 0, so the per-component groups reach DeepSpeed too."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(here)))
+    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": root}
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+        os.path.join(here, "zero2_probe.py"), str(tmp_path), *FAMILIES,
+    ]
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-4000:]
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert ranks[0] == ranks[1]  # ZeRO-2 keeps every rank's full weights identical, losses all-reduced
+    for family in FAMILIES:
+        assert ranks[0][family]["loss"] is not None, family
+        assert ranks[0][family]["moved"] == {"vision_tower": True, "projector": False, "language_model": True}, family
