@@ -12,6 +12,7 @@ from xmodal.data_builders.collate import MultimodalCollator
 from xmodal.core.tokens import IGNORE_INDEX
 from xmodal.data_builders.tokenize import EncodingError, EncodingSettings, encode_instance, tokenize_instances
 from xmodal.trainers.models.tiny import build_tiny_llava, build_tiny_qwen2_vl
+from tests.support.tiny_batches import two_turn_instance
 
 TEXT = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
 BUILDERS = {
@@ -39,19 +40,9 @@ def image_path(tmp_path_factory):
     return str(path)
 
 
-def _conversation(image_path):
-    messages = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is it?"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
-        {"role": "user", "content": [{"type": "text", "text": "And the key?"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "A = 7"}]},
-    ]
-    return {"id": "two-turns", "messages": messages, "images": [image_path]}
-
-
 def test_ids_equal_the_inference_chat_template(family, image_path):
     name, _, processor = family
-    instance = _conversation(image_path)
+    instance = two_turn_instance(image_path)
     encoded = encode_instance(instance, processor, EncodingSettings())
     text = processor.apply_chat_template(instance["messages"], tokenize=False)
     reference = processor(text=[text], images=[Image.open(image_path).convert("RGB")], add_special_tokens=False)
@@ -61,7 +52,7 @@ def test_ids_equal_the_inference_chat_template(family, image_path):
 
 def test_labels_cover_exactly_the_answers(family, image_path):
     name, _, processor = family
-    encoded = encode_instance(_conversation(image_path), processor, EncodingSettings())
+    encoded = encode_instance(two_turn_instance(image_path), processor, EncodingSettings())
     labelled = [i for i, label in enumerate(encoded["labels"]) if label != IGNORE_INDEX]
     assert all(encoded["labels"][i] == encoded["input_ids"][i] for i in labelled)
     answers = processor.tokenizer.decode([encoded["labels"][i] for i in labelled])
@@ -72,7 +63,7 @@ def test_labels_cover_exactly_the_answers(family, image_path):
 
 def test_unsupervised_turns_stay_unlabelled(family, image_path):
     name, _, processor = family
-    instance = _conversation(image_path)
+    instance = two_turn_instance(image_path)
     instance["messages"][1]["train"] = False
     encoded = encode_instance(instance, processor, EncodingSettings())
     answers = processor.tokenizer.decode([label for label in encoded["labels"] if label != IGNORE_INDEX])
@@ -81,15 +72,15 @@ def test_unsupervised_turns_stay_unlabelled(family, image_path):
 
 def test_image_count_mismatch_names_instance_and_field(family, image_path):
     name, _, processor = family
-    instance = {**_conversation(image_path), "images": [image_path, image_path]}
+    instance = {**two_turn_instance(image_path), "images": [image_path, image_path]}
     with pytest.raises(EncodingError, match=r"'two-turns'.*'images'"):
         encode_instance(instance, processor, EncodingSettings())
 
 
 def test_overlong_instances_are_dropped_or_rejected_never_truncated(family, image_path, tmp_path):
     name, _, processor = family
-    short = {"id": "short", "messages": _conversation(image_path)["messages"][2:], "images": []}
-    instances = [_conversation(image_path), short]
+    short = {"id": "short", "messages": two_turn_instance(image_path)["messages"][2:], "images": []}
+    instances = [two_turn_instance(image_path), short]
     # The limit is the text-only instance's own length (it depends on the family's chat format).
     limit = len(encode_instance(short, processor, EncodingSettings())["input_ids"])
     kept = tokenize_instances(instances, processor, EncodingSettings(max_length=limit), str(tmp_path))
@@ -100,7 +91,7 @@ def test_overlong_instances_are_dropped_or_rejected_never_truncated(family, imag
 
 def test_tokenization_is_cached_between_runs(family, image_path, tmp_path):
     name, _, processor = family
-    instances = [_conversation(image_path)]
+    instances = [two_turn_instance(image_path)]
     first = tokenize_instances(instances, processor, EncodingSettings(), str(tmp_path))
     cache_file = first.cache_files[0]["filename"]
     written = os.stat(cache_file).st_mtime_ns
@@ -134,7 +125,7 @@ def test_text_only_batch_gets_an_invisible_blank_image(family, tmp_path):
 
 def test_paired_batch_stacks_student_then_teacher_rows(family, image_path):
     name, model, processor = family
-    student = _conversation(image_path)
+    student = two_turn_instance(image_path)
     teacher = {"messages": [dict(m) for m in student["messages"]], "images": [image_path]}
     teacher["messages"][0] = {
         "role": "user",

@@ -45,6 +45,17 @@ def instances(image_dir, paired: bool) -> list[dict]:
     return built
 
 
+def two_turn_instance(image_path: str) -> dict:
+    """An image question, its answer, a text follow-up and its answer: two supervised turns."""
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is it?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+        {"role": "user", "content": [{"type": "text", "text": "And the key?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "A = 7"}]},
+    ]
+    return {"id": "two-turns", "messages": messages, "images": [image_path]}
+
+
 def encoded_instances(image_dir, processor, paired: bool) -> list[dict]:
     """`instances` encoded as the training set encodes them."""
     settings = EncodingSettings(max_length=512)

@@ -137,32 +137,34 @@ _GEMMA3 = dict(
 
 
 
-def _llama(text: dict, tokenizer, config_class=LlamaConfig, **extra):
-    return config_class(
-        vocab_size=len(tokenizer),
-        hidden_size=text["hidden_size"],
-        intermediate_size=text["intermediate_size"],
-        num_hidden_layers=text["num_layers"],
-        num_attention_heads=text["num_heads"],
-        num_key_value_heads=text["num_kv_heads"],
-        max_position_embeddings=text.get("max_position_embeddings", 2048),
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        tie_word_embeddings=False,
-        **extra,
-    )
+def _text_fields(text: dict, tokenizer, **overrides) -> dict:
+    """A decoder config's fields from the `text` sizes and the tokenizer's special tokens (untied output head)."""
+    return {
+        "vocab_size": len(tokenizer),
+        "hidden_size": text["hidden_size"],
+        "intermediate_size": text["intermediate_size"],
+        "num_hidden_layers": text["num_layers"],
+        "num_attention_heads": text["num_heads"],
+        "num_key_value_heads": text["num_kv_heads"],
+        "max_position_embeddings": text.get("max_position_embeddings", 2048),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "tie_word_embeddings": False,
+        **overrides,
+    }
 
 
-def _clip(vision: dict) -> CLIPVisionConfig:
-    return CLIPVisionConfig(
-        image_size=vision["image_size"],
-        patch_size=vision["patch_size"],
-        hidden_size=vision["hidden_size"],
-        intermediate_size=vision["intermediate_size"],
-        num_hidden_layers=vision["num_layers"],
-        num_attention_heads=vision["num_heads"],
-    )
+def _vision_fields(vision: dict) -> dict:
+    """A ViT config's fields (CLIP, SigLIP, InternViT name them alike) from the `vision` sizes."""
+    return {
+        "image_size": vision["image_size"],
+        "patch_size": vision["patch_size"],
+        "hidden_size": vision["hidden_size"],
+        "intermediate_size": vision["intermediate_size"],
+        "num_hidden_layers": vision["num_layers"],
+        "num_attention_heads": vision["num_heads"],
+    }
 
 
 def _vicuna_tokenizer(vocab_size: int) -> PreTrainedTokenizerFast:
@@ -195,8 +197,8 @@ def build_tiny_llava(
         chat_template=chat_template(**_VICUNA),
     )
     config = LlavaConfig(
-        text_config=_llama(text, tokenizer),
-        vision_config=_clip(vision),
+        text_config=LlamaConfig(**_text_fields(text, tokenizer)),
+        vision_config=CLIPVisionConfig(**_vision_fields(vision)),
         image_token_index=tokenizer.image_token_id,
         vision_feature_select_strategy=vision_feature_select_strategy,
         vision_feature_layer=-1,
@@ -224,8 +226,8 @@ def build_tiny_llava_next(
         chat_template=chat_template(**_VICUNA),
     )
     config = LlavaNextConfig(
-        text_config=_llama(text, tokenizer),
-        vision_config=_clip(vision),
+        text_config=LlamaConfig(**_text_fields(text, tokenizer)),
+        vision_config=CLIPVisionConfig(**_vision_fields(vision)),
         image_token_index=tokenizer.image_token_id,
         image_grid_pinpoints=pinpoints,
         vision_feature_layer=-1,
@@ -332,19 +334,7 @@ def _qwen_vl(processor_class, text: dict, vision: dict, vocab_size: int, default
         vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
         vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
     )
-    text_config = dict(
-        vocab_size=len(tokenizer),
-        hidden_size=text["hidden_size"],
-        intermediate_size=text["intermediate_size"],
-        num_hidden_layers=text["num_layers"],
-        num_attention_heads=text["num_heads"],
-        num_key_value_heads=text["num_kv_heads"],
-        max_position_embeddings=text.get("max_position_embeddings", 2048),
-        bos_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=False,
-    )
+    text_config = _text_fields(text, tokenizer, bos_token_id=tokenizer.pad_token_id)
     return processor, mrope_section, ids, text_config
 
 
@@ -374,6 +364,21 @@ def build_tiny_qwen2_vl(
     return _instantiate(config, dtype, attn_implementation), processor
 
 
+def _merging_vit(text: dict, vision: dict, **extra) -> dict:
+    """The vision config of Qwen2.5-VL and Qwen3-VL: a ViT whose patch merger projects into the LM's width."""
+    return dict(
+        depth=vision["num_layers"],
+        hidden_size=vision["hidden_size"],
+        intermediate_size=vision["intermediate_size"],
+        num_heads=vision["num_heads"],
+        out_hidden_size=text["hidden_size"],
+        patch_size=vision["patch_size"],
+        spatial_merge_size=vision.get("spatial_merge_size", 2),
+        temporal_patch_size=2,
+        **extra,
+    )
+
+
 def build_tiny_qwen2_5_vl(
     text: dict, vision: dict, vocab_size: int = 1024, dtype: str = "float32", attn_implementation: str = "sdpa"
 ):
@@ -384,15 +389,9 @@ def build_tiny_qwen2_5_vl(
     )
     config = Qwen2_5_VLConfig(
         text_config={**text_config, "rope_parameters": {"rope_type": "default", "mrope_section": mrope_section}},
-        vision_config=dict(
-            depth=vision["num_layers"],
-            hidden_size=vision["hidden_size"],
-            intermediate_size=vision["intermediate_size"],
-            num_heads=vision["num_heads"],
-            out_hidden_size=text["hidden_size"],
-            patch_size=vision["patch_size"],
-            spatial_merge_size=vision.get("spatial_merge_size", 2),
-            temporal_patch_size=2,
+        vision_config=_merging_vit(
+            text,
+            vision,
             # One window of merged patches per tiny image half, so windowed and full attention both run.
             window_size=vision["patch_size"] * vision.get("spatial_merge_size", 2) * 2,
             fullatt_block_indexes=[vision["num_layers"] - 1],
@@ -416,15 +415,9 @@ def build_tiny_qwen3_vl(
             "head_dim": head_dim,
             "rope_parameters": {"rope_type": "default", "mrope_section": mrope_section, "mrope_interleaved": True},
         },
-        vision_config=dict(
-            depth=vision["num_layers"],
-            hidden_size=vision["hidden_size"],
-            intermediate_size=vision["intermediate_size"],
-            num_heads=vision["num_heads"],
-            out_hidden_size=text["hidden_size"],
-            patch_size=vision["patch_size"],
-            spatial_merge_size=vision.get("spatial_merge_size", 2),
-            temporal_patch_size=2,
+        vision_config=_merging_vit(
+            text,
+            vision,
             num_position_embeddings=(vision["image_size"] // vision["patch_size"]) ** 2,
             deepstack_visual_indexes=[0],
         ),
@@ -455,15 +448,8 @@ def build_tiny_idefics3(
         chat_template=chat_template(**_IDEFICS3),
     )
     config = Idefics3Config(
-        text_config=_llama(text, tokenizer),
-        vision_config=dict(
-            image_size=side,
-            patch_size=vision["patch_size"],
-            hidden_size=vision["hidden_size"],
-            intermediate_size=vision["intermediate_size"],
-            num_hidden_layers=vision["num_layers"],
-            num_attention_heads=vision["num_heads"],
-        ),
+        text_config=LlamaConfig(**_text_fields(text, tokenizer)),
+        vision_config=_vision_fields(vision),
         scale_factor=scale,
         image_token_id=processor.image_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -494,30 +480,8 @@ def build_tiny_gemma3(
     )
     head_dim = text["hidden_size"] // text["num_heads"]
     config = Gemma3Config(
-        text_config=dict(
-            vocab_size=len(tokenizer),
-            hidden_size=text["hidden_size"],
-            intermediate_size=text["intermediate_size"],
-            num_hidden_layers=text["num_layers"],
-            num_attention_heads=text["num_heads"],
-            num_key_value_heads=text["num_kv_heads"],
-            head_dim=head_dim,
-            query_pre_attn_scalar=head_dim,
-            sliding_window=64,
-            max_position_embeddings=text.get("max_position_embeddings", 2048),
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-        ),
-        vision_config=dict(
-            model_type="siglip_vision_model",
-            image_size=side,
-            patch_size=vision["patch_size"],
-            hidden_size=vision["hidden_size"],
-            intermediate_size=vision["intermediate_size"],
-            num_hidden_layers=vision["num_layers"],
-            num_attention_heads=vision["num_heads"],
-        ),
+        text_config=_text_fields(text, tokenizer, head_dim=head_dim, query_pre_attn_scalar=head_dim, sliding_window=64),
+        vision_config={"model_type": "siglip_vision_model", **_vision_fields(vision)},
         mm_tokens_per_image=tokens_per_image,
         boi_token_index=tokenizer.convert_tokens_to_ids("<start_of_image>"),
         eoi_token_index=tokenizer.convert_tokens_to_ids("<end_of_image>"),
@@ -552,28 +516,8 @@ def build_tiny_internvl(
         chat_template=chat_template(_CHATML_ROLES, "<IMG_CONTEXT>\n"),
     )
     config = InternVLConfig(
-        text_config=dict(
-            model_type="qwen2",
-            vocab_size=len(tokenizer),
-            hidden_size=text["hidden_size"],
-            intermediate_size=text["intermediate_size"],
-            num_hidden_layers=text["num_layers"],
-            num_attention_heads=text["num_heads"],
-            num_key_value_heads=text["num_kv_heads"],
-            max_position_embeddings=text.get("max_position_embeddings", 2048),
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            tie_word_embeddings=False,
-        ),
-        vision_config=dict(
-            image_size=[side, side],
-            patch_size=[patch, patch],
-            hidden_size=vision["hidden_size"],
-            intermediate_size=vision["intermediate_size"],
-            num_hidden_layers=vision["num_layers"],
-            num_attention_heads=vision["num_heads"],
-        ),
+        text_config={"model_type": "qwen2", **_text_fields(text, tokenizer, bos_token_id=tokenizer.pad_token_id)},
+        vision_config={**_vision_fields(vision), "image_size": [side, side], "patch_size": [patch, patch]},
         image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
         downsample_ratio=downsample,
         vision_feature_layer=-1,

@@ -38,6 +38,7 @@ from xmodal.trainers.models.finetuning import (
     unwrapped_name,
 )
 from xmodal.trainers.sft import XModalSFTTrainer
+from tests.support.tiny_batches import two_turn_instance
 from tests.trainers.metrics.test_distributed import free_port
 
 TEXT = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
@@ -79,18 +80,8 @@ def family(request):
     return request.param, model, processor
 
 
-def _instance(image_path: str) -> dict:
-    messages = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is it?"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
-        {"role": "user", "content": [{"type": "text", "text": "And the key?"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "A = 7"}]},
-    ]
-    return {"id": "two-turns", "messages": messages, "images": [image_path]}
-
-
 def _batch(processor, image_path: str) -> dict:
-    return MultimodalCollator(processor)([encode_instance(_instance(image_path), processor, EncodingSettings())])
+    return MultimodalCollator(processor)([encode_instance(two_turn_instance(image_path), processor, EncodingSettings())])
 
 
 def _supervised_runs(labels: list[int]) -> list[list[int]]:
@@ -105,7 +96,7 @@ def _supervised_runs(labels: list[int]) -> list[list[int]]:
 
 def test_labels_are_the_assistant_tokens_of_the_template(family, image_path):
     name, model, processor = family
-    instance = _instance(image_path)
+    instance = two_turn_instance(image_path)
     encoded = encode_instance(instance, processor, EncodingSettings())
     answers = [processor.tokenizer.decode(run) for run in _supervised_runs(encoded["labels"])]
     assert answers == ANSWERS[name]
@@ -166,7 +157,7 @@ def test_steps_lower_the_loss_and_move_only_unfrozen_components(family, image_pa
 
 def test_resume_continues_exactly(family, image_path, tmp_path):
     _, model, processor = family
-    batch_rows = [encode_instance(_instance(image_path), processor, EncodingSettings())] * 4
+    batch_rows = [encode_instance(two_turn_instance(image_path), processor, EncodingSettings())] * 4
 
     def run(max_steps: int, resume: str | None = None):
         torch.manual_seed(0)
@@ -220,7 +211,7 @@ def test_a_saved_checkpoint_reloads_and_generates(family, image_path, tmp_path):
     reloaded, reloaded_processor = load_for_inference(str(tmp_path), "float32", "sdpa")
     for name, tensor in model.state_dict().items():
         assert torch.equal(reloaded.state_dict()[name], tensor), name
-    instance = _instance(image_path)
+    instance = two_turn_instance(image_path)
     items = [EvalItem("two-turns", "default", instance["messages"], instance["images"], "A = 7"),
              EvalItem("text", "default", instance["messages"][2:], [], "A = 7")]
     predictions = predict(reloaded, reloaded_processor, items, GenerationSettings(2, max_new_tokens=3))
