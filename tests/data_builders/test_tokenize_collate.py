@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from xmodal.data_builders.collate import MultimodalCollator
+from xmodal.core.errors import ConfigError
 from xmodal.core.tokens import IGNORE_INDEX
 from xmodal.data_builders.tokenize import EncodingError, EncodingSettings, encode_instance, tokenize_instances
 from xmodal.trainers.models.tiny import build_tiny_llava, build_tiny_qwen2_vl
@@ -161,3 +162,20 @@ def test_qwen2_training_prompt_is_the_checkpoint_format_system_prompt_included()
     assert segments == [(prompt, False), ("\\boxed{3}<|im_end|>", True), ("\n", False)]
     rendered = processor.apply_chat_template(messages[:1], add_generation_prompt=True, tokenize=False)
     assert rendered == prompt
+
+
+TEXT_PARTS_ONLY = (
+    "{% for message in messages %}{{ message['role'] }}: {% for part in message['content'] %}"
+    "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}\n{% endfor %}"
+)
+
+
+@pytest.mark.parametrize(
+    "chat_template,problem", [(None, "has no chat template"), (TEXT_PARTS_ONLY, "writes nothing for an image")]
+)
+def test_a_template_that_cannot_train_stops_in_one_line(image_path, tmp_path, chat_template, problem):
+    _, processor = BUILDERS["llava"]()
+    processor.chat_template = chat_template
+    with pytest.raises(ConfigError, match=problem) as refused:
+        tokenize_instances([two_turn_instance(image_path)], processor, EncodingSettings(), str(tmp_path))
+    assert "\n" not in str(refused.value)
