@@ -27,8 +27,9 @@ class MultimodalCollator:
     def __init__(self, processor, pad_to_multiple_of: int | None = None, packing: bool = False):
         if packing and processor.return_mm_token_type_ids:
             raise ConfigError(
-                f"packing: {type(processor).__name__} models compute M-RoPE position ids per row, which packed rows "
-                "cannot restart; set packing=false (length-grouped sampling still cuts padding)"
+                f"packing: {type(processor).__name__} models read per-row token types (M-RoPE position ids, attention "
+                "within an image), which packed rows cannot restart; set packing=false (length-grouped sampling still "
+                "cuts padding)"
             )
         self.packing = packing
         self.processor = processor
@@ -58,8 +59,11 @@ class MultimodalCollator:
         else:
             batch = pad_rows(input_ids, labels, self.pad_id, self.pad_to_multiple_of)
         batch.update(self.processor.image_processor(images=images, return_tensors="pt"))
-        if self.processor.return_mm_token_type_ids:  # Qwen2-VL marks image positions for M-RoPE
-            batch["mm_token_type_ids"] = (batch["input_ids"] == self.processor.image_token_id).long()
+        if self.processor.return_mm_token_type_ids:
+            # Image positions, as the processor marks them at inference: Qwen-VL's M-RoPE reads them
+            # (`mm_token_type_ids`), Gemma 3's bidirectional attention within an image too (`token_type_ids`).
+            key = "mm_token_type_ids" if "mm_token_type_ids" in self.processor.model_input_names else "token_type_ids"
+            batch[key] = torch.tensor(self.processor.create_mm_token_type_ids(batch["input_ids"]))
         if paired:
             batch["branch"] = torch.tensor([0] * len(features) + [1] * len(features))
         return batch

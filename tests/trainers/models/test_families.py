@@ -102,7 +102,12 @@ def test_labels_are_the_assistant_tokens_of_the_template(family, image_path):
     assert answers == ANSWERS[name]
     whole = processor.apply_chat_template(instance["messages"], tokenize=False)
     image = Image.open(image_path).convert("RGB")
-    assert encoded["input_ids"] == list(processor(text=[whole], images=[image], add_special_tokens=False)["input_ids"][0])
+    reference = processor(text=[whole], images=[image], add_special_tokens=False, return_tensors="pt")
+    assert encoded["input_ids"] == reference["input_ids"][0].tolist()
+    # The token types some families read (Qwen-VL's M-RoPE, Gemma 3's attention within an image) as at inference.
+    batch = MultimodalCollator(processor)([encoded])
+    for key in {"mm_token_type_ids", "token_type_ids"} & set(processor.model_input_names):
+        assert torch.equal(batch[key], reference[key]), key
     assert encoded["input_ids"].count(image_token_id(model.config)) == IMAGE_TOKENS[name]
     item = EvalItem("two-turns", "default", instance["messages"], instance["images"], "A = 7")
     prompt = prompt_inputs([generation_prompt(item, processor)], [item], processor)["input_ids"][0].tolist()
