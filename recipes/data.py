@@ -63,6 +63,8 @@ def copy_images(lines: list[dict], folder: Path) -> int:
 
 def write_build(cfg: DictConfig, out: str) -> dict:
     """Build, write the JSONL and its images, write and return the summary."""
+    if cfg.data.get("streaming"):
+        raise ConfigError("data.streaming=true: xmodal-data writes the whole build; set data.streaming=false")
     built = build_instances(cfg)
     source, builder, instances = built.source, built.builder, built.instances
     out_path = Path(out).expanduser().resolve()

@@ -21,12 +21,14 @@ from xmodal.recipes import CONFIG_DIR
 from xmodal.core.console import hydra_console_script
 from xmodal.trainers.models import load_processor, model_location, set_image_pixels
 from xmodal.trainers.lifecycle.nonfinite import NonFiniteLossGuard
-from xmodal.trainers.lifecycle.run_directory import claim_output_dir, open_output_dir
+from xmodal.trainers.lifecycle.skipped_records import SkippedRecordsCallback
+from xmodal.trainers.lifecycle.run_directory import claim_output_dir
 from xmodal.trainers.lifecycle.runs import (
     build_training_args,
     export_logger_environment,
     load_training_model,
     metric_callbacks,
+    open_run,
     start_deepspeed_backend,
     train_and_save,
     training_callbacks,
@@ -35,12 +37,19 @@ from xmodal.trainers.sft import XModalSFTTrainer
 
 
 def build_train_dataset(cfg: DictConfig, processor):
-    """Source records -> builder instances -> cached token ids. Returns the dataset and the builder."""
+    """Source records -> builder instances -> cached token ids. Returns the dataset and the built instances."""
     built = build_instances(cfg)
     settings = EncodingSettings(**cfg.encoding)
     dataset = tokenize_instances(
         built.instances, processor, settings, os.path.join(cfg.cache_dir, "tokenized")
     )
+    if getattr(built.source, "streaming", False):
+        if cfg.trainer.train_sampling_strategy == "group_by_length" or cfg.metrics:
+            raise ConfigError(
+                "data.streaming=true: trainer.train_sampling_strategy=group_by_length and metric probes need the "
+                "whole corpus; set trainer.train_sampling_strategy=random and metrics=none, or data.streaming=false"
+            )
+        return dataset, built
     if len(dataset) == 0:
         raise ConfigError(f"every instance is longer than encoding.max_length={settings.max_length}")
     if built.builder.ordered and len(dataset) < len(built.instances):
@@ -50,7 +59,7 @@ def build_train_dataset(cfg: DictConfig, processor):
             f"{len(built.instances) - len(dataset)} instance(s) of the ordered schedule of {cfg.builder._target_} "
             f"are longer than encoding.max_length={settings.max_length}; raise encoding.max_length"
         )
-    return dataset, built.builder
+    return dataset, built
 
 
 def train(cfg: DictConfig) -> str:
@@ -64,14 +73,13 @@ def train(cfg: DictConfig) -> str:
     base_model = model_location(cfg)
     args = build_training_args(cfg)
     set_seed(cfg.seed)
-    if args.process_index == 0:
-        open_output_dir(cfg)
+    open_run(cfg, args)
 
     processor = load_processor(base_model, cfg.model.trust_remote_code)
     processor = set_image_pixels(processor, cfg.model.get("min_pixels"), cfg.model.get("max_pixels"))
     # Data first: a bad record stops the run before a large model is loaded.
     with args.main_process_first(desc="build and tokenize instances"):
-        train_dataset, builder = build_train_dataset(cfg, processor)
+        train_dataset, built = build_train_dataset(cfg, processor)
     model = load_training_model(cfg, base_model)
     metrics = metric_callbacks(cfg)
     trainer = XModalSFTTrainer(
@@ -80,9 +88,9 @@ def train(cfg: DictConfig) -> str:
         train_dataset=train_dataset,
         data_collator=MultimodalCollator(processor, packing=cfg.packing),
         processing_class=processor,
-        callbacks=training_callbacks(cfg, metrics),
+        callbacks=[SkippedRecordsCallback(built.source), *training_callbacks(cfg, metrics)],
         loss_composer=build_loss(cfg.loss),
-        ordered=getattr(builder, "ordered", False),
+        ordered=getattr(built.builder, "ordered", False),
         nonfinite=NonFiniteLossGuard(cfg.on_nonfinite_loss, cfg.max_skipped_steps, uses_deepspeed),
         component_learning_rates=OmegaConf.to_container(cfg.optim.lr),
     )

@@ -23,15 +23,16 @@ from xmodal.data_builders.rollout_prompts import rollout_dataset, sampled_view
 from xmodal.data_builders.tokenize import EncodingSettings, tokenize_instances
 from xmodal.recipes import CONFIG_DIR
 from xmodal.core.console import hydra_console_script
-from xmodal.trainers.grpo import RolloutAlignment, XModalGRPOTrainer
+from xmodal.trainers.grpo import RolloutAlignment, RolloutRefill, XModalGRPOTrainer
 from xmodal.trainers.models import load_processor, model_location
-from xmodal.losses.rewards import build_rewards
-from xmodal.trainers.lifecycle.run_directory import claim_output_dir, open_output_dir
+from xmodal.losses.rewards import OVERLONG_REWARD, build_rewards, overlong_shaping
+from xmodal.trainers.lifecycle.run_directory import claim_output_dir
 from xmodal.trainers.lifecycle.runs import (
     build_training_args,
     export_logger_environment,
     load_training_model,
     metric_callbacks,
+    open_run,
     start_deepspeed_backend,
     train_and_save,
     training_callbacks,
@@ -62,6 +63,10 @@ def build_trainer(cfg: DictConfig) -> tuple[XModalGRPOTrainer, object, str]:
     export_logger_environment(cfg.logger)
     base_model = model_location(cfg)
     rewards, reward_weights = build_rewards(cfg.reward)
+    shaping = overlong_shaping(cfg.rl.grpo.max_completion_length, **cfg.rl.overlong)
+    if shaping is not None:
+        rewards.append(shaping[0])
+        reward_weights.append(shaping[1])
     alignment = RolloutAlignment(**OmegaConf.to_container(cfg.rl.align, resolve=True))
     # Data first: a bad record stops the run before a large model is loaded.
     built = build_instances(cfg)
@@ -69,8 +74,7 @@ def build_trainer(cfg: DictConfig) -> tuple[XModalGRPOTrainer, object, str]:
     check_alignment_data(alignment, dataset)
     args = build_rl_args(cfg, reward_weights, ordered=getattr(built.builder, "ordered", False))
     set_seed(cfg.seed)
-    if args.process_index == 0:
-        open_output_dir(cfg)
+    open_run(cfg, args)
 
     processor = load_processor(base_model, cfg.model.trust_remote_code)
     # TRL left-pads its prompt ids and takes per-token fields (Qwen2-VL's mm_token_type_ids) from the processor.
@@ -86,6 +90,8 @@ def build_trainer(cfg: DictConfig) -> tuple[XModalGRPOTrainer, object, str]:
         callbacks=training_callbacks(cfg, metrics),
         alignment=alignment,
         filter_equal_reward_groups=cfg.rl.filter_equal_reward_groups,
+        refill=RolloutRefill(**cfg.rl.refill),
+        shaping_rewards=(OVERLONG_REWARD,),
         component_learning_rates=OmegaConf.to_container(cfg.optim.lr),
     )
     bind_metric_callbacks(metrics, trainer, built.instances, processor, cfg)

@@ -2,12 +2,14 @@
 
 `claim_output_dir` runs on every rank before anything is written: it gives each job of a Hydra multirun its own
 directory, refuses a fresh run into a directory that holds another run's files (unless `overwrite=true`), and
-returns the checkpoint to resume from. `open_output_dir` (rank 0, once every rank has claimed) deletes the old
-run's files when overwriting and writes `config.yaml` with secrets redacted.
+returns the checkpoint to resume from (`resume=auto`: only a checkpoint of a run with this command's settings).
+`open_output_dir` (rank 0, once every rank has claimed) deletes the old run's files when overwriting, clears the
+PREEMPTED marker of the start before, and writes `config.yaml` with secrets redacted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -18,10 +20,14 @@ from omegaconf import DictConfig, OmegaConf
 from xmodal.core.atomic import atomic_write_text
 from xmodal.core.errors import ConfigError
 from xmodal.trainers.lifecycle.checkpoints import resolve_resume
+from xmodal.trainers.lifecycle.preemption import PREEMPTED_MARKER
 
 # What a run writes into its directory (checkpoint-N/ besides); the eval/ and imbalance/ defaults of xmodal-eval
 # and xmodal-imbalance describe its final model, so they go with it.
-RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "final", ".final.staging", "adapter", "wandb", "tensorboard", "eval", "imbalance")
+RUN_ENTRIES = (
+    "config.yaml", "metrics.jsonl", "final", ".final.staging", "adapter", "wandb", "tensorboard", "eval", "imbalance",
+    PREEMPTED_MARKER,
+)
 _CHECKPOINT = re.compile(r"^checkpoint-\d+$")
 _SECRET_KEY = re.compile(r"api_?key|secret|password|(auth|access|hub|hf|wandb)_?token", re.IGNORECASE)
 SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
@@ -71,6 +77,8 @@ def claim_output_dir(cfg: DictConfig) -> str | None:
     if subdirectory:
         cfg.output_dir = os.path.join(cfg.output_dir, subdirectory)
     resume_from = resolve_resume(cfg.resume, cfg.output_dir)
+    if resume_from and cfg.resume == "auto":
+        require_same_settings(cfg)
     # A config.yaml alone is a run that stopped before training (a bad record, a model that did not load): the
     # corrected command may reuse the directory.
     found = [name for name in run_entries(cfg.output_dir) if name != "config.yaml"]
@@ -85,12 +93,51 @@ def claim_output_dir(cfg: DictConfig) -> str | None:
     return resume_from
 
 
+# Settings that may change between the starts of one run.
+_RESTART_KEYS = ("resume", "overwrite")
+
+
+def require_same_settings(cfg: DictConfig) -> None:
+    """Refuse `resume=auto` into a directory whose config.yaml (written by its first start) has other settings:
+    the checkpoint there belongs to another run, and continuing it would mix the two."""
+    path = os.path.join(cfg.output_dir, "config.yaml")
+    if not os.path.isfile(path):
+        return
+    saved = _dotted(OmegaConf.to_container(OmegaConf.load(path)))
+    current = _dotted(redact_secrets(OmegaConf.to_container(cfg, resolve=True)))
+    differing = sorted(
+        key for key in saved.keys() | current.keys()
+        if key.split(".", 1)[0] not in _RESTART_KEYS and saved.get(key) != current.get(key)
+    )
+    if differing:
+        shown = ", ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in differing[:4])
+        raise ConfigError(
+            f"resume=auto: {path} belongs to a run with other settings ({shown}"
+            f"{', ...' if len(differing) > 4 else ''}); choose another output_dir, or resume=true to continue "
+            "that run with these settings"
+        )
+
+
+def _dotted(node, prefix: str = "") -> dict:
+    """A nested config container as {"a.b.c": leaf}."""
+    if not isinstance(node, dict) or not node:
+        return {prefix: node}
+    return {
+        dotted: leaf
+        for key, value in node.items()
+        for dotted, leaf in _dotted(value, f"{prefix}.{key}" if prefix else str(key)).items()
+    }
+
+
 def open_output_dir(cfg: DictConfig) -> None:
-    """On rank 0: delete the previous run's files when overwriting, then write the resolved `config.yaml`."""
+    """On rank 0: delete the previous run's files when overwriting, drop the PREEMPTED marker (this start is
+    under way), then write the resolved `config.yaml`."""
     if cfg.overwrite:
         for name in run_entries(cfg.output_dir):
             path = os.path.join(cfg.output_dir, name)
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(cfg.output_dir, PREEMPTED_MARKER))
     config = redact_secrets(OmegaConf.to_container(cfg, resolve=True))
     atomic_write_text(os.path.join(cfg.output_dir, "config.yaml"), OmegaConf.to_yaml(config))
 

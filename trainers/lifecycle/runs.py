@@ -17,6 +17,7 @@ from xmodal.core.atomic import publish_directory
 from xmodal.core.errors import ConfigError
 from xmodal.core import distributed
 from xmodal.trainers.lifecycle.callbacks import CheckpointCompletionCallback, MetricsFileCallback
+from xmodal.trainers.lifecycle.run_directory import open_output_dir
 from xmodal.core.console import run_summary
 from xmodal.trainers.models.finetuning import FinetuneSettings, apply_finetuning
 from xmodal.trainers.models import load_model
@@ -30,7 +31,7 @@ def start_deepspeed_backend(cfg: DictConfig) -> bool:
     uses_deepspeed = bool(OmegaConf.to_container(cfg.deepspeed))
     if uses_deepspeed:
         distributed.ensure_launcher_environment()
-        distributed.init_deepspeed_backend()
+        distributed.init_deepspeed_backend(cfg.trainer.ddp_timeout)
     return uses_deepspeed
 
 
@@ -62,6 +63,14 @@ def build_training_args(cfg: DictConfig, args_class: type = TrainingArguments, *
         raise ConfigError(f"trainer: {error} (every trainer.* key must be a {args_class.__name__} field)") from error
     distributed.check_deepspeed_config(args)
     return args
+
+
+def open_run(cfg: DictConfig, args: TrainingArguments) -> None:
+    """Rank 0 opens the run directory (xmodal.trainers.lifecycle.run_directory.open_output_dir); then every rank
+    checks that the run directory and the cache are the same files on every node."""
+    if args.process_index == 0:
+        open_output_dir(cfg)
+    distributed.require_shared_directories({"output_dir": cfg.output_dir, "cache_dir (XMODAL_CACHE)": cfg.cache_dir})
 
 
 def export_logger_environment(logger_cfg: DictConfig) -> None:
