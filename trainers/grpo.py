@@ -36,6 +36,7 @@ from trl.trainer.utils import pad, split_pixel_values_by_grid, unsplit_pixel_val
 
 from xmodal.losses.alignment import RolloutAlignment, full_reward_rows, rollout_alignment_loss, rollout_alignment_sum
 from xmodal.trainers.lifecycle.resilience import ResilientTrainingMixin
+from xmodal.trainers.optimizer import ComponentLearningRatesMixin
 
 # Processor outputs that are not per-token: concatenated across rows (the rest are per-token and left-padded).
 _IMAGE_FIELDS = ("pixel_values", "image_grid_thw", "image_sizes")
@@ -62,7 +63,7 @@ def varied_reward_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor
     return ~torch.isclose(grouped, grouped[:, :1]).all(dim=1)
 
 
-class XModalGRPOTrainer(ResilientTrainingMixin, GRPOTrainer):
+class XModalGRPOTrainer(ResilientTrainingMixin, ComponentLearningRatesMixin, GRPOTrainer):
     """GRPO/DAPO with the alignment term and the group filter (module docstring); everything else is TRL's."""
 
     def __init__(

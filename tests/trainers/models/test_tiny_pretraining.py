@@ -136,8 +136,8 @@ def test_stage_reports_text_qa_accuracy_when_taught(tmp_path):
     model, processor = build_tiny_llava(TEXT, VISION, vocab_size=512)
     settings = PretrainingSettings(**{**SHORT_STAGE, "text_qa_records": 16, "held_out_text_qa_records": 8,
                                       "cache_dir": str(tmp_path)})
-    scores = pretrain(model, processor, "llava", VISION["image_size"], settings)
+    scores = pretrain(model, processor, VISION["image_size"], settings)
     assert set(scores) == {"classifier_accuracy", "caption_exact_match", "text_qa_accuracy"}
     assert 0.0 <= scores["text_qa_accuracy"] <= 1.0
     with pytest.raises(PretrainingError, match="text_qa_accuracy"):
-        pretrain(model, processor, "llava", VISION["image_size"], replace(settings, min_text_qa_accuracy=1.01))
+        pretrain(model, processor, VISION["image_size"], replace(settings, min_text_qa_accuracy=1.01))
