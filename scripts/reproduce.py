@@ -1,10 +1,8 @@
-"""`python scripts/reproduce.py ...` = `python -m scripts.reproduce ...` (the package scripts/reproduce/)."""
+"""`python scripts/reproduce.py ...` = `python -m scripts.reproduce ...`: the package scripts/reproduce/, which this
+directory (the script's, first on sys.path) holds under the name `reproduce` (a package wins over this module)."""
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from scripts.reproduce.cli import main  # noqa: E402  (the package beside this file, not this file)
+from reproduce.cli import main
 
 sys.exit(main())
