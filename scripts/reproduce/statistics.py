@@ -198,45 +198,39 @@ def hierarchical_bootstrap(seeds: Mapping[str, Mapping[str, Mapping[str, float]]
     return summary
 
 
-def paired_seeds(first: Mapping[str, dict], second: Mapping[str, dict], level: str) -> dict:
+def paired_seeds(first: Mapping[str, dict], second: Mapping[str, dict]) -> dict:
     """seed -> record -> tallies of both runs of each shared seed, on the records both hold; columns `a:`/`b:`."""
-    shared = sorted(set(first) & set(second))
-    paired = {}
-    for seed in shared:
-        one, other = first[seed][level], second[seed][level]
-        paired[seed] = {record: {**{f"a:{k}": v for k, v in one[record].items()},
-                                 **{f"b:{k}": v for k, v in other[record].items()}}
-                        for record in sorted(set(one) & set(other))}
-    return paired
+    return {seed: {record: {**{f"a:{k}": v for k, v in first[seed][record].items()},
+                            **{f"b:{k}": v for k, v in second[seed][record].items()}}
+                   for record in sorted(set(first[seed]) & set(second[seed]))}
+            for seed in sorted(set(first) & set(second))}
 
 
 def side(metric: Metric, prefix: str) -> Metric:
     return lambda t: metric({key[2:]: value for key, value in t.items() if key.startswith(prefix)})
 
 
-def run_metric(name: str) -> Metric:
-    return lambda t: t[name]
-
-
 def metric_of(paper: Paper, name: str) -> tuple[str, Metric]:
     """(level, metric): item metrics read the records' tallies, any other name a run-level number."""
     if name in ITEM_METRICS[paper.key]:
         return "records", ITEM_METRICS[paper.key][name]
-    return "run", run_metric(name)
+    return "run", lambda t: t[name]
 
 
-def levels(run: dict, level: str) -> dict:
-    return run["records"] if level == "records" else {RUN_RECORD: run["run"]}
+def seeds_holding(runs: Mapping[str, dict], level: str, name: str) -> dict:
+    """seed -> record -> tallies of the runs that hold `name`: their held-out records, or their one run record."""
+    if level == "records":
+        return {seed: run["records"] for seed, run in runs.items()}
+    return {seed: {RUN_RECORD: run["run"]} for seed, run in runs.items() if name in run["run"]}
 
 
 def summary_of(paper: Paper, runs: Mapping[str, dict], name: str, resamples: int) -> dict | None:
     """One recipe's `name` over its seeds (`runs`: seed -> load_run)."""
     level, metric = metric_of(paper, name)
-    seeds = {seed: levels(run, level) for seed, run in runs.items()
-             if level == "records" or name in run["run"]}
+    seeds = seeds_holding(runs, level, name)
     try:
         return hierarchical_bootstrap(seeds, metric, resamples) if seeds else None
-    except KeyError:  # a condition this paper's runs do not hold
+    except KeyError:  # a condition these runs do not hold
         return None
 
 
@@ -244,14 +238,10 @@ def paired_summary(paper: Paper, runs: Mapping[str, dict], baseline: Mapping[str
                    resamples: int) -> dict | None:
     """`name` of one recipe less that of another, same seed against same seed, same held-out records."""
     level, metric = metric_of(paper, name)
-    wrap = {seed: {level: levels(run, level)} for seed, run in runs.items() if level == "records" or name in run["run"]}
-    base = {seed: {level: levels(run, level)} for seed, run in baseline.items()
-            if level == "records" or name in run["run"]}
-    seeds = paired_seeds(wrap, base, level)
-    if not seeds:
-        return None
+    seeds = paired_seeds(seeds_holding(runs, level, name), seeds_holding(baseline, level, name))
     try:
-        return hierarchical_bootstrap(seeds, _difference(side(metric, "a:"), side(metric, "b:")), resamples)
+        return hierarchical_bootstrap(seeds, _difference(side(metric, "a:"), side(metric, "b:")), resamples) \
+            if seeds else None
     except KeyError:
         return None
 

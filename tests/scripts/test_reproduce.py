@@ -45,6 +45,21 @@ def test_item_sampling_widens_an_interval_that_seeds_alone_would_call_exact():
     assert hierarchical_bootstrap({"0": records(1, 0)}, ACCURACY)["ci95"] is None  # one seed: no spread known
 
 
+def test_a_paired_difference_resamples_both_recipes_on_the_same_records():
+    paper = papers.MODALITY_GAP
+
+    def runs(*outcomes: int) -> dict:
+        tallies = {f"r{n}": {"answers/text_centric": 1.0, "correct/text_centric": float(o)} for n, o in enumerate(outcomes)}
+        return {seed: {"records": tallies, "run": {}} for seed in ("0", "1")}
+
+    # the same answers on the same records: every joint resample differs by exactly 0 (resampled apart, they would not)
+    same = statistics.paired_summary(paper, runs(1, 0, 1, 0), runs(1, 0, 1, 0), "text_centric", 2000)
+    assert same["mean"] == 0 and same["ci95"] == [0.0, 0.0]
+    # one record better: per seed +1/4; a joint resample of 4 records holds it 0 to 4 times
+    better = statistics.paired_summary(paper, runs(1, 1, 1, 0), runs(1, 0, 1, 0), "text_centric", 2000)
+    assert better["mean"] == 0.25 and better["per_seed"] == {"0": 0.25, "1": 0.25} and better["ci95"][0] >= 0
+
+
 def test_a_rate_sums_answers_over_records_before_dividing():
     seeds = {"0": {"a": {"answers/x": 3.0, "correct/x": 3.0}, "b": {"answers/x": 1.0, "correct/x": 0.0}}}
     assert hierarchical_bootstrap(seeds, ACCURACY)["mean"] == 0.75  # 3 of 4 answers, not the mean of 1 and 0
