@@ -53,3 +53,4 @@ def test_contexts_first_puts_every_context_before_the_questions(tmp_path):
         assert len(questions) == len(instance["meta"]["parts"])
         for part, question in zip(instance["meta"]["parts"], questions):  # in the order of the parts
             assert question in "".join(p.get("text", "") for m in by_id[part["id"]]["messages"] for p in m["content"])
+
