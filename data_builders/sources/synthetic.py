@@ -43,6 +43,9 @@ class SyntheticFactsSource(Source):
     contradicting value with its evidence in both languages, as text and as cells of the record's image with
     the asked key's cell holding the value or the counter-value (for the conflict builder).
 
+    `answer_template` (with `{key}` and `{answer}`) is the assistant's response: the bare answer by default, or a
+    sentence that carries tokens before the answer (the embedded RL run's responses).
+
     For the conflict builder, `meta.conflict_qa.pieces` also holds two evidence pieces per side (supporting the
     answer, supporting the counter-value), each with its own independently drawn distractor facts about other
     keys: text in shuffled order and varied surface forms (a language's `fact_forms`), image cells drawn
@@ -65,6 +68,7 @@ class SyntheticFactsSource(Source):
         image_size: int = 64,
         cache_dir: str | None = None,
         name: str = "synthetic",
+        answer_template: str = "{answer}",
     ):
         super().__init__(name)
         if facts_in not in FACTS_IN:
@@ -92,6 +96,7 @@ class SyntheticFactsSource(Source):
         self.fact_separator = fact_separator
         self.image_size = image_size
         self.cache_dir = cache_dir
+        self.answer_template = answer_template
 
     def fact(self, language: str, key: int, value: int) -> str:
         spec = self.languages[language]
@@ -174,7 +179,8 @@ class SyntheticFactsSource(Source):
                 **({"pieces": pieces} if pieces else {}),
             },
         }
-        messages = [message("user", parts), message("assistant", [text_part(answer)])]
+        response = self.answer_template.format(key=asking["keys"][asked], answer=answer)
+        messages = [message("user", parts), message("assistant", [text_part(response)])]
         condition = {"image": "vision_centric", "text": "text_only", "both": "text_centric"}[self.facts_in]
         languages = dict.fromkeys((self.language, self.question_language))
         sample_id = f"{self.name}/{'-'.join(languages)}/{self.seed}/{record_id}"

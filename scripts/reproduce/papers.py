@@ -68,22 +68,30 @@ class Paper:
     proxy: tuple[str, ...] = ()  # xmodal-eval overrides of a downstream proxy, evaluated and never trained
 
 
+# paper 2's responses carry tokens before the answer (10 of the tiny tokenizer's), every recipe alike, so that the RL
+# runs' rollouts have more than the answer token for the alignment term to act on (results/preregistration.md)
+SENTENCE = ("data.answer_template='The answer is: the value of {key} is {answer}.'",)
+RL_RESPONSES = ("rl.grpo.max_completion_length=24",)
+# TODO(after issue #21's rl.* options land on main): the released regime in the RL recipes, as pre-registered:
+# rl.grpo.steps_per_generation (4 updates per rollout batch), rl.grpo.delta=10 (dual clip), rl.refill.enabled=true
+# (with rl.refill.max_rounds), rl.overlong.buffer / penalty_factor; and rl/align_inside_clamp logged by the trainer.
 MODALITY_GAP = Paper(
     key="modality_gap",
     title="Paper 2, the text-vision modality gap (arXiv 2510.22836)",
     recipes=(
-        *(Recipe(name, (f"experiment=modality_gap/{name}",), "kl" if name == "kl_curriculum" else None)
+        *(Recipe(name, (f"experiment=modality_gap/{name}", *SENTENCE), "kl" if name == "kl_curriculum" else None)
           for name in ("full_text", "no_text", "mix", "curriculum", "kl", "kl_curriculum")),
         # the paper's own regime: GRPO/DAPO from a full_text checkpoint whose vision view is uncertain, not
         # confidently wrong (results/preregistration.md: the first saved step with vision-centric accuracy in
         # [0.3, 0.7], else the closest to 0.5), where the clamped k3 term still has a gradient
-        *(Recipe(f"rl_{name}", (f"experiment=modality_gap_rl/{name}",), "full_text", entry="rl", uncertain_start=True)
+        *(Recipe(f"rl_{name}", (f"experiment=modality_gap_rl/{name}", *SENTENCE, *RL_RESPONSES), "full_text",
+                 entry="rl", uncertain_start=True)
           for name in ("full_text", "kl")),
         # not a paper recipe: rl_kl without the released clamps
-        Recipe("rl_kl_unclamped", ("experiment=modality_gap_rl/kl", "rl.align.clamp=false"), "full_text", entry="rl",
-               uncertain_start=True),
+        Recipe("rl_kl_unclamped", ("experiment=modality_gap_rl/kl", *SENTENCE, *RL_RESPONSES, "rl.align.clamp=false"),
+               "full_text", entry="rl", uncertain_start=True),
     ),
-    evaluate=("builder=paired", "builder.emit=both"),
+    evaluate=("builder=paired", "builder.emit=both", *SENTENCE),
     imbalance=("builder=paired", "builder.emit=mix", "imbalance.spans=image_text"),  # each view its own instances
     conditions=("text_centric", "vision_centric"),
     gap="modality_gap",

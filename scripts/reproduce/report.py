@@ -9,7 +9,7 @@ from pathlib import Path
 from xmodal.core.atomic import atomic_write_text
 
 from .papers import EVAL_DATA_SEED, MODAL_IMBALANCE, MODALITY_GAP, PAPERS, Paper
-from .statistics import paired_summary, summary_of
+from .statistics import COMPETENCE, paired_summary, summary_of
 
 README_START, README_END = "<!-- reproduce:start -->", "<!-- reproduce:end -->"
 PREREGISTRATION = "results/preregistration.md"
@@ -144,6 +144,12 @@ def verdicts(loaded: dict, resamples: int, min_seeds: int) -> list[str]:
         if verdict.views and summary:
             line += view_changes(verdict, loaded, resamples)
         lines.append(line)
+    for recipe in ("it", *HIT_RECIPES):  # the pre-registered fairness criterion of paper 1's arms
+        competent = summary_of(MODAL_IMBALANCE, loaded[(MODAL_IMBALANCE.key, recipe)], "competent", resamples)
+        reached = "not measured" if not competent else \
+            f"reached in {round(competent['mean'] * competent['n'])} of {competent['n']} seeds"
+        lines.append(f"- Unimodal competence of `{recipe}` (held-out control accuracy >= {COMPETENCE} in both unimodal "
+                     f"conditions at the last in-training evaluation): {reached}.")
     return lines
 
 

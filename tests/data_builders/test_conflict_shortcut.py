@@ -9,10 +9,17 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 
+from hydra.utils import instantiate
 from PIL import Image
 
-from xmodal.data_builders.builders import ConflictBuilder
-from xmodal.data_builders.sources import SyntheticFactsSource
+from tests.support.helpers import compose_config
+
+
+def composed(tmp_path, *overrides: str):
+    """(source, builder) as `xmodal-eval builder=conflict` composes them on the synthetic task."""
+    cfg = compose_config(["builder=conflict", "data.num_records=40", "data.seed=3", f"cache_dir={tmp_path}", *overrides],
+                         config_name="evaluate")
+    return instantiate(cfg.data), instantiate(cfg.builder)
 
 
 def piece_fingerprints(instance: dict) -> list[str]:
@@ -29,8 +36,8 @@ def piece_fingerprints(instance: dict) -> list[str]:
 
 
 def test_no_two_pieces_are_identical_and_the_identity_rule_scores_chance(tmp_path):
-    source = SyntheticFactsSource(num_records=40, seed=3, cache_dir=str(tmp_path))
-    instances = ConflictBuilder(cache_dir=str(tmp_path)).build(source, seed=0)
+    source, builder = composed(tmp_path)
+    instances = builder.build(source, seed=0)
     said_conflict: dict[str, list[bool]] = defaultdict(list)  # condition -> the rule's verdicts
     kinds = defaultdict(set)
     for instance in instances:
@@ -49,8 +56,8 @@ def test_no_two_pieces_are_identical_and_the_identity_rule_scores_chance(tmp_pat
     assert sum(said == conflict for said, conflict in verdicts) / len(verdicts) == 0.5  # accuracy: chance
 
 
-def test_pieces_carry_independent_distractors_in_varied_surface_forms():
-    source = SyntheticFactsSource(num_records=40, seed=3)
+def test_pieces_carry_independent_distractors_in_varied_surface_forms(tmp_path):
+    source, _ = composed(tmp_path)
     qa_pieces = [record["meta"]["conflict_qa"]["pieces"] for record in source.records()]
     texts = [piece["text"] for pieces in qa_pieces for side in pieces.values() for piece in side]
     assert all(", " in text for text in texts)  # the asked fact among at least one distractor
