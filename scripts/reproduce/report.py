@@ -17,18 +17,19 @@ PREREGISTRATION = "results/preregistration.md"
 
 @dataclass(frozen=True)
 class Verdict:
-    """One pre-registered claim: `metric` of `recipe` (less that of `baseline`, same seeds, where given) lies on the
-    `direction` side of 0 by at least `threshold`, and its 95 % hierarchical interval excludes 0."""
+    """One pre-registered claim: `metric` of `minuend` (less that of `subtrahend`, same seeds and records, where
+    given) lies on the `direction` side of 0 by at least `threshold`, and its 95 % hierarchical interval excludes 0."""
 
     key: str  # the label in results/preregistration.md
     paper: Paper
     claim: str
-    recipe: str
+    minuend: str  # a recipe
     metric: str
     direction: int = 1  # +1: the number must be positive; -1: negative
     threshold: float = 0.0
-    baseline: str | None = None
-    views: bool = False  # also state each view's accuracy change (paper 2's "narrows the gap")
+    subtrahend: str | None = None  # a recipe: the claim is about a paired difference
+    views: bool = False  # also state each view's accuracy change, subtrahend less minuend (paper 2's "narrows")
+    beside: tuple[str, ...] = ()  # metrics of `minuend` stated beside the verdict
 
 
 GAP_RECIPES = (("mix", "full_text"), ("curriculum", "full_text"), ("kl", "full_text"), ("kl_curriculum", "full_text"),
@@ -38,9 +39,10 @@ VERDICTS = (
     Verdict("P2-1", MODALITY_GAP, "training on text-centric prompts only leaves a modality gap (text - vision accuracy)",
             "full_text", "modality_gap", threshold=0.05),
     Verdict("P2-2", MODALITY_GAP, "the text-centric recipe amplifies the gap over training (in-training held-out gap, "
-            "last evaluation less first)", "full_text", "curve_change/modality_gap", threshold=0.05),
+            "last evaluation less first)", "full_text", "curve_change/modality_gap", threshold=0.05,
+            beside=("curve_change/text_centric", "curve_change/vision_centric")),
     *(Verdict(f"P2-{3 + n}", MODALITY_GAP, f"`{recipe}` narrows the gap of `{baseline}` (size of `{baseline}`'s gap "
-              f"less `{recipe}`'s)", baseline, "modality_gap_size", threshold=0.05, baseline=recipe, views=True)
+              f"less `{recipe}`'s)", baseline, "modality_gap_size", threshold=0.05, subtrahend=recipe, views=True)
       for n, (recipe, baseline) in enumerate(GAP_RECIPES)),
     Verdict("P1-1", MODAL_IMBALANCE, "conflicts are told from agreement less well across modalities than within one "
             "(unimodal - cross-modal discrimination, `it`)", "it", "discrimination_gap", threshold=0.1),
@@ -49,15 +51,15 @@ VERDICTS = (
     *(verdict for n, recipe in enumerate(HIT_RECIPES) for verdict in (
         Verdict(f"P1-{3 + 4 * n}", MODAL_IMBALANCE, f"`{recipe}` reduces the imbalance of `it` (per-token share's "
                 f"distance from 0.5, `it`'s less `{recipe}`'s)", "it", "imbalance_distance/per_token/cross_modal",
-                threshold=0.02, baseline=recipe),
+                threshold=0.02, subtrahend=recipe),
         Verdict(f"P1-{4 + 4 * n}", MODAL_IMBALANCE, f"`{recipe}` reduces the imbalance of `it` in norm mode",
-                "it", "imbalance_distance/norm/cross_modal", threshold=0.02, baseline=recipe),
+                "it", "imbalance_distance/norm/cross_modal", threshold=0.02, subtrahend=recipe),
         Verdict(f"P1-{5 + 4 * n}", MODAL_IMBALANCE, f"`{recipe}` tells cross-modal conflicts apart better than `it` "
                 "(cross-modal discrimination difference)", recipe, "discrimination/cross_modal", threshold=0.05,
-                baseline="it"),
+                subtrahend="it"),
         Verdict(f"P1-{6 + 4 * n}", MODAL_IMBALANCE, f"`{recipe}` answers the downstream proxy better than `it` "
                 "(held-out QA with cross-modal distractors and two-fact questions)", recipe, "proxy/accuracy",
-                threshold=0.05, baseline="it"),
+                threshold=0.05, subtrahend="it"),
     )),
 )
 
@@ -87,13 +89,12 @@ def markdown_table(paper: Paper, results: dict) -> str:
     return "\n".join(tables)
 
 
-def verdict_summary(verdict: Verdict, loaded: dict, resamples: int, metric: str | None = None,
-                    baseline: str | None = None) -> dict | None:
-    runs = loaded[(verdict.paper.key, verdict.recipe)]
-    name, other = metric or verdict.metric, baseline or verdict.baseline
-    if other is None:
-        return summary_of(verdict.paper, runs, name, resamples)
-    return paired_summary(verdict.paper, runs, loaded[(verdict.paper.key, other)], name, resamples)
+def verdict_summary(verdict: Verdict, loaded: dict, resamples: int) -> dict | None:
+    runs = loaded[(verdict.paper.key, verdict.minuend)]
+    if verdict.subtrahend is None:
+        return summary_of(verdict.paper, runs, verdict.metric, resamples)
+    return paired_summary(verdict.paper, runs, loaded[(verdict.paper.key, verdict.subtrahend)], verdict.metric,
+                          resamples)
 
 
 def outcome(verdict: Verdict, summary: dict | None, min_seeds: int) -> str:
@@ -111,14 +112,15 @@ def outcome(verdict: Verdict, summary: dict | None, min_seeds: int) -> str:
 
 
 def view_changes(verdict: Verdict, loaded: dict, resamples: int) -> str:
-    """Each view's held-out accuracy change (recipe less baseline), and what closed the gap."""
-    changes = {view: paired_summary(verdict.paper, loaded[(verdict.paper.key, verdict.baseline)],
-                                    loaded[(verdict.paper.key, verdict.recipe)], view, resamples)
+    """Each view's held-out accuracy change (the narrowing recipe, `subtrahend`, less the one whose gap it narrows,
+    `minuend`), and what closed the gap."""
+    changes = {view: paired_summary(verdict.paper, loaded[(verdict.paper.key, verdict.subtrahend)],
+                                    loaded[(verdict.paper.key, verdict.minuend)], view, resamples)
                for view in ("text_centric", "vision_centric")}
     if None in changes.values() or any(c["ci95"] is None for c in changes.values()):
         return ""
     text, vision = changes["text_centric"], changes["vision_centric"]
-    described = (f" Accuracy change, `{verdict.baseline}` less `{verdict.recipe}`: text-centric {text['mean']:+.3f} "
+    described = (f" Accuracy change, `{verdict.subtrahend}` less `{verdict.minuend}`: text-centric {text['mean']:+.3f} "
                  f"[{text['ci95'][0]:+.3f}, {text['ci95'][1]:+.3f}], vision-centric {vision['mean']:+.3f} "
                  f"[{vision['ci95'][0]:+.3f}, {vision['ci95'][1]:+.3f}]")
     if text["ci95"][1] < 0 and not vision["ci95"][0] > 0:
@@ -133,7 +135,7 @@ def verdicts(loaded: dict, resamples: int, min_seeds: int) -> list[str]:
     lines = []
     for verdict in VERDICTS:
         summary = verdict_summary(verdict, loaded, resamples)
-        paired = f" (paired with `{verdict.baseline}`, same seeds and held-out records)" if verdict.baseline else ""
+        paired = f" (paired: same seeds and held-out records)" if verdict.subtrahend else ""
         numbers = ""
         if summary:
             interval = "no interval" if summary["ci95"] is None else \
@@ -143,6 +145,9 @@ def verdicts(loaded: dict, resamples: int, min_seeds: int) -> list[str]:
                 f"{outcome(verdict, summary, min_seeds)}.")
         if verdict.views and summary:
             line += view_changes(verdict, loaded, resamples)
+        for metric in verdict.beside:
+            other = summary_of(verdict.paper, loaded[(verdict.paper.key, verdict.minuend)], metric, resamples)
+            line += f" Beside it, `{metric}`: {format_value(other)}."
         lines.append(line)
     for recipe in ("it", *HIT_RECIPES):  # the pre-registered fairness criterion of paper 1's arms
         competent = summary_of(MODAL_IMBALANCE, loaded[(MODAL_IMBALANCE.key, recipe)], "competent", resamples)
