@@ -176,3 +176,19 @@ def test_the_rl_start_is_the_first_saved_step_with_an_uncertain_vision_view(tmp_
         (parent / f"checkpoint-{step}").rmdir()
     assert runner.uncertain_start(parent, run) == parent / "checkpoint-4"
     assert not json.loads((run / "start.json").read_text())["inside_band"]
+
+
+def test_a_gap_closed_by_losing_text_centric_accuracy_is_labelled_so():
+    def runs(text: float, vision: float) -> dict:
+        """5 seeds of 4 records, each answered alike: `text` and `vision` of them correct in each view."""
+        record = {"answers/text_centric": 1.0, "correct/text_centric": text,
+                  "answers/vision_centric": 1.0, "correct/vision_centric": vision}
+        return {str(seed): {"records": {f"r{n}": record for n in range(4)}, "run": {}} for seed in range(5)}
+
+    narrows = next(v for v in report.VERDICTS if v.key == "P2-4")  # curriculum narrows full_text's gap
+    assert (narrows.minuend, narrows.subtrahend) == ("full_text", "curriculum")
+    loaded = {("modality_gap", "full_text"): runs(1.0, 0.5), ("modality_gap", "curriculum"): runs(0.5, 0.5)}
+    line = report.view_changes(narrows, loaded, 200)
+    assert "text-centric -0.500" in line and "by LOSING text-centric accuracy" in line
+    loaded[("modality_gap", "curriculum")] = runs(1.0, 1.0)  # the vision view caught up instead
+    assert report.view_changes(narrows, loaded, 200).endswith("vision-centric accuracy rises.")
