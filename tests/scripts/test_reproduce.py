@@ -133,10 +133,14 @@ def test_quick_reproduction_writes_tables_plots_and_rebuilds_them_from_the_archi
         items = [json.loads(line) for line in lines]
         text = [c for item in items if item["condition"] == "text_centric" for c in item["correct"]]
         assert results["papers"]["modality_gap"]["recipes"]["kl"]["seeds"][seed]["text_centric"] == sum(text) / len(text)
-    # kl_curriculum fine-tunes the kl run's final model, the RL recipes full_text's
-    for recipe, parent in (("kl_curriculum", "kl"), ("rl_kl", "full_text")):
-        config = (runs / "modality_gap" / recipe / "seed1" / "config.yaml").read_text()
-        assert str(runs / "modality_gap" / parent / "seed1" / "final") in config
+    # kl_curriculum fine-tunes the kl run's final model, the RL recipes full_text's step chosen by the
+    # pre-registered rule (recorded in start.json, archived)
+    config = (runs / "modality_gap" / "kl_curriculum" / "seed1" / "config.yaml").read_text()
+    assert str(runs / "modality_gap" / "kl" / "seed1" / "final") in config
+    start = json.loads((out / "runs" / "modality_gap" / "rl_kl" / "seed1" / "start.json").read_text())
+    config = (runs / "modality_gap" / "rl_kl" / "seed1" / "config.yaml").read_text()
+    assert str(runs / "modality_gap" / "full_text" / "seed1" / f"checkpoint-{start['step']}") in config
+    assert results["papers"]["modality_gap"]["recipes"]["rl_kl"]["seeds"]["1"]["rl/start_step"] == start["step"]
     # paper 1's mixings train on the same instructions: one epoch of the same pool, fewer instances mixed
     steps = {name: last_step(runs / "modal_imbalance" / name / "seed0") for name in ("it", "hit")}
     assert steps["hit"] < steps["it"]
