@@ -3,6 +3,7 @@ the headline gap per recipe, and the in-training curves per recipe."""
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from pathlib import Path
@@ -60,7 +61,7 @@ def _bars(recipes: dict, metrics: list[str], path: Path, title: str) -> Path:
 
 def _curves(paper: Paper, archive_root: Path, path: Path) -> Path:
     """Per recipe, the in-training held-out evaluation, imbalance probe and LM loss over steps (mean over seeds).
-    A recipe that starts from another's model is drawn from that model's last step on."""
+    A recipe that starts from another's model is drawn from the step of that model it started from."""
     import matplotlib.pyplot as plt
 
     rows = {(recipe.name, folder.name): read_lines(folder / "metrics.jsonl.gz")
@@ -69,11 +70,15 @@ def _curves(paper: Paper, archive_root: Path, path: Path) -> Path:
     by_name = {recipe.name: recipe for recipe in paper.recipes}
 
     def first_step(recipe: str, seed: str) -> int:
-        """0, or for a run that fine-tunes another recipe's model, the last step of that model's run."""
+        """0, or for a run that fine-tunes another recipe's model, the step of that model it started from: the
+        pre-registered one (start.json), else that run's last."""
         parent = by_name[recipe].starts_from
         if parent is None or (parent, seed) not in rows:
             return 0
-        return first_step(parent, seed) + max((row["step"] for row in rows[(parent, seed)]), default=0)
+        start = archive_root / paper.key / recipe / seed / "start.json"
+        step = json.loads(start.read_text())["step"] if start.is_file() else \
+            max((row["step"] for row in rows[(parent, seed)]), default=0)
+        return first_step(parent, seed) + step
 
     figure, axes = plt.subplots(2, 2, figsize=(12, 7.5))
     axes = axes.flatten()
