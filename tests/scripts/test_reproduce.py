@@ -150,6 +150,11 @@ def test_quick_reproduction_writes_tables_plots_and_rebuilds_them_from_the_archi
     verdict_lines = (out / "verdicts.md").read_text()
     assert verdict_lines.count("- **P") == len(report.VERDICTS) and verdict_lines.count("Unimodal competence of") == 3
 
+    # a rerun finds every run finished and trains nothing
+    again = reproduce("--quick", "--runs", str(runs), "--out", str(out), cache=cache)
+    assert f"{default_runs} of {default_runs} runs already finished; 0 to run" in again.stdout
+    assert "[start]" not in again.stdout
+
     # --report rebuilds everything from results/runs/ alone: the run directories are gone
     shutil.rmtree(runs)
     for path in out.iterdir():
