@@ -15,6 +15,10 @@ conflict task). In order:
    `(B)`, or "the answer is B".
 5. Any other target matches the normalised boxed answer exactly.
 
+That rule is the `lenient` grader. `grader(name, purpose, tolerance)` picks one by name: `lenient`, or `release`,
+paper 2's released rules (`xmodal.core.release_grader`: the last `\\boxed{}` only, no box = wrong; the evaluation
+adds a 1 % closeness helper, the reward none). `evaluate.grader` and `reward.correct.grader` name them.
+
 Conflict recognition (`builder=conflict`) is decided by a judge, `judge(response, answer, counter_answer) -> bool`:
 `ExactConflictJudge` (the fine-tuned conflict answer) or `FreeTextConflictJudge` (free text that says the sources
 disagree or names both candidate answers, for off-the-shelf models); conf/judge/ selects one.
@@ -24,6 +28,10 @@ from __future__ import annotations
 
 import math
 import re
+from functools import partial
+from typing import Callable
+
+from xmodal.core.release_grader import release_eval_correct, release_reward_correct
 
 __all__ = [
     "ExactConflictJudge",
@@ -32,6 +40,7 @@ __all__ = [
     "cut_at_end",
     "evaluate_number",
     "extract_answer",
+    "grader",
     "last_boxed",
     "normalise_answer",
 ]
@@ -277,6 +286,23 @@ def answers_match(prediction: str, target: str, tolerance: float = 0.01) -> bool
     if target_letter is not None:
         return _predicted_letter(prediction) == target_letter
     return normalise_answer(extract_answer(prediction)) == normalise_answer(reference)
+
+
+GRADERS = ("lenient", "release")
+GRADER_PURPOSES = ("evaluate", "reward")
+
+
+def grader(name: str, purpose: str = "evaluate", tolerance: float = 0.01) -> Callable[[str, str], bool]:
+    """`correct(response, target) -> bool` by name: `lenient` (`answers_match` with `tolerance`, for both
+    purposes) or `release` (the released evaluation's rule for `evaluate`, the released reward's for `reward`;
+    `tolerance` does not apply: the release fixes it)."""
+    if name not in GRADERS:
+        raise ValueError(f"grader must be one of {GRADERS}, got {name!r}")
+    if purpose not in GRADER_PURPOSES:
+        raise ValueError(f"grader purpose must be one of {GRADER_PURPOSES}, got {purpose!r}")
+    if name == "lenient":
+        return partial(answers_match, tolerance=tolerance)
+    return release_eval_correct if purpose == "evaluate" else release_reward_correct
 
 
 # --- conflict recognition ----------------------------------------------------------------------------------------

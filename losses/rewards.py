@@ -20,8 +20,9 @@ import re
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from trl.rewards import get_soft_overlong_punishment
 
-from xmodal.core.scoring import answers_match
+from xmodal.core.scoring import grader as grader_by_name
 
 # The released recipe's format check: reasoning in think tags, then a boxed final answer.
 RELEASED_FORMAT_PATTERN = r"<think>.*</think>.*\\boxed\{.*\}.*"
@@ -35,15 +36,17 @@ def completion_text(completion) -> str:
 
 
 class CorrectAnswer:
-    """1 when the completion's answer matches `target` (`xmodal.core.scoring.answers_match`: last boxed answer
-    or last number, 1 % relative tolerance for numbers, normalised exact match otherwise), else 0."""
+    """1 when the completion's answer matches `target` by the named grader (`xmodal.core.scoring.grader`), else 0:
+    `lenient` (`answers_match`: last boxed answer or last number, `tolerance` relative error for numbers,
+    normalised exact match otherwise) or `release` (the released reward: last boxed answer, its grader, no
+    tolerance)."""
 
-    def __init__(self, tolerance: float = 0.01):
-        self.tolerance = tolerance
+    def __init__(self, grader: str = "lenient", tolerance: float = 0.01):
+        self.correct = grader_by_name(grader, "reward", tolerance)
 
     def __call__(self, prompts, completions, target, **_columns) -> list[float]:
         return [
-            float(answers_match(completion_text(completion), answer, tolerance=self.tolerance))
+            float(self.correct(completion_text(completion), answer))
             for completion, answer in zip(completions, target, strict=True)
         ]
 
@@ -56,6 +59,22 @@ class FormatMatch:
 
     def __call__(self, prompts, completions, **_columns) -> list[float]:
         return [float(self.pattern.fullmatch(completion_text(c).strip()) is not None) for c in completions]
+
+
+OVERLONG_REWARD = "overlong"
+
+
+def overlong_shaping(max_completion_length: int, buffer: int, penalty_factor: float) -> tuple | None:
+    """DAPO's overlong reward shaping as (reward, weight), or None when `buffer` is 0: TRL's soft overlong
+    punishment (0 up to `max_completion_length - buffer` tokens, then falling linearly to -1 at the limit), weighted
+    by `penalty_factor`, named `overlong`. Its name keeps it out of "full reward" (the trainer's shaping rewards)."""
+    if buffer < 0 or buffer > max_completion_length:
+        raise ValueError(f"rl.overlong.buffer must be in [0, rl.grpo.max_completion_length={max_completion_length}], got {buffer}")
+    if buffer == 0:
+        return None
+    reward = get_soft_overlong_punishment(max_completion_len=max_completion_length, soft_punish_cache=buffer)
+    reward.__name__ = OVERLONG_REWARD
+    return reward, float(penalty_factor)
 
 
 def build_rewards(reward_cfg: DictConfig) -> tuple[list, list[float]]:

@@ -6,8 +6,11 @@ builder and encoding mean what they mean for `xmodal-train`, e.g. the modality g
     xmodal-eval builder=paired data.seed=7 evaluate.checkpoints=[runs/text/final,runs/mix/final]
 
 Every instance of the built split is answered (`evaluate.per_condition` caps it), greedily by default or
-`evaluate.num_samples` times at `evaluate.temperature`, and scored by `xmodal.core.scoring.answers_match` (accuracy
-averaged over samples). Prompts are the training prompts (trainers/evaluation/answers.py); instances whose chat
+`evaluate.num_samples` times at `evaluate.temperature`, and scored by the grader `evaluate.grader` names
+(`xmodal.core.scoring.grader`: `lenient`, `answers_match`, or `release`, paper 2's released evaluation; accuracy
+averaged over samples). Prompts are the built instances' own, i.e. the training prompts (trainers/evaluation/
+answers.py; PGPS9K's `data.prompt_style=release_eval`, which `setting=paper` picks, gives the released
+evaluation's prompts instead); instances whose chat
 template prompt differs from the training tokens are counted per condition (`prompt_mismatches`) and logged.
 Rates, the modality gap, the conflict rates (judged by the `judge` config group) and their paired-bootstrap
 confidence intervals are described in trainers/evaluation/report.py.
@@ -108,7 +111,7 @@ def run(cfg: DictConfig) -> str:
             "builder": OmegaConf.to_container(cfg.builder, resolve=True),
             "judge": OmegaConf.to_container(cfg.judge, resolve=True),
             "seed": cfg.seed,
-            "scoring": "xmodal.core.scoring.answers_match after cutting at the first end token",
+            "scoring": f"xmodal.core.scoring.grader({generation.grader!r}) after cutting at the first end token",
         },
         "results": reports,
     }

@@ -23,9 +23,9 @@ from xmodal.data_builders.rollout_prompts import rollout_dataset, sampled_view
 from xmodal.data_builders.tokenize import EncodingSettings, tokenize_instances
 from xmodal.recipes import CONFIG_DIR
 from xmodal.core.console import hydra_console_script
-from xmodal.trainers.grpo import RolloutAlignment, XModalGRPOTrainer
+from xmodal.trainers.grpo import RolloutAlignment, RolloutRefill, XModalGRPOTrainer
 from xmodal.trainers.models import load_processor, model_location
-from xmodal.losses.rewards import build_rewards
+from xmodal.losses.rewards import OVERLONG_REWARD, build_rewards, overlong_shaping
 from xmodal.trainers.lifecycle.run_directory import claim_output_dir, open_output_dir
 from xmodal.trainers.lifecycle.runs import (
     build_training_args,
@@ -62,6 +62,10 @@ def build_trainer(cfg: DictConfig) -> tuple[XModalGRPOTrainer, object, str]:
     export_logger_environment(cfg.logger)
     base_model = model_location(cfg)
     rewards, reward_weights = build_rewards(cfg.reward)
+    shaping = overlong_shaping(cfg.rl.grpo.max_completion_length, **cfg.rl.overlong)
+    if shaping is not None:
+        rewards.append(shaping[0])
+        reward_weights.append(shaping[1])
     alignment = RolloutAlignment(**OmegaConf.to_container(cfg.rl.align, resolve=True))
     # Data first: a bad record stops the run before a large model is loaded.
     built = build_instances(cfg)
@@ -86,6 +90,8 @@ def build_trainer(cfg: DictConfig) -> tuple[XModalGRPOTrainer, object, str]:
         callbacks=training_callbacks(cfg, metrics),
         alignment=alignment,
         filter_equal_reward_groups=cfg.rl.filter_equal_reward_groups,
+        refill=RolloutRefill(**cfg.rl.refill),
+        shaping_rewards=(OVERLONG_REWARD,),
     )
     bind_metric_callbacks(metrics, trainer, built.instances, processor, cfg)
     return trainer, processor, base_model

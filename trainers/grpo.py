@@ -5,8 +5,14 @@ Rollouts are sampled from each row's `prompt` (the text-centric view in the pape
 
 - **Group filter** (`filter_equal_reward_groups`, DAPO's dynamic sampling): a group whose rollouts all got the
   same reward has zero advantage and no policy signal; its tokens are dropped from the loss and from the DAPO
-  token normaliser, so they do not dilute the groups that teach something. DAPO then samples more prompts to
-  refill the batch; here the batch simply holds fewer groups (`groups_kept` logs the share kept).
+  token normaliser, so they do not dilute the groups that teach something (`groups_kept` logs the share kept).
+- **Refill** (`RolloutRefill`, the rest of DAPO's dynamic sampling): while the rollout batch holds fewer
+  informative groups than prompts, further prompts are drawn from the training set, rolled out and scored, and
+  their informative groups take the places of filtered ones, for at most `max_rounds` rounds (`refill_rounds`
+  logs them). Each rank replaces its own groups (its rollouts must be whole groups); the rounds stop for all ranks
+  at once, on the gathered count. Advantages stay those of each group's own round (they are group-relative).
+- **Shaping rewards** (`shaping_rewards`, e.g. DAPO's overlong penalty): reward components that count in the
+  reward and the filter but not in "full reward", as the release keys its alignment on the task score alone.
 - **Alignment** (`RolloutAlignment`, paper 2's contrastive term): for every kept rollout with *full reward*
   (every reward component 1) whose row has a `vision_prompt`, a second forward of the same response tokens
   after the vision-centric prompt gives the student log-probs; the teacher is the text-centric log-prob of the
@@ -26,13 +32,28 @@ from dataclasses import dataclass
 import torch
 from transformers import Trainer
 from trl import GRPOTrainer
-from trl.trainer.utils import pad
+from trl.trainer.utils import pad, split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
 from xmodal.losses.alignment import ESTIMATORS, token_kl_estimates
 from xmodal.trainers.lifecycle.resilience import ResilientTrainingMixin
 
 # Processor outputs that are not per-token: concatenated across rows (the rest are per-token and left-padded).
 _IMAGE_FIELDS = ("pixel_values", "image_grid_thw", "image_sizes")
+# Per-token fields of a rollout batch that cover the prompt (left-padded); the other per-token fields cover the
+# completion (right-padded).
+_PROMPT_FIELDS = ("prompt_ids", "prompt_mask", "mm_token_type_ids", "token_type_ids")
+
+
+@dataclass(frozen=True)
+class RolloutRefill:
+    """DAPO's refill (module docstring): `enabled`, and `max_rounds` extra generation rounds per rollout batch."""
+
+    enabled: bool = False
+    max_rounds: int = 4
+
+    def __post_init__(self):
+        if self.max_rounds < 0:
+            raise ValueError(f"rl.refill.max_rounds must be >= 0, got {self.max_rounds}")
 
 
 @dataclass(frozen=True)
@@ -70,10 +91,25 @@ def masked_alignment_sum(student_logps, teacher_logps, mask, alignment: RolloutA
 class XModalGRPOTrainer(ResilientTrainingMixin, GRPOTrainer):
     """GRPO/DAPO with the alignment term and the group filter (module docstring); everything else is TRL's."""
 
-    def __init__(self, *args, alignment: RolloutAlignment, filter_equal_reward_groups: bool = True, **kwargs):
+    def __init__(
+        self,
+        *args,
+        alignment: RolloutAlignment,
+        filter_equal_reward_groups: bool = True,
+        refill: RolloutRefill = RolloutRefill(),
+        shaping_rewards: tuple[str, ...] = (),
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
+        if refill.enabled and not filter_equal_reward_groups:
+            raise ValueError("rl.refill.enabled needs rl.filter_equal_reward_groups: true (refill replaces filtered groups)")
         self.alignment = alignment
         self.filter_equal_reward_groups = filter_equal_reward_groups
+        self.refill = refill
+        # The reward columns that decide "full reward": all but the shaping ones.
+        self._task_reward_columns = [i for i, name in enumerate(self.reward_func_names) if name not in shaping_rewards]
+        self._refill_order: list[int] = []
+        self._refill_generator = torch.Generator().manual_seed(self.args.seed + self.accelerator.process_index)
         self._rewards_per_func: torch.Tensor | None = None
         self._capture_policy_logps = False
         self._policy_logps: torch.Tensor | None = None
@@ -85,8 +121,29 @@ class XModalGRPOTrainer(ResilientTrainingMixin, GRPOTrainer):
         return self._rewards_per_func
 
     def _generate_and_score_completions(self, inputs):
-        output = super()._generate_and_score_completions(inputs)
         mode = "train" if self.model.training else "eval"
+        output, kept_rows = self._score_rollouts(inputs, mode)
+        if self.refill.enabled and mode == "train":
+            output, kept_rows = self._refill(inputs, output, kept_rows)
+        if self.filter_equal_reward_groups:
+            # TRL multiplies its loss mask (never the attention mask) by `tool_mask`: the filtered rows leave the
+            # loss and the DAPO normaliser while their tokens stay in place (M-RoPE positions need them).
+            kept = kept_rows.unsqueeze(1).to(output["completion_mask"])
+            output["tool_mask"] = output.get("tool_mask", torch.ones_like(output["completion_mask"])) * kept
+            loss_mask = output["completion_mask"] * output["tool_mask"]
+            output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
+        # Every group has as many rows, so the share of kept rows is the share of kept groups.
+        self._metrics[mode]["groups_kept"].append(self.accelerator.gather(kept_rows.float()).mean().item())
+        if "align_rows" in output:
+            aligned = output["align_rows"]
+            output["align_num_items"] = self.accelerator.gather((output["completion_mask"] * aligned.unsqueeze(1)).sum()).sum()
+            self._metrics[mode]["aligned_rollouts"].append(self.accelerator.gather(aligned.float()).mean().item())
+        return output
+
+    def _score_rollouts(self, inputs, mode: str) -> tuple[dict, torch.Tensor]:
+        """TRL's rollouts and scores of `inputs`, with the alignment rows; and which of this rank's rows belong to
+        informative groups."""
+        output = super()._generate_and_score_completions(inputs)
         group_size = self.num_generations if mode == "train" else self.num_generations_eval
         rewards_per_func = self._rewards_per_func
         rewards = (rewards_per_func * self.reward_weights.to(rewards_per_func.device)).nansum(dim=1)
@@ -95,27 +152,48 @@ class XModalGRPOTrainer(ResilientTrainingMixin, GRPOTrainer):
             kept_groups = torch.ones_like(kept_groups)
         local = slice(self.accelerator.process_index * len(inputs), (self.accelerator.process_index + 1) * len(inputs))
         kept_rows = kept_groups.repeat_interleave(group_size)[local]
-        full_reward = full_reward_rows(rewards_per_func)
-        self._metrics[mode]["groups_kept"].append(kept_groups.float().mean().item())
+        full_reward = full_reward_rows(rewards_per_func[:, self._task_reward_columns])
         self._metrics[mode]["full_reward"].append(full_reward.float().mean().item())
-
-        if self.filter_equal_reward_groups:
-            # TRL multiplies its loss mask (never the attention mask) by `tool_mask`: the filtered rows leave the
-            # loss and the DAPO normaliser while their tokens stay in place (M-RoPE positions need them).
-            kept = kept_rows.unsqueeze(1).to(output["completion_mask"])
-            output["tool_mask"] = output.get("tool_mask", torch.ones_like(output["completion_mask"])) * kept
-            loss_mask = output["completion_mask"] * output["tool_mask"]
-            output["num_items_in_batch"] = self.accelerator.gather(loss_mask.sum()).sum()
-
         if self.alignment.weight > 0:
             has_vision_view = torch.tensor([row.get("vision_prompt") is not None for row in inputs], device=kept_rows.device)
-            aligned = full_reward[local] & kept_rows & has_vision_view
-            output["align_rows"] = aligned
+            output["align_rows"] = full_reward[local] & kept_rows & has_vision_view
             output["vision_inputs"] = [self._encode_vision_prompt(row) for row in inputs]
-            aligned_tokens = (output["completion_mask"] * aligned.unsqueeze(1)).sum()
-            output["align_num_items"] = self.accelerator.gather(aligned_tokens).sum()
-            self._metrics[mode]["aligned_rollouts"].append(self.accelerator.gather(aligned.float()).mean().item())
-        return output
+        return output, kept_rows
+
+    # -- refill -----------------------------------------------------------------------------------------------
+    def _refill(self, inputs, output: dict, kept_rows: torch.Tensor) -> tuple[dict, torch.Tensor]:
+        """Informative groups of further prompts in the places of filtered ones, until none is left (all ranks) or
+        `max_rounds` rounds have run."""
+        group_size = self.num_generations
+        if len(inputs) % group_size:
+            raise ValueError(
+                f"rl.refill needs whole groups on each rank: {len(inputs)} rollouts per rank is not a multiple of "
+                f"rl.grpo.num_generations={group_size} (trainer.per_device_train_batch_size x steps_per_generation)"
+            )
+        kept_groups = kept_rows.view(-1, group_size)[:, 0]
+        rounds = 0
+        while rounds < self.refill.max_rounds and not bool(self.accelerator.gather(kept_groups).all()):
+            rounds += 1
+            extra_inputs = self._further_prompts(len(inputs) // group_size)
+            extra, extra_kept = self._score_rollouts(extra_inputs, "train")
+            filtered = (~kept_groups).nonzero().flatten().tolist()
+            replacements = extra_kept.view(-1, group_size)[:, 0].nonzero().flatten().tolist()[: len(filtered)]
+            if replacements:
+                output = _replace_groups(output, extra, filtered[: len(replacements)], replacements, group_size,
+                                         self._tokenizer.pad_token_id)
+                kept_groups = kept_groups.clone()
+                kept_groups[filtered[: len(replacements)]] = True
+        self._metrics["train"]["refill_rounds"].append(float(rounds))
+        return output, kept_groups.repeat_interleave(group_size)
+
+    def _further_prompts(self, prompts: int) -> list[dict]:
+        """`prompts` rows of the training set (a seeded walk through it, per rank), each repeated for its group."""
+        rows = []
+        while len(rows) < prompts:
+            if not self._refill_order:
+                self._refill_order = torch.randperm(len(self.train_dataset), generator=self._refill_generator).tolist()
+            rows.append(self.train_dataset[self._refill_order.pop()])
+        return [row for row in rows for _ in range(self.num_generations)]
 
     def _encode_vision_prompt(self, row: dict) -> dict | None:
         """The vision-centric prompt of one row as model inputs (batch of 1), through the same chat template."""
@@ -218,3 +296,35 @@ def _num_images(encoded_row: dict) -> int:
     if "image_grid_thw" in encoded_row:
         return int(encoded_row["image_grid_thw"].size(0))
     return int(encoded_row["pixel_values"].size(0)) if "pixel_values" in encoded_row else 0
+
+
+def _replace_groups(output: dict, extra: dict, targets: list[int], sources: list[int], group_size: int, pad_id: int) -> dict:
+    """`output` whose groups `targets` are `extra`'s groups `sources` (rows of a rollout batch; image fields split per
+    row as TRL splits them, per-token fields padded to a common width first)."""
+    output, extra = split_pixel_values_by_grid(output), split_pixel_values_by_grid(extra)
+    rows = len(output["completion_ids"])
+    taken = dict(zip((t * group_size + i for t in targets for i in range(group_size)),
+                     (s * group_size + i for s in sources for i in range(group_size))))
+    merged = {}
+    for key, value in output.items():
+        other = extra.get(key)
+        if isinstance(value, torch.Tensor) and value.dim() >= 1 and value.size(0) == rows:
+            if value.dim() == 2:
+                side = "left" if key in _PROMPT_FIELDS else "right"
+                fill = pad_id if key in ("prompt_ids", "completion_ids") else 0
+                width = max(value.size(1), other.size(1))
+                value, other = (_pad_to(v, width, side, fill) for v in (value, other))
+            value = value.clone()
+            value[list(taken)] = other[list(taken.values())].to(value)
+        elif isinstance(value, list) and len(value) == rows:
+            value = [extra[key][taken[i]] if i in taken else v for i, v in enumerate(value)]
+        merged[key] = value  # scalars (the normalisers) are recomputed by the caller
+    return unsplit_pixel_values_by_grid(merged)
+
+
+def _pad_to(tensor: torch.Tensor, width: int, side: str, fill) -> torch.Tensor:
+    missing = width - tensor.size(1)
+    if missing == 0:
+        return tensor
+    padding = tensor.new_full((tensor.size(0), missing), fill)
+    return torch.cat([padding, tensor] if side == "left" else [tensor, padding], dim=1)

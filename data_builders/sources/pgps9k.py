@@ -10,6 +10,8 @@ Two prompt styles:
 - `paper`: the prompts of paper 2's released data preparation, word for word (see `paper_prompts`), whose
   target is the boxed answer (`\\boxed{14.9}`) the released grader reads. PGPS9K has no written solutions, so
   a supervised target carries no reasoning although the instruction asks for it; RL rollouts supply it.
+- `release_eval`: the prompts of paper 2's released evaluation scripts, word for word (`release_eval_prompts`;
+  they differ from the training prompts), boxed target as `paper`. `xmodal-eval setting=paper` uses them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from .base import Source, existing_image, read_json_records, require
 _POINT = re.compile(r"^[A-Z][0-9]*'*$")
 ANSWER_FORMATS = ("value", "choice_letter")
 SPLITS = ("train", "test")
-PROMPT_STYLES = ("compact", "paper")
+PROMPT_STYLES = ("compact", "paper", "release_eval")
 
 # The released instruction, appended to both views after a newline.
 PAPER_INSTRUCTION = (
@@ -90,6 +92,32 @@ def paper_prompts(question: str, structural: list[str], semantic: list[str]) -> 
         "text_centric": f"{text}\n{PAPER_INSTRUCTION}",
         "vision_centric": f"{vision}\n{PAPER_INSTRUCTION}",
     }
+
+
+# The released evaluation's instruction: follows the question directly (no space, no newline, no final period).
+RELEASE_EVAL_INSTRUCTION = (
+    "You FIRST think about the reasoning process as an internal monologue and then provide the final answer. "
+    "The reasoning process MUST BE enclosed within <think> </think> tags. The final answer MUST BE put in \\boxed{}"
+)
+RELEASE_EVAL_QUESTION = "Based on these conditions, answer the question: {question}"
+
+
+def release_eval_prompts(question: str, structural: list[str], semantic: list[str]) -> dict[str, str]:
+    """The released evaluation's text-centric and vision-centric prompts, word for word.
+
+    Text-centric: "In this problem, ", every kept structural clause followed by ", ", the semantic clauses joined
+    by ", ", then ".\\n" and the question; the release keeps this shape even where a part is empty ("..., .").
+    Vision-centric: the same question sentence ("Based on these conditions, ...") without the conditions.
+    """
+    structural_part = "".join(f"{clause}, " for clause in map(paper_structural_clause, structural) if clause)
+    asked = RELEASE_EVAL_QUESTION.format(question=question) + RELEASE_EVAL_INSTRUCTION
+    return {
+        "text_centric": f"In this problem, {structural_part}{', '.join(semantic)}.\n{asked}",
+        "vision_centric": asked,
+    }
+
+
+CENTRIC_PROMPTS = {"paper": paper_prompts, "release_eval": release_eval_prompts}
 
 
 def format_number(text: str) -> str:
@@ -169,8 +197,8 @@ class Pgps9kSource(Source):
             "choices": choices,
             "problem_type": raw.get("type"),
         }
-        if self.prompt_style == "paper":
-            meta["centric_prompts"] = paper_prompts(prompt, structural, semantic)
+        if self.prompt_style in CENTRIC_PROMPTS:
+            meta["centric_prompts"] = CENTRIC_PROMPTS[self.prompt_style](prompt, structural, semantic)
             meta["facts"] = [c for c in map(paper_structural_clause, structural) if c] + semantic
             prompt, target = meta["centric_prompts"]["vision_centric"], f"\\boxed{{{target}}}"
         messages = [message("user", [image_part(), text_part(prompt)]), message("assistant", [text_part(target)])]

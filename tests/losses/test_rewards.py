@@ -67,16 +67,6 @@ def test_rl_experiments_compose_as_released(experiment, emit, weight):
         assert cfg.model.path.startswith(f"outputs/modality_gap_rl/{stage_one}/") and cfg.model.path.endswith("/final")
 
 
-def test_paper_setting_is_the_released_hyperparameters():
-    cfg = compose_rl(["experiment=modality_gap_rl/kl", "setting=paper", "data=pgps9k", "data.root=/data/pgps9k"])
-    assert cfg.model.path == "Qwen/Qwen2.5-VL-7B-Instruct" and not cfg.finetune.freeze_vision_tower
-    assert cfg.deepspeed.zero_optimization.stage == 3 and cfg.trainer.bf16
-    assert (cfg.rl.grpo.num_generations, cfg.rl.grpo.temperature, cfg.trainer.learning_rate) == (5, 0.8, 1e-6)
-    prompts_per_step = cfg.trainer.per_device_train_batch_size * 8 * cfg.trainer.gradient_accumulation_steps
-    assert prompts_per_step // cfg.rl.grpo.num_generations == 512  # on 8 GPUs
-    assert list(cfg.reward) == ["correct", "format"] and cfg.rl.align.weight == 0.01
-
-
 def test_alignment_without_paired_prompts_is_refused():
     rows = rollout_rows([{"id": "a", "messages": [
         {"role": "user", "content": [{"type": "text", "text": "q"}]},

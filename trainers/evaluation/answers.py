@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from xmodal.data_builders.sample import prompt_messages
-from xmodal.core.scoring import answers_match, cut_at_end
+from xmodal.core.scoring import GRADERS, cut_at_end, grader
 from xmodal.data_builders.templates import ChatTemplate
 from xmodal.core.tokens import IGNORE_INDEX
 from xmodal.data_builders.tokenize import encode_view, load_rgb
@@ -57,7 +57,7 @@ class Prediction:
 
 # New tokens an answer may take, by the data's prompt style: a short answer, or step-by-step reasoning then a boxed
 # answer (data.prompt_style=paper; the modality-gap paper allows 4,096).
-MAX_NEW_TOKENS = {"compact": 16, "paper": 4096}
+MAX_NEW_TOKENS = {"compact": 16, "paper": 4096, "release_eval": 4096}
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,8 @@ class GenerationSettings:
     num_samples: int = 1
     temperature: float = 0.0
     top_p: float = 1.0
-    tolerance: float = 0.01  # relative error a numeric answer may have (xmodal.core.scoring.answers_match)
+    tolerance: float = 0.01  # lenient grader: relative error a numeric answer may have (xmodal.core.scoring)
+    grader: str = "lenient"  # lenient | release (paper 2's released evaluation; xmodal.core.scoring.grader)
     seed: int = 0
 
     def __post_init__(self):
@@ -78,6 +79,8 @@ class GenerationSettings:
             raise ValueError("batch_size, max_new_tokens and num_samples must be positive")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.grader not in GRADERS:
+            raise ValueError(f"evaluate.grader must be one of {GRADERS}, got {self.grader!r}")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if self.temperature == 0 and self.num_samples > 1:
@@ -196,7 +199,8 @@ def score_item(
     judge: Callable | None,
 ) -> Prediction:
     """A Prediction: each answer matched against the target; conflict items also put to the judge."""
-    correct = [answers_match(answer, item.target, settings.tolerance) for answer in answers]
+    correct_answer = grader(settings.grader, "evaluate", settings.tolerance)
+    correct = [correct_answer(answer, item.target) for answer in answers]
     said_conflict = None
     if judge is not None and item.is_conflict_probe:
         meta = item.meta
