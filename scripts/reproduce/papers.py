@@ -18,7 +18,7 @@ class Budget:
     seeds: tuple[int, ...]
     gap_records: int  # synthetic training records of each paper-2 run
     gap_steps: int  # training steps of each paper-2 recipe (kl_curriculum's stage 2 included)
-    rl_steps: int  # GRPO steps of each RL recipe (from full_text's model)
+    rl_steps: int  # GRPO optimizer steps of each RL recipe (4 per rollout batch), from full_text's model
     mixing_records: int  # records per source of conf/data/conflict_mixture.yaml (a conflict record: 2 instances)
     mixing_epochs: float  # passes over paper 1's instruction pool (matched data: the same for both mixings)
     eval_per_condition: int
@@ -31,7 +31,7 @@ class Budget:
 
 
 # Five seeds: the fewest the pre-registration (results/preregistration.md) accepts for a verdict.
-FULL = Budget(seeds=(0, 1, 2, 3, 4), gap_records=2000, gap_steps=2000, rl_steps=120, mixing_records=600,
+FULL = Budget(seeds=(0, 1, 2, 3, 4), gap_records=2000, gap_steps=2000, rl_steps=240, mixing_records=600,
               mixing_epochs=15, eval_per_condition=128, imbalance_per_condition=32, curve_points=10,
               curve_per_condition=32, logging_steps=10, bootstrap_resamples=2000)
 QUICK = Budget(  # two seeds: enough for an interval over seeds, and a third less time than three
@@ -71,10 +71,11 @@ class Paper:
 # paper 2's responses carry tokens before the answer (10 of the tiny tokenizer's), every recipe alike, so that the RL
 # runs' rollouts have more than the answer token for the alignment term to act on (results/preregistration.md)
 SENTENCE = ("data.answer_template='The answer is: the value of {key} is {answer}.'",)
-RL_RESPONSES = ("rl.grpo.max_completion_length=24",)
-# TODO(after issue #21's rl.* options land on main): the released regime in the RL recipes, as pre-registered:
-# rl.grpo.steps_per_generation (4 updates per rollout batch), rl.grpo.delta=10 (dual clip), rl.refill.enabled=true
-# (with rl.refill.max_rounds), rl.overlong.buffer / penalty_factor; and rl/align_inside_clamp logged by the trainer.
+# the RL recipes in the released regime's shape, as pre-registered (results/preregistration.md): responses of up to
+# 24 new tokens, 4 optimizer steps per rollout batch, the dual clip, overlong shaping scaled to those 24 tokens,
+# and DAPO's refill of filtered groups (capped)
+RL_REGIME = ("rl.grpo.max_completion_length=24", "rl.grpo.steps_per_generation=4", "rl.grpo.delta=10",
+             "rl.overlong.buffer=8", "rl.overlong.penalty_factor=1.0", "rl.refill.enabled=true")
 MODALITY_GAP = Paper(
     key="modality_gap",
     title="Paper 2, the text-vision modality gap (arXiv 2510.22836)",
@@ -84,11 +85,11 @@ MODALITY_GAP = Paper(
         # the paper's own regime: GRPO/DAPO from a full_text checkpoint whose vision view is uncertain, not
         # confidently wrong (results/preregistration.md: the first saved step with vision-centric accuracy in
         # [0.3, 0.7], else the closest to 0.5), where the clamped k3 term still has a gradient
-        *(Recipe(f"rl_{name}", (f"experiment=modality_gap_rl/{name}", *SENTENCE, *RL_RESPONSES), "full_text",
+        *(Recipe(f"rl_{name}", (f"experiment=modality_gap_rl/{name}", *SENTENCE, *RL_REGIME), "full_text",
                  entry="rl", uncertain_start=True)
           for name in ("full_text", "kl")),
         # not a paper recipe: rl_kl without the released clamps
-        Recipe("rl_kl_unclamped", ("experiment=modality_gap_rl/kl", *SENTENCE, *RL_RESPONSES, "rl.align.clamp=false"),
+        Recipe("rl_kl_unclamped", ("experiment=modality_gap_rl/kl", *SENTENCE, *RL_REGIME, "rl.align.clamp=false"),
                "full_text", entry="rl", uncertain_start=True),
     ),
     evaluate=("builder=paired", "builder.emit=both", *SENTENCE),
