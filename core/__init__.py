@@ -7,6 +7,7 @@
   grader named `lenient` or `release`;
 - `release_grader`: paper 2's released grading rules (last boxed answer, its grader, the 1 % helper);
 - `tokens`: the ignored label id and a model's image placeholder id;
-- `distributed`: launcher environment, DeepSpeed-on-CPU state, barriers;
+- `distributed`: launcher environment, DeepSpeed-on-CPU state, barriers, the shared-filesystem check of a
+  multi-node run;
 - `console`: how console scripts report user errors, quiet logs and run summaries.
 """

@@ -134,9 +134,11 @@ def console_script(script: str) -> Callable:
 
 
 def hydra_console_script(
-    script: str, task: Callable, config_path: str, config_name: str, distributed_launch: bool = False
+    script: str, task: Callable, config_path: str, config_name: str, distributed_launch: bool = False,
+    check: Callable | None = None,
 ) -> Callable[[], None]:
-    """The console script that composes `config_name` with the command line and runs `task(cfg)`.
+    """The console script that composes `config_name` with the command line and runs `task(cfg)`, after
+    `check(cfg)` (the typed schema of the composed config: a typo stops the command before anything runs).
 
     User errors from composition and from the task are one line; Hydra's "Error executing job" line and traceback
     appear for unexpected errors (and for all with HYDRA_FULL_ERROR=1). `distributed_launch`: a script that
@@ -148,10 +150,12 @@ def hydra_console_script(
     show_traceback = False
 
     @functools.wraps(task)
-    def guarded_task(cfg):
+    def guarded_task(*composed):  # Hydra's composed config, handed on to the task unread
         failed = False
         try:
-            return task(cfg)
+            if check is not None:
+                check(*composed)
+            return task(*composed)
         except Exception as error:  # exit here: Hydra prints "Error executing job" for what leaves the task
             failed = True
             _exit_on_user_error(script, error, show_traceback)
@@ -180,6 +184,16 @@ def hydra_console_script(
             raise
 
     return main
+
+
+def progress_bar(iterable, description: str, total: int | None = None):
+    """`iterable` behind a tqdm bar on stderr, on HF's terms: transformers' `disable_progress_bar()` (or
+    HF_HUB_DISABLE_PROGRESS_BARS=1) hides it, and so do logs quieter than warnings (TrainingArguments' disable_tqdm
+    default). The bar is cleared when the loop ends; the log lines say what it produced."""
+    from transformers.utils import logging as hf_logging
+
+    quiet = logging.getLogger("xmodal").getEffectiveLevel() > logging.WARN
+    return hf_logging.tqdm(iterable, desc=description, total=total, disable=quiet, leave=False)
 
 
 def run_summary(log_history: list[dict], global_step: int, output_dir: str, final_dir: str, seconds: float) -> str:

@@ -6,10 +6,14 @@ import contextlib
 import os
 import socket
 import sys
+import uuid
 
 import torch
 
+from xmodal.core.atomic import atomic_write_text
 from xmodal.core.errors import ConfigError
+
+SHARED_CHECK_PREFIX = ".xmodal-shared-check-"  # + the token: jobs starting at once with one cache do not collide
 
 
 def strip_local_rank_argument(argv: list[str]) -> list[str]:
@@ -39,12 +43,19 @@ def ensure_launcher_environment() -> None:
     os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
-def init_deepspeed_backend() -> None:
-    """Start the process group before the model is built: ZeRO-3's `zero.Init` reads the world size then."""
+def init_deepspeed_backend(timeout_s: float | None = None) -> None:
+    """Start the process group before the model is built: ZeRO-3's `zero.Init` reads the world size then.
+
+    `timeout_s` is `trainer.ddp_timeout` (None: DeepSpeed's default): the Trainer gives it only to a group it
+    creates itself, never to this one.
+    """
+    import datetime
+
     import deepspeed
 
     backend = "gloo" if not torch.cuda.is_available() else None
-    deepspeed.init_distributed(dist_backend=backend)
+    timeout = {} if timeout_s is None else {"timeout": datetime.timedelta(seconds=timeout_s)}
+    deepspeed.init_distributed(dist_backend=backend, **timeout)
 
 
 def configure_cpu_deepspeed_state() -> bool:
@@ -80,6 +91,12 @@ def check_deepspeed_config(args) -> None:
         )
 
 
+def launched_world_size() -> int:
+    """The number of processes the launcher started (`WORLD_SIZE`, set by torchrun and the DeepSpeed launcher
+    before the recipe starts, so it is known before any process group exists); 1 for a single process."""
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
 @contextlib.contextmanager
 def main_process_first():
     """Rank 0 runs the block first, the other ranks after it (all at once when no process group exists yet)."""
@@ -89,6 +106,51 @@ def main_process_first():
     yield
     if first:
         barrier()
+
+
+def require_shared_directories(directories: dict[str, str]) -> None:
+    """Stop a multi-process run unless every rank sees the same files at `directories` ({what: path}).
+
+    Rank 0 writes a fresh token into each directory and every other rank must read it back there: a node-local
+    disk mounted at the same path would otherwise give each node its own checkpoints (a requeued job resumes
+    from whichever node rank 0 lands on) and its own tokenized-data cache. Raises the same ConfigError on every
+    rank, naming the directories and the first rank that does not see them.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    world_size, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    if world_size == 1:
+        return
+    token = [uuid.uuid4().hex if rank == 0 else None]
+    if rank == 0:
+        for path in directories.values():
+            atomic_write_text(os.path.join(path, SHARED_CHECK_PREFIX + token[0]), token[0])
+    torch.distributed.broadcast_object_list(token, src=0)
+    check_file = SHARED_CHECK_PREFIX + token[0]
+    unseen = [what for what, path in directories.items() if _read_text(os.path.join(path, check_file)) != token[0]]
+    reports: list = [None] * world_size
+    torch.distributed.all_gather_object(reports, (rank, socket.gethostname(), unseen))
+    if rank == 0:
+        for path in directories.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(path, check_file))
+    failed = [(other, host, names) for other, host, names in reports if names]
+    if failed:
+        other, host, _ = failed[0]
+        names = sorted({name for _, _, names in failed for name in names})
+        shown = ", ".join(f"{name}={directories[name]}" for name in names)
+        raise ConfigError(
+            f"{shown}: not on a filesystem every node sees (rank {other} on {host} cannot read the file rank 0 wrote "
+            f"there; {len(failed)} of {world_size} ranks): put them on a shared filesystem (docs/cluster.md)"
+        )
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
 
 
 def barrier() -> None:

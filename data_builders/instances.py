@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from xmodal.core.errors import ConfigError
+from .records import ArrowRecords
 from .sample import check_sample
 
 
@@ -16,27 +16,25 @@ from .sample import check_sample
 class BuiltInstances:
     source: object  # the instantiated `data` source (its `skipped` counts go into build summaries)
     builder: object  # the instantiated `builder` (`ordered`, `dropped`, and builder-specific attributes)
-    instances: list[dict]
+    instances: list[dict] | ArrowRecords | object  # or a datasets.IterableDataset when the source streams
 
 
-def examples_per_step(cfg: DictConfig) -> int:
-    """Instances per optimizer step of the configured training run (what a step-based schedule counts in).
-
-    The world size comes from the launcher's `WORLD_SIZE`, which torchrun and the DeepSpeed launcher set
-    before the recipe starts; a single process is 1.
-    """
-    batch = OmegaConf.select(cfg, "trainer.per_device_train_batch_size", default=1)
-    accumulation = OmegaConf.select(cfg, "trainer.gradient_accumulation_steps", default=1)
-    return int(batch) * int(accumulation) * int(os.environ.get("WORLD_SIZE", 1))
-
-
-def build_instances(cfg: DictConfig) -> BuiltInstances:
-    """Instantiate `cfg.data` and `cfg.builder`, build with the run's seed and step size, and check every instance."""
-    source = instantiate(cfg.data)
-    builder = instantiate(cfg.builder)
-    instances = builder.build(source, seed=cfg.seed, examples_per_step=examples_per_step(cfg))
-    if not instances:
-        raise ConfigError(f"builder {cfg.builder._target_} produced no instances from data {cfg.data._target_}")
-    for instance in instances:
-        check_sample(instance)
+def build_instances(data_cfg: DictConfig, builder_cfg: DictConfig, *, seed: int, examples_per_step: int = 1) -> BuiltInstances:
+    """Instantiate the `data` source and the `builder`, build with `seed` and `examples_per_step` (instances per
+    optimizer step of the run the instances are for: a step-based schedule counts in it), check every instance."""
+    source = instantiate(data_cfg)
+    builder = instantiate(builder_cfg)
+    if getattr(source, "streaming", False) and not getattr(builder, "streams", False):
+        raise ConfigError(
+            f"data.streaming=true: builder {builder_cfg._target_} needs the whole corpus (mixing, pairing, "
+            "curricula); use builder=single or data.streaming=false"
+        )
+    instances = builder.build(source, seed=seed, examples_per_step=examples_per_step)
+    if getattr(source, "streaming", False):
+        return BuiltInstances(source, builder, instances)  # checked as it is read
+    if not len(instances):
+        raise ConfigError(f"builder {builder_cfg._target_} produced no instances from data {data_cfg._target_}")
+    if not isinstance(instances, ArrowRecords):  # prepared records were checked when the source prepared them
+        for instance in instances:
+            check_sample(instance)
     return BuiltInstances(source, builder, instances)

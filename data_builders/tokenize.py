@@ -6,12 +6,13 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import datasets
 from PIL import Image
 
 from xmodal.core.tokens import IGNORE_INDEX
+from xmodal.data_builders.records import SAMPLE_COLUMN, ArrowRecords, is_stream
 from xmodal.data_builders.templates import ChatTemplate, get_template, render_segments
 
 logger = logging.getLogger(__name__)
@@ -25,6 +26,8 @@ class EncodingError(ValueError):
 class EncodingSettings:
     max_length: int = 1024
     overlong: str = "drop"  # drop (counted and logged) | error; image tokens are never truncated
+    # Tokenizing processes: how fast, not what comes out, so not part of the cache key (left out of repr).
+    num_proc: int = field(default=1, repr=False, compare=False)
 
     def __post_init__(self):
         if self.overlong not in ("drop", "error"):
@@ -99,32 +102,36 @@ def _supervised(labels: list[int]) -> list[int]:
     return [label for label in labels if label != IGNORE_INDEX]
 
 
-def _fingerprint(instances: list[dict], processor, template: ChatTemplate, settings: EncodingSettings) -> str:
+def _fingerprint(instances, processor, template: ChatTemplate, settings: EncodingSettings) -> str:
     digest = hashlib.sha256()
-    digest.update(json.dumps(instances, sort_keys=True).encode())
-    for instance in instances:  # images edited in place must invalidate the cache
-        for path in instance.get("images", []) + (instance.get("teacher") or {}).get("images", []):
-            stat = os.stat(path) if os.path.exists(path) else None
-            digest.update(f"{path}:{stat and stat.st_size}:{stat and stat.st_mtime_ns}".encode())
+    if isinstance(instances, ArrowRecords):
+        # `datasets` fingerprints a table by its origin and every transform since (source file, preparation,
+        # shuffle, select); the prepared images are named by their content.
+        digest.update(instances.dataset._fingerprint.encode())
+    else:
+        digest.update(json.dumps(instances, sort_keys=True).encode())
+        for instance in instances:  # images edited in place must invalidate the cache
+            for path in instance.get("images", []) + (instance.get("teacher") or {}).get("images", []):
+                stat = os.stat(path) if os.path.exists(path) else None
+                digest.update(f"{path}:{stat and stat.st_size}:{stat and stat.st_mtime_ns}".encode())
     digest.update(processor.tokenizer.backend_tokenizer.to_str().encode())
     digest.update(processor.image_processor.to_json_string().encode())
     digest.update(repr((template, settings)).encode())
     return digest.hexdigest()[:24]
 
 
-def tokenize_instances(
-    instances: list[dict], processor, template_name: str, settings: EncodingSettings, cache_dir: str
-) -> datasets.Dataset:
-    """A `datasets.Dataset` of encoded instances; re-running with the same inputs loads the cached Arrow file."""
+def tokenize_instances(instances, processor, template_name: str, settings: EncodingSettings, cache_dir: str):
+    """A `datasets.Dataset` of encoded instances; re-running with the same inputs loads the cached Arrow file.
+
+    `instances`: a list, `ArrowRecords` (tokenized by `settings.num_proc` processes straight from the table), or
+    a `datasets.IterableDataset` of serialized instances (data.streaming=true), encoded lazily as it is read.
+    """
     template = get_template(template_name)
-    os.makedirs(cache_dir, exist_ok=True)
-    cache_file = os.path.join(cache_dir, f"tokenized-{_fingerprint(instances, processor, template, settings)}.arrow")
-    raw = datasets.Dataset.from_dict({"instance": [json.dumps(instance) for instance in instances]})
 
     def encode_batch(batch):
         columns: dict[str, list] = {"input_ids": [], "labels": [], "images": [], "length": []}
         paired = False
-        for serialized in batch["instance"]:
+        for serialized in batch[SAMPLE_COLUMN]:
             encoded = encode_instance(json.loads(serialized), processor, template, settings)
             if encoded is None:
                 continue
@@ -141,13 +148,22 @@ def tokenize_instances(
             raise EncodingError("a build mixes paired and unpaired instances; pairs must be all-or-none")
         return columns
 
+    if is_stream(instances):
+        return instances.map(encode_batch, batched=True, batch_size=64, remove_columns=[SAMPLE_COLUMN])
+    os.makedirs(cache_dir, exist_ok=True)
+    cache_file = os.path.join(cache_dir, f"tokenized-{_fingerprint(instances, processor, template, settings)}.arrow")
+    if isinstance(instances, ArrowRecords):
+        raw = instances.dataset
+    else:
+        raw = datasets.Dataset.from_dict({SAMPLE_COLUMN: [json.dumps(instance) for instance in instances]})
     encoded = raw.map(
         encode_batch,
         batched=True,
         batch_size=256,
-        remove_columns=["instance"],
+        remove_columns=raw.column_names,
         cache_file_name=cache_file,
         load_from_cache_file=True,
+        num_proc=settings.num_proc if settings.num_proc > 1 and len(raw) >= 2 * settings.num_proc else None,
         desc="Tokenizing",
     )
     dropped = len(raw) - len(encoded)

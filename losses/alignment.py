@@ -1,31 +1,52 @@
 """The modality-gap alignment loss: pull the vision-centric (student) view towards the text-centric (teacher) one.
 
-Pure functions hold the math (`token_kl`, `full_kl`, `hidden_alignment` and their unreduced forms); the
-registered `AlignmentLoss` term applies them to the paired rows of a batch (docs/research-brief.md, section 2).
+Pure functions hold the math (`token_kl`, `full_kl`, `hidden_alignment` and their unreduced forms); both halves of
+the term apply them (docs/research-brief.md, section 2):
+- supervised: the registered `AlignmentLoss` term, on the paired rows of a batch (`loss=lm_kl` etc.);
+- RL: `RolloutAlignment` (`rl.align`) and `rollout_alignment_loss`, on the full-reward rollouts that
+  `xmodal.trainers.grpo.XModalGRPOTrainer` re-scores after the vision-centric prompt.
+Both share the option names (`weight`, `estimator`, `clamp`), their checks, and one failure: without paired data
+(both views of a record) the term raises `ConfigError` (`require_pairs`) instead of silently adding 0.
 In every function the teacher is a constant: its inputs are detached inside, so gradient reaches the student only.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from xmodal.core.errors import ConfigError
 from xmodal.losses.base import LossContext, target_logprobs
 from xmodal.losses.teacher import FrozenTeacher
-
-logger = logging.getLogger(__name__)
 
 ESTIMATORS = ("k1", "k2", "k3")
 DIRECTIONS = ("forward", "reverse", "js")
 METRICS = ("cosine", "mse")
 KINDS = ("token", "full", "hidden")
 TEACHERS = ("same", "frozen")
+NORMALIZATIONS = ("release", "global")  # the RL half's normaliser (see rollout_alignment_loss)
+
+
+def check_choices(scope: str, **options: tuple[str, tuple[str, ...]]) -> None:
+    """ValueError naming `scope.option`, its value and the allowed values, for the first option not allowed."""
+    for option, (value, choices) in options.items():
+        if value not in choices:
+            raise ValueError(f"{scope}.{option} must be one of {choices}, got {value!r}")
+
+
+def require_pairs(paired: bool, scope: str) -> None:
+    """The term's one failure without paired data, in both halves: a training run it would silently not align."""
+    if not paired:
+        raise ConfigError(
+            f"{scope}: the alignment term needs both views of each record: use builder=paired builder.emit=both "
+            "(or switch the term off)"
+        )
 
 
 # -- token level: only the target token's log-probability per position -----------------------------
@@ -163,7 +184,7 @@ class AlignmentLoss:
     of student response tokens), the LM loss's convention, so the term is a token mean over the global
     batch and does not change with the accumulation split. `hidden` yields one distance per sequence;
     each is weighted by its number of response tokens to keep that same normaliser.
-    On an unpaired batch the term is 0 (with one warning).
+    An unpaired batch (no `branch`) raises ConfigError (`require_pairs`).
     """
 
     def __init__(
@@ -177,15 +198,14 @@ class AlignmentLoss:
         teacher: str = "same",
         clamp: bool = True,
     ):
-        for option, value, choices in (
-            ("kind", kind, KINDS),
-            ("estimator", estimator, ESTIMATORS),
-            ("direction", direction, DIRECTIONS),
-            ("metric", metric, METRICS),
-            ("teacher", teacher, TEACHERS),
-        ):
-            if value not in choices:
-                raise ValueError(f"align: {option} must be one of {choices}, got {value!r}")
+        check_choices(
+            "align",
+            kind=(kind, KINDS),
+            estimator=(estimator, ESTIMATORS),
+            direction=(direction, DIRECTIONS),
+            metric=(metric, METRICS),
+            teacher=(teacher, TEACHERS),
+        )
         if temperature <= 0:
             raise ValueError(f"align: temperature must be positive, got {temperature}")
         self.kind, self.estimator, self.direction, self.temperature = kind, estimator, direction, temperature
@@ -193,14 +213,9 @@ class AlignmentLoss:
         self.clamp = clamp
         self.frozen_teacher = FrozenTeacher() if teacher == "frozen" else None
         self.needs_hidden_states = kind == "hidden"
-        self._warned_unpaired = False
 
     def __call__(self, ctx: LossContext) -> torch.Tensor:
-        if not ctx.is_paired:
-            if not self._warned_unpaired:
-                logger.warning("align: batch has no `branch` (not paired); the alignment term is 0 for such batches")
-                self._warned_unpaired = True
-            return torch.zeros((), device=ctx.labels.device)
+        require_pairs(ctx.is_paired, "align")
         # None: the teacher is the detached teacher rows [B, 2B) of the shared forward.
         frozen = self.frozen_teacher(ctx, self.needs_hidden_states) if self.frozen_teacher else None
         sum_over_tokens = {"token": self._token_sum, "full": self._full_sum, "hidden": self._hidden_sum}[self.kind]
@@ -242,3 +257,50 @@ class AlignmentLoss:
             )
             summed = summed + (distance * tokens_per_pair).sum()
         return summed / len(self.layers)
+
+
+# -- the RL half ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RolloutAlignment:
+    """`rl.align`: the term on full-reward rollouts (`weight` 0 switches it off), k1/k2/k3 `estimator` with the
+    released `clamp`s as in `AlignmentLoss`, and the `normalize` convention of `rollout_alignment_loss`."""
+
+    weight: float = 0.01
+    estimator: str = "k3"
+    clamp: bool = True
+    normalize: str = "release"
+
+    def __post_init__(self):
+        check_choices("rl.align", estimator=(self.estimator, ESTIMATORS), normalize=(self.normalize, NORMALIZATIONS))
+        if self.weight < 0:
+            raise ValueError(f"rl.align.weight must be >= 0, got {self.weight}")
+
+
+def full_reward_rows(rewards_per_func: torch.Tensor) -> torch.Tensor:
+    """`[N]` bool: rollouts whose every reward component is 1, the ones aligned (the released "reward == 1")."""
+    return torch.isclose(rewards_per_func, torch.ones_like(rewards_per_func), atol=1e-6).all(dim=1)
+
+
+def rollout_alignment_sum(student_logps, teacher_logps, mask, alignment: RolloutAlignment) -> torch.Tensor:
+    """Sum over the `mask`ed (aligned) tokens of the per-token estimate (teacher detached in `token_kl_estimates`)."""
+    estimates = token_kl_estimates(student_logps, teacher_logps, alignment.estimator, alignment.clamp)
+    return torch.where(mask.bool(), estimates, 0.0).sum()
+
+
+def rollout_alignment_loss(
+    token_sum: torch.Tensor, aligned_tokens: torch.Tensor, normalize: str, *, accumulation_steps: int,
+    tokens_per_window: torch.Tensor,
+) -> torch.Tensor:
+    """One micro-batch's term from its `token_sum` over its `aligned_tokens`, normalised as `normalize` says:
+
+    - `release` (verl's `token-mean`, as the released code aggregates its contrastive KL): the mean over this
+      micro-batch's aligned tokens (0 without any), divided by `accumulation_steps`, the micro-batches whose
+      gradients one optimizer step sums; every micro-batch weighs the same whatever its number of aligned tokens;
+    - `global`: `token_sum / tokens_per_window`, the generation batch's aligned tokens per rank and accumulation
+      window, so the optimizer step sees one token mean over every aligned token of the window (as TRL's DAPO
+      normaliser does for the policy loss).
+    """
+    check_choices("rl.align", normalize=(normalize, NORMALIZATIONS))
+    if normalize == "release":
+        return token_sum / aligned_tokens.clamp(min=1) / accumulation_steps
+    return token_sum / tokens_per_window

@@ -91,12 +91,12 @@ class LossComposer:
         return total, logged
 
 
-def build_loss(cfg: Mapping[str, Any]) -> LossComposer:
+def build_loss(loss_cfg: Mapping[str, Any]) -> LossComposer:
     """Build the composer from a loss config (`conf/loss/*.yaml`: a `terms` mapping; see the module doc)."""
-    cfg = _to_plain(cfg)
-    if not isinstance(cfg, Mapping) or not isinstance(cfg.get("terms"), Mapping):
-        raise ConfigError(f"a loss config needs a `terms` mapping (entry -> {{_target_, weight, ...}}), got {cfg!r}")
-    terms = [_build_entry(key, entry) for key, entry in cfg["terms"].items() if entry is not None]
+    loss_cfg = _to_plain(loss_cfg)
+    if not isinstance(loss_cfg, Mapping) or not isinstance(loss_cfg.get("terms"), Mapping):
+        raise ConfigError(f"a loss config needs a `terms` mapping (entry -> {{_target_, weight, ...}}), got {loss_cfg!r}")
+    terms = [_build_entry(key, entry) for key, entry in loss_cfg["terms"].items() if entry is not None]
     names = [entry.name for entry in terms]
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
@@ -144,8 +144,8 @@ def _accepted_options(cls: type) -> list[str] | None:
     return [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
-def _to_plain(cfg: Any) -> Any:
+def _to_plain(node: Any) -> Any:
     # Hydra hands a DictConfig; the registry works on plain containers so options arrive as dicts/lists.
     from omegaconf import DictConfig, OmegaConf
 
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+    return OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node

@@ -18,8 +18,8 @@ from omegaconf import DictConfig
 
 from xmodal.core.atomic import atomic_file
 from xmodal.core.errors import ConfigError
-from xmodal.data_builders.instances import build_instances
-from xmodal.recipes import CONFIG_DIR
+from xmodal.recipes import CONFIG_DIR, instances_of
+from xmodal.conf.schema import check_schema
 from xmodal.core.console import hydra_console_script
 
 
@@ -63,7 +63,9 @@ def copy_images(lines: list[dict], folder: Path) -> int:
 
 def write_build(cfg: DictConfig, out: str) -> dict:
     """Build, write the JSONL and its images, write and return the summary."""
-    built = build_instances(cfg)
+    if cfg.data.get("streaming"):
+        raise ConfigError("data.streaming=true: xmodal-data writes the whole build; set data.streaming=false")
+    built = instances_of(cfg)
     source, builder, instances = built.source, built.builder, built.instances
     out_path = Path(out).expanduser().resolve()
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,7 +97,7 @@ def build_and_report(cfg: DictConfig) -> None:
     print(json.dumps(write_build(cfg, out), indent=2))
 
 
-main = hydra_console_script("xmodal-data", build_and_report, CONFIG_DIR, "config")
+main = hydra_console_script("xmodal-data", build_and_report, CONFIG_DIR, "config", check=check_schema)
 
 
 if __name__ == "__main__":

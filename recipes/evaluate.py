@@ -28,13 +28,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from xmodal.core.atomic import atomic_write_text
-from xmodal.data_builders.instances import build_instances
 from xmodal.data_builders.templates import get_template
-from xmodal.recipes import CONFIG_DIR
+from xmodal.recipes import CONFIG_DIR, base_model, instances_of
+from xmodal.conf.schema import check_schema
 from xmodal.core.console import hydra_console_script
 from xmodal.trainers.evaluation.answers import EvalItem, GenerationSettings, Prediction, eval_items, predict
 from xmodal.trainers.evaluation.report import results_table, summarise
-from xmodal.trainers.models import load_for_inference, model_location
+from xmodal.trainers.models import load_for_inference
 
 logger = logging.getLogger("xmodal.evaluate")
 
@@ -47,7 +47,9 @@ def evaluate_checkpoint(
     model, processor = load_for_inference(
         path, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code
     )
-    predictions = predict(model, processor, items, get_template(cfg.model.template), generation, judge)
+    predictions = predict(
+        model, processor, items, get_template(cfg.model.template), generation, judge, progress=f"answering {path}"
+    )
     summary = summarise(predictions, settings.bootstrap_resamples, settings.seed, settings.confidence)
     report = {"checkpoint": path, **summary}
     mismatches: dict[str, int] = defaultdict(int)
@@ -90,8 +92,8 @@ def prediction_lines(checkpoint: str, predictions: list[Prediction]) -> list[str
 def run(cfg: DictConfig) -> str:
     """Evaluate `evaluate.checkpoints` (or the configured model); returns the path of eval.json."""
     settings = cfg.evaluate
-    checkpoints = list(settings.checkpoints) or [model_location(cfg)]
-    items = eval_items(build_instances(cfg).instances, settings.per_condition)
+    checkpoints = list(settings.checkpoints) or [base_model(cfg)]
+    items = eval_items(instances_of(cfg).instances, settings.per_condition)
     # Batches stay within one condition, so padding and per-condition timings stay comparable.
     items.sort(key=lambda item: item.condition)
     generation = GenerationSettings.from_config(settings, OmegaConf.select(cfg, "data.prompt_style", default="compact"))
@@ -126,7 +128,7 @@ def run(cfg: DictConfig) -> str:
 
 
 # The console script: compose `conf/evaluate.yaml` with the command-line overrides, then `run` it.
-main = hydra_console_script("xmodal-eval", run, CONFIG_DIR, "evaluate")
+main = hydra_console_script("xmodal-eval", run, CONFIG_DIR, "evaluate", check=check_schema)
 
 
 if __name__ == "__main__":

@@ -23,16 +23,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from xmodal.data_builders.collate import MultimodalCollator
 from xmodal.core.errors import ConfigError
-from xmodal.data_builders.instances import build_instances
 from xmodal.data_builders.templates import get_template
 from xmodal.data_builders.tokenize import EncodingSettings, encode_instance
-from xmodal.recipes import CONFIG_DIR
+from xmodal.recipes import CONFIG_DIR, base_model, instances_of
 from xmodal.core.atomic import atomic_write_text
+from xmodal.conf.schema import check_schema
 from xmodal.core.console import hydra_console_script
-from xmodal.trainers.metrics.imbalance import SpanStats, measure
-from xmodal.trainers.metrics.imbalance_probes import SPAN_PAIRS, collate_probe
+from xmodal.trainers.metrics.imbalance import SpanStats
+from xmodal.trainers.metrics.imbalance_probes import SPAN_PAIRS, collate_probe, probe_totals
 from xmodal.trainers.metrics.plots import heatmap_grid
-from xmodal.trainers.models import load_for_inference, model_location, to_model
+from xmodal.trainers.models import load_for_inference, to_model
 
 logger = logging.getLogger("xmodal.imbalance")
 PLOTTED = {"ratio": "ratio", "per_token_ratio": "per-token ratio"}
@@ -49,7 +49,7 @@ def read_instances(cfg: DictConfig) -> list[dict]:
     if cfg.imbalance.instances:
         with open(cfg.imbalance.instances) as f:
             return [json.loads(line) for line in f if line.strip()]
-    return build_instances(cfg).instances
+    return instances_of(cfg).instances
 
 
 def encode_by_condition(instances: list[dict], processor, cfg: DictConfig) -> dict[str, list[tuple[dict, dict]]]:
@@ -91,12 +91,10 @@ def measure_checkpoint(path: str, instances: list[dict], cfg: DictConfig) -> tup
         probe = collate_probe(
             rows, collator, model.config, processor, settings.batch_size, settings.query, settings.spans, condition_instances
         )
-        sums, count = 0.0, 0.0
-        for batch, masks in probe:
-            inputs = to_model(batch, model)
-            measured = measure(model, inputs, masks.query, masks.a, masks.b, layers=settings.layers, mode=settings.mode)
-            batch_sums, batch_count = measured.totals()
-            sums, count, layers = sums + batch_sums, count + batch_count, measured.layers
+        sums, count, layers = probe_totals(
+            model, probe, lambda batch: to_model(batch, model), layers=settings.layers, mode=settings.mode,
+            progress=f"imbalance {condition}",
+        )
         if count == 0:
             logger.warning("condition %s: no sequence where the query sees both spans; skipped", condition)
             continue
@@ -156,7 +154,7 @@ def run(cfg: DictConfig) -> str:
     if settings.spans not in SPAN_PAIRS:
         raise ConfigError(f"imbalance.spans must be one of {SPAN_PAIRS}, got {settings.spans!r}")
     torch.manual_seed(cfg.seed)
-    checkpoint = settings.checkpoint or model_location(cfg)
+    checkpoint = settings.checkpoint or base_model(cfg)
     checkpoints = {"checkpoint": checkpoint, **({"compare": settings.compare} if settings.compare else {})}
     instances = read_instances(cfg)
     results, layers = {}, None
@@ -187,7 +185,7 @@ def run(cfg: DictConfig) -> str:
 
 
 # The console script: compose `conf/imbalance.yaml` with the command-line overrides, then `run` it.
-main = hydra_console_script("xmodal-imbalance", run, CONFIG_DIR, "imbalance")
+main = hydra_console_script("xmodal-imbalance", run, CONFIG_DIR, "imbalance", check=check_schema)
 
 
 if __name__ == "__main__":

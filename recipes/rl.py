@@ -16,17 +16,16 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 from trl import GRPOConfig
 
-from xmodal.core.errors import ConfigError
-from xmodal.data_builders.instances import build_instances
 from xmodal.data_builders.collate import MultimodalCollator
 from xmodal.data_builders.rollout_prompts import rollout_dataset, sampled_view
 from xmodal.data_builders.tokenize import EncodingSettings, tokenize_instances
-from xmodal.recipes import CONFIG_DIR
+from xmodal.recipes import CONFIG_DIR, base_model, claim_run_directory, instances_of, open_run_directory
+from xmodal.conf.schema import check_schema
 from xmodal.core.console import hydra_console_script
-from xmodal.trainers.grpo import RolloutAlignment, RolloutRefill, XModalGRPOTrainer
-from xmodal.trainers.models import load_processor, model_location
+from xmodal.losses.alignment import RolloutAlignment, require_pairs
 from xmodal.losses.rewards import OVERLONG_REWARD, build_rewards, overlong_shaping
-from xmodal.trainers.lifecycle.run_directory import claim_output_dir, open_output_dir
+from xmodal.trainers.grpo import RolloutRefill, XModalGRPOTrainer
+from xmodal.trainers.models import load_processor
 from xmodal.trainers.lifecycle.runs import (
     build_training_args,
     export_logger_environment,
@@ -44,23 +43,20 @@ def build_rl_args(cfg: DictConfig, reward_weights: list[float], ordered: bool) -
     """GRPOConfig from `trainer` + `deepspeed` + `rl.grpo`; an ordered builder keeps its prompt order."""
     grpo = OmegaConf.to_container(cfg.rl.grpo, resolve=True)
     return build_training_args(
-        cfg, GRPOConfig, **grpo, reward_weights=reward_weights, shuffle_dataset=not ordered
+        cfg.trainer, cfg.deepspeed, GRPOConfig, **grpo, reward_weights=reward_weights, shuffle_dataset=not ordered
     )
 
 
 def check_alignment_data(alignment: RolloutAlignment, dataset) -> None:
-    if alignment.weight > 0 and all(prompt is None for prompt in dataset["vision_prompt"]):
-        raise ConfigError(
-            "rl.align.weight > 0 needs the vision-centric view of every prompt: use builder=paired builder.emit=both "
-            "(or set rl.align.weight=0)"
-        )
+    if alignment.weight > 0:
+        require_pairs(any(prompt is not None for prompt in dataset["vision_prompt"]), "rl.align")
 
 
 def build_trainer(cfg: DictConfig) -> tuple[XModalGRPOTrainer, object, str]:
     """(trainer, processor, base model location) of the configured run, callbacks bound, ready to train."""
-    start_deepspeed_backend(cfg)
+    start_deepspeed_backend(cfg.deepspeed, cfg.trainer.ddp_timeout)
     export_logger_environment(cfg.logger)
-    base_model = model_location(cfg)
+    base = base_model(cfg)
     rewards, reward_weights = build_rewards(cfg.reward)
     shaping = overlong_shaping(cfg.rl.grpo.max_completion_length, **cfg.rl.overlong)
     if shaping is not None:
@@ -68,33 +64,32 @@ def build_trainer(cfg: DictConfig) -> tuple[XModalGRPOTrainer, object, str]:
         reward_weights.append(shaping[1])
     alignment = RolloutAlignment(**OmegaConf.to_container(cfg.rl.align, resolve=True))
     # Data first: a bad record stops the run before a large model is loaded.
-    built = build_instances(cfg)
+    built = instances_of(cfg)
     dataset = rollout_dataset(built.instances)
     check_alignment_data(alignment, dataset)
     args = build_rl_args(cfg, reward_weights, ordered=getattr(built.builder, "ordered", False))
     set_seed(cfg.seed)
-    if args.process_index == 0:
-        open_output_dir(cfg)
+    open_run_directory(cfg, args)
 
-    processor = load_processor(base_model, cfg.model.trust_remote_code)
+    processor = load_processor(base, cfg.model.trust_remote_code)
     # TRL left-pads its prompt ids and takes per-token fields (Qwen2-VL's mm_token_type_ids) from the processor.
     processor.tokenizer.padding_side = "left"
-    model = load_training_model(cfg, base_model)
-    metrics = metric_callbacks(cfg)
+    model = load_training_model(cfg.model, cfg.finetune, base)
+    metrics = metric_callbacks(cfg.metrics)
     trainer = XModalGRPOTrainer(
         model=model,
         reward_funcs=rewards,
         args=args,
         train_dataset=dataset,
         processing_class=processor,
-        callbacks=training_callbacks(cfg, metrics),
+        callbacks=training_callbacks(cfg.output_dir, metrics),
         alignment=alignment,
         filter_equal_reward_groups=cfg.rl.filter_equal_reward_groups,
         refill=RolloutRefill(**cfg.rl.refill),
         shaping_rewards=(OVERLONG_REWARD,),
     )
     bind_metric_callbacks(metrics, trainer, built.instances, processor, cfg)
-    return trainer, processor, base_model
+    return trainer, processor, base
 
 
 def bind_metric_callbacks(metrics: list, trainer, instances: list[dict], processor, cfg: DictConfig) -> None:
@@ -115,12 +110,15 @@ def bind_metric_callbacks(metrics: list, trainer, instances: list[dict], process
 def train(cfg: DictConfig) -> str:
     """Run one RL fine-tune; returns the directory of the final model."""
     started = time.monotonic()
-    resume_from = claim_output_dir(cfg)
-    trainer, processor, base_model = build_trainer(cfg)
-    return train_and_save(trainer, processor, cfg, base_model, resume_from, started)
+    resume_from = claim_run_directory(cfg)
+    trainer, processor, base = build_trainer(cfg)
+    return train_and_save(
+        trainer, processor, output_dir=cfg.output_dir, base_model=base, model_cfg=cfg.model,
+        lora=cfg.finetune.mode == "lora", resume_from=resume_from, started=started,
+    )
 
 
-main = hydra_console_script("xmodal-rl", train, CONFIG_DIR, "rl", distributed_launch=True)
+main = hydra_console_script("xmodal-rl", train, CONFIG_DIR, "rl", distributed_launch=True, check=check_schema)
 
 
 if __name__ == "__main__":

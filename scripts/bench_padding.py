@@ -27,9 +27,9 @@ from torch.utils.data import RandomSampler
 from bench_alignment import compose_config, train_step
 from xmodal.core.atomic import atomic_write_text
 from xmodal.data_builders.collate import MultimodalCollator
-from xmodal.data_builders.instances import build_instances
 from xmodal.data_builders.tokenize import EncodingSettings, tokenize_instances
 from xmodal.losses import build_loss
+from xmodal.recipes import instances_of
 from xmodal.trainers.sampling import LengthGroupedSampler
 
 STRATEGIES = ("random", "group_by_length", "packed")
@@ -76,7 +76,7 @@ def main() -> None:
     torch.manual_seed(0)
     model, processor = instantiate(cfg.model.init, _convert_="all")
     dataset = tokenize_instances(
-        build_instances(cfg).instances, processor, cfg.model.template, EncodingSettings(**cfg.encoding),
+        instances_of(cfg).instances, processor, cfg.model.template, EncodingSettings(**cfg.encoding),
         os.path.join(cache, "tokenized"),
     )
     lengths = list(dataset["length"])

@@ -37,7 +37,8 @@ from bench_alignment import compose_config
 from xmodal.core.atomic import atomic_write_text
 from xmodal.data_builders.collate import MultimodalCollator
 from xmodal.losses import build_loss
-from xmodal.recipes.finetune import build_train_dataset, build_training_args, metric_callbacks
+from xmodal.recipes.finetune import build_train_dataset
+from xmodal.trainers.lifecycle.runs import build_training_args, metric_callbacks
 from xmodal.trainers.models.finetuning import FinetuneSettings, apply_finetuning
 from xmodal.trainers.models import set_image_pixels
 from xmodal.trainers.models.loading import attention_implementation
@@ -124,11 +125,11 @@ def run_variant(base_model, processor, args, finetune: str, loss: str, metrics: 
     if metrics == "imbalance":
         overrides.append(f"metrics.imbalance.every_n_steps={args.probe_every}")
     cfg = compose_config(overrides)
-    training_args = build_training_args(cfg)
+    training_args = build_training_args(cfg.trainer, cfg.deepspeed)
     dataset, _ = build_train_dataset(cfg, processor)
     settings = FinetuneSettings(**OmegaConf.to_container(cfg.finetune, resolve=True))
     model = apply_finetuning(copy.deepcopy(base_model), settings)
-    callbacks = metric_callbacks(cfg)
+    callbacks = metric_callbacks(cfg.metrics)
     trainer = XModalSFTTrainer(
         model=model, args=training_args, train_dataset=dataset, data_collator=MultimodalCollator(processor, "qwen2"),
         processing_class=processor, callbacks=callbacks, loss_composer=build_loss(cfg.loss),

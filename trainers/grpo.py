@@ -16,10 +16,10 @@ Rollouts are sampled from each row's `prompt` (the text-centric view in the pape
 - **Alignment** (`RolloutAlignment`, paper 2's contrastive term): for every kept rollout with *full reward*
   (every reward component 1) whose row has a `vision_prompt`, a second forward of the same response tokens
   after the vision-centric prompt gives the student log-probs; the teacher is the text-centric log-prob of the
-  same token from the policy forward of this very step, detached. Per token `d = log p_text - log p_vision`,
-  k3 with the released clamps (`xmodal.losses.alignment.token_kl_estimates`), summed over those tokens and divided by
-  their count over the whole generation batch (all ranks), i.e. a global token mean that does not change with
-  the accumulation split, like DAPO's own normaliser. Both branches use TRL's log-prob path, so both are taken
+  same token from the policy forward of this very step, detached. The term itself (per token
+  `d = log p_text - log p_vision`, k3 with the released clamps, normalised as `rl.align.normalize` says: the
+  released per-micro-batch token mean, or one token mean over the generation batch) is
+  `xmodal.losses.alignment`'s RL half; this class wires it into TRL. Both branches use TRL's log-prob path, so both are taken
   at the rollout temperature. The response follows the vision prompt directly, so its positions continue after
   that prompt's last position (left padding shifts a whole row, which rotary position embeddings do not see;
   Qwen2-VL's M-RoPE positions come from the model's `get_rope_index` over the concatenated row).
@@ -34,7 +34,7 @@ from transformers import Trainer
 from trl import GRPOTrainer
 from trl.trainer.utils import pad, split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
-from xmodal.losses.alignment import ESTIMATORS, token_kl_estimates
+from xmodal.losses.alignment import RolloutAlignment, full_reward_rows, rollout_alignment_loss, rollout_alignment_sum
 from xmodal.trainers.lifecycle.resilience import ResilientTrainingMixin
 
 # Processor outputs that are not per-token: concatenated across rows (the rest are per-token and left-padded).
@@ -56,36 +56,10 @@ class RolloutRefill:
             raise ValueError(f"rl.refill.max_rounds must be >= 0, got {self.max_rounds}")
 
 
-@dataclass(frozen=True)
-class RolloutAlignment:
-    """The alignment term's settings: `weight` 0 switches it off; `estimator` k1/k2/k3; `clamp` the released bounds."""
-
-    weight: float = 0.01
-    estimator: str = "k3"
-    clamp: bool = True
-
-    def __post_init__(self):
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"rl.align.estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
-        if self.weight < 0:
-            raise ValueError(f"rl.align.weight must be >= 0, got {self.weight}")
-
-
-def full_reward_rows(rewards_per_func: torch.Tensor) -> torch.Tensor:
-    """`[N]` bool: rollouts whose every reward component is 1 (the released recipe's "reward == 1")."""
-    return torch.isclose(rewards_per_func, torch.ones_like(rewards_per_func), atol=1e-6).all(dim=1)
-
-
 def varied_reward_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     """`[N / group_size]` bool: groups (consecutive rollouts of one prompt) whose rewards are not all equal."""
     grouped = rewards.view(-1, group_size)
     return ~torch.isclose(grouped, grouped[:, :1]).all(dim=1)
-
-
-def masked_alignment_sum(student_logps, teacher_logps, mask, alignment: RolloutAlignment) -> torch.Tensor:
-    """Sum over `mask`ed tokens of the per-token estimate (teacher detached inside `token_kl_estimates`)."""
-    estimates = token_kl_estimates(student_logps, teacher_logps, alignment.estimator, alignment.clamp)
-    return torch.where(mask.bool(), estimates, 0.0).sum()
 
 
 class XModalGRPOTrainer(ResilientTrainingMixin, GRPOTrainer):
@@ -248,16 +222,19 @@ class XModalGRPOTrainer(ResilientTrainingMixin, GRPOTrainer):
             **vision,
         )
         mask = completion_mask.bool() & aligned[rows_to_run].unsqueeze(1)
-        summed = masked_alignment_sum(student_logps, teacher_logps[rows_to_run], mask, self.alignment)
-        # As TRL's DAPO normaliser: the generation batch's count, rescaled to one accumulation window per rank.
-        normalizer = inputs["align_num_items"].clamp(min=1.0) / self.accelerator.num_processes
-        normalizer = normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+        summed = rollout_alignment_sum(student_logps, teacher_logps[rows_to_run], mask, self.alignment)
         mode = "train" if self.model.training else "eval"
         token_sum = torch.stack([summed.detach(), mask.sum().float()])
         totals = self.accelerator.reduce(token_sum, reduction="sum")
         if totals[1] > 0:  # steps without a full-reward rollout anywhere log nothing rather than a 0
             self._metrics[mode]["align_loss"].append((totals[0] / totals[1]).item())
-        return summed / normalizer
+        # As TRL's DAPO normaliser: the generation batch's count, rescaled to one accumulation window per rank.
+        tokens_per_window = inputs["align_num_items"].clamp(min=1.0) / self.accelerator.num_processes
+        tokens_per_window = tokens_per_window * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+        return rollout_alignment_loss(
+            summed, mask.sum(), self.alignment.normalize, tokens_per_window=tokens_per_window,
+            accumulation_steps=self.current_gradient_accumulation_steps if mode == "train" else 1,
+        )
 
 
 def _with_images(messages: list[dict], images: list) -> list[dict]:

@@ -9,10 +9,11 @@ class Builder:
     """`build(source, *, seed, examples_per_step) -> list[instance]`.
 
     `ordered` is True when the trainer must keep the instance order (a schedule); `dropped` counts records a
-    builder could not use, by reason, for the build summary.
+    builder could not use, by reason, for the build summary. `streams`: see data_builders.records.
     """
 
     ordered = False
+    streams = False  # True when `build` takes a streamed source (data.streaming=true) without reading it all
 
     def __init__(self):
         self.dropped: Counter = Counter()

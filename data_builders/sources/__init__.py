@@ -3,6 +3,7 @@
 from .built import BuiltSource
 from .conflict_qa import ConflictQASource
 from .llava_instruct import LlavaInstructSource
+from .messages import MessagesSource
 from .mixture import MixtureSource, source_groups
 from .pgps9k import Pgps9kSource, verbalise_clause
 from .synthetic import SyntheticFactsSource
@@ -12,6 +13,7 @@ __all__ = [
     "BuiltSource",
     "ConflictQASource",
     "LlavaInstructSource",
+    "MessagesSource",
     "MixtureSource",
     "Pgps9kSource",
     "SyntheticFactsSource",

@@ -122,7 +122,7 @@ def steps(run: Run, runs: dict[tuple, Run], budget: Budget) -> list[tuple[str, o
 
 # step -> (the entry point's config name, its module, the function its console script runs)
 ENTRY_POINTS = {
-    "base": ("config", "xmodal.trainers.models", "model_location"),  # build and cache the tiny base model (once)
+    "base": ("config", "xmodal.recipes", "base_model"),  # build and cache the tiny base model (once)
     "train": ("config", "xmodal.recipes.finetune", "train"),  # xmodal-train
     "rl": ("rl", "xmodal.recipes.rl", "train"),  # xmodal-rl
     "imbalance": ("imbalance", "xmodal.recipes.imbalance", "run"),  # xmodal-imbalance

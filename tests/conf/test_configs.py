@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from transformers import AttentionInterface
 from transformers.integrations import get_reporting_integration_callbacks
 
+from xmodal.conf.schema import check_schema
 from xmodal.core.errors import ConfigError
 from xmodal.data_builders.templates import TEMPLATES
 from xmodal.recipes import CONFIG_DIR
@@ -70,11 +71,14 @@ def test_group_option_composes_and_resolves(group, option):
     resolved = _resolve([f"{'' if group in ROOT_GROUPS or root != 'config' else '+'}{group}={option}"], config_name=root)
     assert resolved["output_dir"]
     assert resolved["trainer"]["output_dir"] == resolved["output_dir"]
+    check_schema(OmegaConf.create(resolved))  # every shipped value is one its typed schema allows
 
 
 @pytest.mark.parametrize("config_name", ROOT_CONFIGS)
 def test_root_config_composes_and_resolves(config_name):
-    assert _resolve([], config_name=config_name)["seed"] == 42
+    resolved = _resolve([], config_name=config_name)
+    assert resolved["seed"] == 42
+    check_schema(OmegaConf.create(resolved))
 
 
 def _options(group: str) -> list[str]:
@@ -107,7 +111,7 @@ def test_every_deepspeed_option_builds_training_arguments_with_its_auto_values_f
 @pytest.mark.parametrize("option", _options("metrics"))
 def test_every_metrics_option_instantiates_its_callbacks(option):
     cfg = compose_config([f"metrics={option}", "output_dir=unused"])
-    callbacks = metric_callbacks(cfg)  # a misspelled or missing constructor argument raises here
+    callbacks = metric_callbacks(cfg.metrics)  # a misspelled or missing constructor argument raises here
     assert [type(callback).__name__ for callback in callbacks] == [
         callback_cfg._target_.rsplit(".", 1)[-1] for _, callback_cfg in sorted(cfg.metrics.items())
     ]
@@ -116,7 +120,7 @@ def test_every_metrics_option_instantiates_its_callbacks(option):
 @pytest.mark.parametrize("option", _options("logger"))
 def test_every_logger_option_instantiates_its_reporting_callbacks(option, tmp_path):
     cfg = compose_config([f"logger={option}", f"output_dir={tmp_path}"])
-    report_to = build_training_args(cfg).report_to  # what the Trainer will build its logging callbacks from
+    report_to = build_training_args(cfg.trainer, cfg.deepspeed).report_to  # what the Trainer will build its logging callbacks from
     callbacks = [callback() for callback in get_reporting_integration_callbacks(report_to)]
     expected = {"none": [], "tensorboard": ["TensorBoardCallback"], "wandb": ["WandbCallback"]}[option]
     assert [type(callback).__name__ for callback in callbacks] == expected
@@ -157,7 +161,7 @@ def test_every_model_option_resolves_to_a_loadable_model(option, tmp_path):
 
 def test_defaults_build_training_arguments(tmp_path):
     cfg = compose_config([f"output_dir={tmp_path}"])
-    args = build_training_args(cfg)
+    args = build_training_args(cfg.trainer, cfg.deepspeed)
     assert args.output_dir == str(tmp_path) and args.remove_unused_columns is False
 
 
@@ -169,4 +173,4 @@ def test_unknown_override_key_is_rejected_by_name():
 def test_unknown_trainer_argument_names_the_trainer_group(tmp_path):
     cfg = compose_config([f"output_dir={tmp_path}", "+trainer.learing_rate=0.1"])
     with pytest.raises(ConfigError, match="learing_rate"):
-        build_training_args(cfg)
+        build_training_args(cfg.trainer, cfg.deepspeed)

@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import OmegaConf
 
 from xmodal.core.errors import ConfigError
-from xmodal.data_builders.instances import build_instances
+from xmodal.recipes import instances_of
 from xmodal.recipes import CONFIG_DIR
 from xmodal.recipes.finetune import build_train_dataset
 from tests.support.helpers import read_metrics, xmodal_train
@@ -83,7 +83,7 @@ def test_modal_imbalance_embedded_variants_train_on_the_same_instructions():
     small = ["data.sources.image.num_records=6", "data.sources.text.num_records=6"]
     configs = {recipe: compose([f"experiment=modal_imbalance/{recipe}", *small]) for recipe in MODAL_IMBALANCE}
     assert {cfg.finetune.mode for cfg in configs.values()} == {"lora"} and plain(configs["it"].deepspeed) == {}
-    built = {recipe: build_instances(cfg) for recipe, cfg in configs.items()}
+    built = {recipe: instances_of(cfg) for recipe, cfg in configs.items()}
 
     def instructions(instances):
         return Counter(part["id"] for instance in instances for part in instance["meta"].get("parts") or [instance])
@@ -101,7 +101,7 @@ def curriculum(*overrides):
 def test_curriculum_lays_out_exactly_what_the_trainer_reads(world_size, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", str(world_size))
     cfg = curriculum("trainer.max_steps=6", "trainer.per_device_train_batch_size=2", "trainer.gradient_accumulation_steps=2")
-    conditions = [instance["condition"] for instance in build_instances(cfg).instances]
+    conditions = [instance["condition"] for instance in instances_of(cfg).instances]
     read = 6 * 2 * 2 * world_size  # steps x batch x accumulation x ranks
     assert conditions == ["text_centric"] * (read // 2) + ["vision_centric"] * (read // 2)
 

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
-from xmodal.data_builders.instances import build_instances
+from xmodal.recipes import instances_of
 from xmodal.recipes.data import write_build
 from xmodal.data_builders.sample import prompt_text
 
@@ -131,7 +131,7 @@ def test_conflict_mixture_teaches_unimodal_conflicts_beside_qa(tmp_path):
     records = [f"data.sources.{name}.num_records=4" for name in ("image_qa", "text_qa", "bilingual_qa")]
     records += [f"data.sources.{name}.source.num_records=4" for name in ("text_conflicts", "image_conflicts")]
     cfg = config("data=conflict_mixture", "builder=dataset_mix", f"cache_dir={tmp_path}", *records)
-    built = build_instances(cfg).instances
+    built = instances_of(cfg).instances
     assert Counter(i["source"] for i in built) == {
         "image_qa": 4, "text_qa": 4, "bilingual_qa": 4, "text_conflicts": 8, "image_conflicts": 8
     }

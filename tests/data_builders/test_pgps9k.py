@@ -10,7 +10,7 @@ from PIL import Image
 
 from xmodal.data_builders.builders import PairedBuilder
 from xmodal.core.errors import DataError
-from xmodal.data_builders.instances import build_instances
+from xmodal.recipes import instances_of
 from xmodal.data_builders.sources import Pgps9kSource, verbalise_clause
 from xmodal.data_builders.sources.pgps9k import PAPER_INSTRUCTION, paper_structural_clause
 from tests.support.helpers import compose_config
@@ -110,13 +110,13 @@ def test_split_reads_only_its_own_file(pgps9k_root, tmp_path):
 def test_training_config_never_reads_test_json_and_evaluation_reads_it(pgps9k_root, tmp_path):
     root = _copy_sample(pgps9k_root, tmp_path, test_keys=("prob_4", "prob_10"))
     overrides = ["data=pgps9k", f"data.root={root}", "builder=paired"]
-    trained_on = {i["meta"]["pair_id"] for i in build_instances(compose_config(overrides)).instances}
+    trained_on = {i["meta"]["pair_id"] for i in instances_of(compose_config(overrides)).instances}
     assert trained_on == {f"pgps9k/train/prob_{i}" for i in range(3)}
-    evaluated_on = {i["meta"]["pair_id"] for i in build_instances(compose_config(overrides, "evaluate")).instances}
+    evaluated_on = {i["meta"]["pair_id"] for i in instances_of(compose_config(overrides, "evaluate")).instances}
     assert evaluated_on == {"pgps9k/test/prob_4", "pgps9k/test/prob_10"}
     assert compose_config([*overrides, "data.split=test"]).data.split == "test"
     (root / "test.json").write_text("not JSON: a training run that opened it would fail")
-    build_instances(compose_config(overrides))
+    instances_of(compose_config(overrides))
 
 
 def test_missing_split_file_is_named(pgps9k_root, tmp_path):

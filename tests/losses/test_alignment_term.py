@@ -1,6 +1,5 @@
 """The registered alignment term on hand-made paired batches whose branches have different prompt lengths."""
 
-import logging
 import math
 from types import SimpleNamespace
 
@@ -8,7 +7,9 @@ import pytest
 import torch
 
 from xmodal.losses import LossContext
-from xmodal.losses.alignment import AlignmentLoss
+from xmodal.core.errors import ConfigError
+from xmodal.losses.alignment import AlignmentLoss, RolloutAlignment
+from xmodal.recipes.rl import check_alignment_data
 
 # Row i's response starts after (left padding + prompt length); see PAIRED_LAYOUTS in conftest.py.
 RESPONSE_STARTS = {0: 3, 1: 7, 2: 9, 3: 6}
@@ -105,13 +106,12 @@ def test_term_is_invariant_to_the_accumulation_split(make_batch, paired_layouts,
     torch.testing.assert_close(sum(micro), full)
 
 
-def test_unpaired_batch_gives_zero_and_warns_once(make_batch, caplog):
+def test_unpaired_batch_is_refused_as_the_rl_half_refuses_it(make_batch):
     batch, outputs = make_batch([(0, 3, [4, 7, 2]), (0, 2, [5])], paired=False)
-    term = AlignmentLoss()
-    with caplog.at_level(logging.WARNING, logger="xmodal.losses.alignment"):
-        values = [term(_context(batch, outputs)) for _ in range(3)]
-    assert all(value.item() == 0.0 for value in values)
-    assert len([r for r in caplog.records if "not paired" in r.getMessage()]) == 1
+    with pytest.raises(ConfigError, match=r"^align: the alignment term needs both views .* builder=paired builder.emit=both"):
+        AlignmentLoss()(_context(batch, outputs))
+    with pytest.raises(ConfigError, match=r"^rl.align: the alignment term needs both views .* builder=paired builder.emit=both"):
+        check_alignment_data(RolloutAlignment(weight=0.01), {"vision_prompt": [None, None]})
 
 
 def test_pairs_with_different_targets_are_rejected(make_batch):

@@ -10,7 +10,8 @@ from xmodal.core.errors import ConfigError
 from xmodal.data_builders.rollout_prompts import rollout_rows
 from xmodal.recipes.rl import check_alignment_data
 from tests.support.rl import compose_rl
-from xmodal.trainers.grpo import RolloutAlignment, full_reward_rows, varied_reward_groups
+from xmodal.losses.alignment import RolloutAlignment, full_reward_rows
+from xmodal.trainers.grpo import varied_reward_groups
 from xmodal.losses.rewards import CorrectAnswer, FormatMatch, build_rewards
 
 RELEASED_STYLE = "<think>AB = 3, so x = 2 * 3.</think> The answer is \\boxed{6}."

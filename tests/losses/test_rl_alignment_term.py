@@ -3,6 +3,8 @@ gradient goes, and the released clamps, each checked against an independent per-
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -112,3 +114,30 @@ def test_clamped_tokens_give_the_bound_and_no_gradient(trainer):
     without_clamped = [p.grad.clone() for p in trainer.model.parameters() if p.grad is not None]
     for a, b in zip(with_clamped, without_clamped, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_the_trainer_normalises_as_rl_align_normalize_says(trainer):
+    inputs = rollout_inputs(trainer, aligned=[True, False, True], lengths=[4, 3, 2], seed=5)
+    inputs["align_num_items"] = torch.tensor(12)  # the generation batch also holds other micro-batches' tokens
+    teacher = torch.randn(3, 4, generator=torch.Generator().manual_seed(6)) - 3.0
+    with torch.no_grad():
+        token_sum = sum(
+            released_k3(teacher[row, :length] - independent_student_logps(trainer, inputs, row)).sum()
+            for row, length in ((0, 4), (2, 2))
+        )
+    released, accumulation, training = trainer.alignment, trainer.current_gradient_accumulation_steps, trainer.model.training
+    trainer.current_gradient_accumulation_steps = 2
+    trainer.model.train()  # training accumulates; evaluation (TRL's eval mode) does not
+    try:
+        with torch.no_grad():
+            release = trainer._alignment_loss(trainer.model, inputs, teacher)
+            trainer.alignment = dataclasses.replace(released, normalize="global")
+            global_mean = trainer._alignment_loss(trainer.model, inputs, teacher)
+    finally:
+        trainer.alignment, trainer.current_gradient_accumulation_steps = released, accumulation
+        trainer.model.train(training)
+    assert released.normalize == "release"  # the default
+    torch.testing.assert_close(release, token_sum / 6 / 2, rtol=1e-4, atol=1e-5)  # this micro-batch's 6 tokens
+    # 12 tokens in the generation batch, which spans steps_per_generation micro-batches; a window is 2 of them
+    window_tokens = 12 * 2 / trainer.args.steps_per_generation
+    torch.testing.assert_close(global_mean, token_sum / window_tokens, rtol=1e-4, atol=1e-5)

@@ -43,7 +43,7 @@ def loss_and_gradients(model, batch, composer, full_logits: bool):
     return total.detach(), logged, gradients, context.outputs.logits.shape
 
 
-# Alignment terms read paired batches only (on unpaired ones they are 0, see test_alignment_term.py).
+# Alignment terms read paired batches only (an unpaired one is refused, see test_alignment_term.py).
 CASES = [("lm", False)] + [(loss, True) for loss in sorted(LOSSES)]
 
 

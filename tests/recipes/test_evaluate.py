@@ -10,7 +10,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from PIL import Image
 
-from xmodal.data_builders.instances import build_instances
+from xmodal.recipes import instances_of
 from xmodal.data_builders.render import TextStyle, _fit
 from xmodal.core.scoring import ExactConflictJudge, FreeTextConflictJudge, answers_match
 from xmodal.data_builders.templates import get_template
@@ -236,7 +236,7 @@ def test_free_text_judge_scores_conflict_recognition_with_intervals(tmp_path):
     for name in ("conflict_recognition/cross_modal", "false_conflict/cross_modal", "control_accuracy/cross_modal"):
         low, high = result["derived"][name]["ci"]
         assert 0 <= low <= result["derived"][name]["accuracy"] <= high <= 1
-    judge, meta = FreeTextConflictJudge(), {i["id"]: i["meta"] for i in build_instances(cfg).instances}
+    judge, meta = FreeTextConflictJudge(), {i["id"]: i["meta"] for i in instances_of(cfg).instances}
     lines = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
     for line in lines:
         candidates = meta[line["id"]]["answer"], meta[line["id"]]["counter_answer"]

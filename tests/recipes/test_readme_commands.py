@@ -37,6 +37,7 @@ SKIPPED_WORDS = {
     "setting=paper": "the paper's real model and hyperparameters: a 7B checkpoint and GPUs",
     "/path/to/": "the user's own copy of a dataset",
     "=/data/": "the user's own copy of a dataset",
+    "data.path=HuggingFaceH4/": "a Hub dataset: downloads",
 }
 # Appended to every command of a console script (a later override wins over the README's own).
 FAST_OVERRIDES = {

@@ -18,7 +18,8 @@ from transformers import AutoModelForImageTextToText
 
 from tests.support.helpers import FAST, PGPS9K_SAMPLE, loss_by_step, read_metrics, xmodal_train
 from xmodal.trainers.lifecycle.checkpoints import COMPLETE_MARKER
-from xmodal.trainers.models import load_processor, model_location
+from xmodal.recipes import base_model
+from xmodal.trainers.models import load_processor
 
 
 def _prompt_inputs(processor) -> dict:
@@ -44,7 +45,7 @@ def _logits(model, inputs) -> torch.Tensor:
 
 def _assert_final_is_the_trained_model(out, finetune: str):
     """`final/` answers as the last checkpoint's model (LoRA: base + unmerged adapter) does, and not as the base."""
-    base_dir = model_location(OmegaConf.load(out / "config.yaml"))  # the run's own base, from its resolved config
+    base_dir = base_model(OmegaConf.load(out / "config.yaml"))  # the run's own base, from its resolved config
     inputs = _prompt_inputs(load_processor(str(out / "final")))
     final = _logits(AutoModelForImageTextToText.from_pretrained(out / "final"), inputs)
     last_checkpoint = out / "checkpoint-4"

@@ -20,10 +20,10 @@ from transformers import AutoModelForImageTextToText
 from xmodal.data_builders.collate import MultimodalCollator
 from xmodal.losses import build_loss
 from xmodal.recipes.finetune import build_train_dataset
-from xmodal.recipes import CONFIG_DIR
+from xmodal.recipes import CONFIG_DIR, base_model
 from tests.support.helpers import compose_config, entry_point_env, read_metrics, train_command, xmodal_train
 from xmodal.trainers.models.finetuning import component_prefixes
-from xmodal.trainers.models import load_processor, model_location
+from xmodal.trainers.models import load_processor
 
 # A random-init tiny LLaVA predicts about uniformly over its 1024-token vocabulary: its first token-mean
 # cross-entropy lies near ln(1024) = 6.93, far from a token sum (x the answer length) or a batch sum.
@@ -74,7 +74,7 @@ def _frozen_by_config(out) -> set[str]:
 def _assert_trained(out, frozen: set[str]):
     """Every tensor of a frozen component is bit-identical to the run's base model; every other component moved."""
     final = AutoModelForImageTextToText.from_pretrained(out / "final")
-    base = AutoModelForImageTextToText.from_pretrained(model_location(OmegaConf.load(out / "config.yaml"))).state_dict()
+    base = AutoModelForImageTextToText.from_pretrained(base_model(OmegaConf.load(out / "config.yaml"))).state_dict()
     moved: dict[str, bool] = {}
     for name, tensor in final.state_dict().items():
         for component, prefixes in component_prefixes(final).items():
@@ -148,7 +148,7 @@ def test_kl_curriculum_starts_from_the_kl_stage_model(kl_stage, cache_dir):
             return float(AutoModelForImageTextToText.from_pretrained(path).eval()(**inputs).loss)  # HF's token mean
 
     assert first["lm_loss"] == pytest.approx(lm_loss(kl_out / "final"), rel=1e-4)
-    assert abs(first["lm_loss"] - lm_loss(model_location(OmegaConf.load(kl_out / "config.yaml")))) > 1e-3
+    assert abs(first["lm_loss"] - lm_loss(base_model(OmegaConf.load(kl_out / "config.yaml")))) > 1e-3
 
 
 def test_frozen_teacher_matches_the_shared_one_at_step_one_then_stays_behind(kl_stage, tmp_path, cache_dir):

@@ -27,7 +27,7 @@ def main(output_dir: str, options: list[str]) -> None:
                 "trainer.gradient_accumulation_steps=2",
             ]
         )
-        args = build_training_args(cfg)
+        args = build_training_args(cfg.trainer, cfg.deepspeed)
         resolved = args.hf_deepspeed_config.config if args.deepspeed else None
         print(json.dumps({"option": option, "world_size": args.world_size, "deepspeed": resolved}))
     distributed.teardown()

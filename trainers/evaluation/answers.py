@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 
 from xmodal.data_builders.sample import prompt_messages
+from xmodal.core.console import progress_bar
 from xmodal.core.scoring import GRADERS, cut_at_end, grader
 from xmodal.data_builders.templates import ChatTemplate
 from xmodal.core.tokens import IGNORE_INDEX
@@ -216,16 +217,18 @@ def predict(
     settings: GenerationSettings,
     judge: Callable | None = None,
     batches: list[int] | None = None,
+    progress: str | None = None,
 ) -> list[Prediction]:
     """Answers to `items`, `settings.batch_size` prompts at a time (only the batch numbers in `batches`, when given:
-    a rank's share in distributed evaluation). Sampling is seeded and leaves the caller's random state untouched."""
+    a rank's share in distributed evaluation). Sampling is seeded and leaves the caller's random state untouched.
+    `progress`: the description of a progress bar over the batches (none without one)."""
     starts = list(range(0, len(items), settings.batch_size))
     chosen = starts if batches is None else [starts[number] for number in batches]
     device = next(model.parameters()).device
     predictions = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(settings.seed)
-        for start in chosen:
+        for start in chosen if progress is None else progress_bar(chosen, progress):
             batch = items[start : start + settings.batch_size]
             prompts, prompt_ids, answers = answer_batch(model, processor, batch, settings)
             for item, prompt, ids, item_answers in zip(batch, prompts, prompt_ids, answers):

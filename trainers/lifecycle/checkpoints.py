@@ -49,9 +49,12 @@ def latest_complete_checkpoint(output_dir: str) -> str | None:
 
 
 def resolve_resume(resume, output_dir: str) -> str | None:
-    """`resume` is false, true (newest complete checkpoint in output_dir) or a checkpoint path."""
+    """`resume` is false, true (newest complete checkpoint in output_dir), auto (that checkpoint if there is one,
+    else a fresh start: one command for a job's first start and its requeued starts) or a checkpoint path."""
     if resume in (False, None, "false", "False"):
         return None
+    if resume == "auto":
+        return latest_complete_checkpoint(output_dir)
     if resume in (True, "true", "True"):
         checkpoint = latest_complete_checkpoint(output_dir)
         if checkpoint is None:

@@ -1,14 +1,20 @@
-"""Preemption: SIGTERM or SIGINT ends a run at the next step boundary with a complete checkpoint, resumable.
+"""Preemption: SIGTERM, SIGINT or SIGUSR1 ends a run at the next step boundary with a complete checkpoint, resumable.
 
 The signal handler only records the request; the optimizer step in flight finishes. At the end of each step the
 ranks agree (one all-reduce: a signal on any rank stops all of them at the same step), the Trainer writes
 `checkpoint-<step>` (with its completion marker) and stops, and the recipe exits with `PREEMPTED_EXIT_CODE`
-instead of saving `final/`. `resume=true` continues from that checkpoint. Further signals while stopping are
-ignored, so a launcher that relays a Ctrl-C as SIGTERM does not kill a rank mid-save.
+instead of saving `final/`. `resume=true` (or `resume=auto`) continues from that checkpoint. Further signals while
+stopping are ignored, so a launcher that relays a Ctrl-C as SIGTERM does not kill a rank mid-save.
+
+Before exiting, rank 0 writes `<output_dir>/PREEMPTED` (the step and checkpoint, atomically): a batch script sees
+the preemption there whatever exit status its launcher reports (torchrun exits 1 for a worker's 75), and requeues
+(scripts/slurm/). SIGUSR1 is there for schedulers: torchrun does not handle it, so a `--signal=USR1@<lead>`
+reaches the ranks directly instead of through torchrun, which would kill them 30 s after relaying a SIGTERM.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -16,11 +22,14 @@ import signal
 import torch
 from transformers import TrainerCallback
 
+from xmodal.core.atomic import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 # EX_TEMPFAIL from sysexits.h: "temporary failure, try again later" - resume the run with resume=true.
 PREEMPTED_EXIT_CODE = 75
-PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+PREEMPTED_MARKER = "PREEMPTED"  # in output_dir while the run's last start ended preempted
 
 
 class TrainingPreempted(SystemExit):
@@ -70,3 +79,9 @@ class PreemptionCallback(TrainerCallback):
         if self.stopped_at_step is None:
             return None
         return os.path.join(output_dir, f"checkpoint-{self.stopped_at_step}")
+
+
+def write_preempted_marker(output_dir: str, step: int, checkpoint: str) -> None:
+    """`<output_dir>/PREEMPTED`: `{"step": N, "checkpoint": ".../checkpoint-N"}`, written whole or not at all."""
+    record = {"step": step, "checkpoint": os.path.abspath(checkpoint)}
+    atomic_write_text(os.path.join(output_dir, PREEMPTED_MARKER), json.dumps(record) + "\n")

@@ -6,7 +6,12 @@ from __future__ import annotations
 
 import logging
 
-from xmodal.trainers.lifecycle.preemption import PREEMPTED_EXIT_CODE, PreemptionCallback, TrainingPreempted
+from xmodal.trainers.lifecycle.preemption import (
+    PREEMPTED_EXIT_CODE,
+    PreemptionCallback,
+    TrainingPreempted,
+    write_preempted_marker,
+)
 from xmodal.trainers.lifecycle.resume import is_peft_model, load_full_weights, verify_checkpoint_weights
 
 logger = logging.getLogger(__name__)
@@ -31,8 +36,9 @@ class ResilientTrainingMixin:
             # Release the DeepSpeed engine while the process group exists (as the recipe does after saving).
             self.accelerator.free_memory()
             if self.is_world_process_zero():
+                write_preempted_marker(self.args.output_dir, self.state.global_step, checkpoint)
                 logger.warning(
-                    "preempted: %s written; continue with resume=true (exit status %d)", checkpoint, PREEMPTED_EXIT_CODE
+                    "preempted: %s written; continue with resume=auto (exit status %d)", checkpoint, PREEMPTED_EXIT_CODE
                 )
             raise TrainingPreempted(checkpoint)
         return output

@@ -1,27 +1,33 @@
 """The run directory (`output_dir`) of a training run: one run per directory, its own directory in a sweep.
 
-`claim_output_dir` runs on every rank before anything is written: it gives each job of a Hydra multirun its own
-directory, refuses a fresh run into a directory that holds another run's files (unless `overwrite=true`), and
-returns the checkpoint to resume from. `open_output_dir` (rank 0, once every rank has claimed) deletes the old
-run's files when overwriting and writes `config.yaml` with secrets redacted.
+`job_output_dir` gives each job of a Hydra multirun its own directory; `claim_output_dir` runs on every rank before
+anything is written: it refuses a fresh run into a directory that holds another run's files (unless
+`overwrite=true`), and returns the checkpoint to resume from (`resume=auto`: only a checkpoint of a run with this command's settings).
+`open_output_dir` (rank 0, once every rank has claimed) deletes the old run's files when overwriting, clears the
+PREEMPTED marker of the start before, and writes `config.yaml` with secrets redacted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import sys
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from xmodal.core.atomic import atomic_write_text
 from xmodal.core.errors import ConfigError
 from xmodal.trainers.lifecycle.checkpoints import resolve_resume
+from xmodal.trainers.lifecycle.preemption import PREEMPTED_MARKER
 
 # What a run writes into its directory (checkpoint-N/ besides); the eval/ and imbalance/ defaults of xmodal-eval
 # and xmodal-imbalance describe its final model, so they go with it.
-RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "final", ".final.staging", "adapter", "wandb", "tensorboard", "eval", "imbalance")
+RUN_ENTRIES = (
+    "config.yaml", "metrics.jsonl", "final", ".final.staging", "adapter", "wandb", "tensorboard", "eval", "imbalance",
+    PREEMPTED_MARKER,
+)
 _CHECKPOINT = re.compile(r"^checkpoint-\d+$")
 _SECRET_KEY = re.compile(r"api_?key|secret|password|(auth|access|hub|hf|wandb)_?token", re.IGNORECASE)
 SECRET_ENV = ("WANDB_API_KEY", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
@@ -62,37 +68,83 @@ def sweep_subdirectory() -> str | None:
     return name.replace(os.sep, "_")
 
 
-def claim_output_dir(cfg: DictConfig) -> str | None:
-    """Fix `cfg.output_dir` for this job, refuse to mix runs, and return the checkpoint to resume from (or None).
+def job_output_dir(output_dir: str) -> str:
+    """This job's run directory: `output_dir`, or its own subdirectory of it in a Hydra sweep. The recipe records it
+    in its config (`cfg.output_dir = job_output_dir(cfg.output_dir)`) before anything reads the directory."""
+    subdirectory = sweep_subdirectory()
+    return os.path.join(output_dir, subdirectory) if subdirectory else output_dir
+
+
+def claim_output_dir(output_dir: str, resume: bool | str, overwrite: bool, resolved_config: dict) -> str | None:
+    """The checkpoint in the job's `output_dir` that `resume` names (or None); refuses to mix two runs in one
+    directory. `resume=auto` compares `resolved_config` (the run's config as a plain container) with the one the
+    directory's run recorded.
 
     Every rank calls it before any rank writes into the directory, so all ranks decide alike.
     """
-    subdirectory = sweep_subdirectory()
-    if subdirectory:
-        cfg.output_dir = os.path.join(cfg.output_dir, subdirectory)
-    resume_from = resolve_resume(cfg.resume, cfg.output_dir)
+    resume_from = resolve_resume(resume, output_dir)
+    if resume_from and resume == "auto":
+        require_same_settings(output_dir, resolved_config)
     # A config.yaml alone is a run that stopped before training (a bad record, a model that did not load): the
     # corrected command may reuse the directory.
-    found = [name for name in run_entries(cfg.output_dir) if name != "config.yaml"]
-    if resume_from and cfg.overwrite:
+    found = [name for name in run_entries(output_dir) if name != "config.yaml"]
+    if resume_from and overwrite:
         raise ConfigError("overwrite=true would delete the checkpoints resume= continues from: pass one of them")
-    if found and not resume_from and not cfg.overwrite:
+    if found and not resume_from and not overwrite:
         shown = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
         raise ConfigError(
-            f"output_dir={cfg.output_dir} already holds a run ({shown}): resume=true continues it, overwrite=true "
+            f"output_dir={output_dir} already holds a run ({shown}): resume=true continues it, overwrite=true "
             "deletes it and starts afresh, or choose another output_dir"
         )
     return resume_from
 
 
-def open_output_dir(cfg: DictConfig) -> None:
-    """On rank 0: delete the previous run's files when overwriting, then write the resolved `config.yaml`."""
-    if cfg.overwrite:
-        for name in run_entries(cfg.output_dir):
-            path = os.path.join(cfg.output_dir, name)
+# Settings that may change between the starts of one run.
+_RESTART_KEYS = ("resume", "overwrite")
+
+
+def require_same_settings(output_dir: str, resolved_config: dict) -> None:
+    """Refuse `resume=auto` into a directory whose config.yaml (written by its first start) has settings other than
+    `resolved_config`'s: the checkpoint there belongs to another run, and continuing it would mix the two."""
+    path = os.path.join(output_dir, "config.yaml")
+    if not os.path.isfile(path):
+        return
+    saved = _dotted(OmegaConf.to_container(OmegaConf.load(path)))
+    current = _dotted(redact_secrets(resolved_config))
+    differing = sorted(
+        key for key in saved.keys() | current.keys()
+        if key.split(".", 1)[0] not in _RESTART_KEYS and saved.get(key) != current.get(key)
+    )
+    if differing:
+        shown = ", ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in differing[:4])
+        raise ConfigError(
+            f"resume=auto: {path} belongs to a run with other settings ({shown}"
+            f"{', ...' if len(differing) > 4 else ''}); choose another output_dir, or resume=true to continue "
+            "that run with these settings"
+        )
+
+
+def _dotted(node, prefix: str = "") -> dict:
+    """A nested config container as {"a.b.c": leaf}."""
+    if not isinstance(node, dict) or not node:
+        return {prefix: node}
+    return {
+        dotted: leaf
+        for key, value in node.items()
+        for dotted, leaf in _dotted(value, f"{prefix}.{key}" if prefix else str(key)).items()
+    }
+
+
+def open_output_dir(output_dir: str, overwrite: bool, resolved_config: dict) -> None:
+    """On rank 0: delete the previous run's files when `overwrite`, drop the PREEMPTED marker (this start is under
+    way), then write `resolved_config` (the run's config as a plain container) to `config.yaml`, secrets redacted."""
+    if overwrite:
+        for name in run_entries(output_dir):
+            path = os.path.join(output_dir, name)
             shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-    config = redact_secrets(OmegaConf.to_container(cfg, resolve=True))
-    atomic_write_text(os.path.join(cfg.output_dir, "config.yaml"), OmegaConf.to_yaml(config))
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(os.path.join(output_dir, PREEMPTED_MARKER))
+    atomic_write_text(os.path.join(output_dir, "config.yaml"), OmegaConf.to_yaml(redact_secrets(resolved_config)))
 
 
 def redact_secrets(node):

@@ -17,6 +17,7 @@ from xmodal.core.atomic import publish_directory
 from xmodal.core.errors import ConfigError
 from xmodal.core import distributed
 from xmodal.trainers.lifecycle.callbacks import CheckpointCompletionCallback, MetricsFileCallback
+from xmodal.trainers.lifecycle.run_directory import open_output_dir
 from xmodal.core.console import run_summary
 from xmodal.trainers.models.finetuning import FinetuneSettings, apply_finetuning
 from xmodal.trainers.models import load_model
@@ -24,35 +25,46 @@ from xmodal.trainers.models import load_model
 logger = logging.getLogger(__name__)
 
 
-def start_deepspeed_backend(cfg: DictConfig) -> bool:
-    """With a `deepspeed` config: the launcher's environment and DeepSpeed's process group, set up before the
-    training arguments (their "auto" batch sizes read the world size). Returns whether DeepSpeed is on."""
-    uses_deepspeed = bool(OmegaConf.to_container(cfg.deepspeed))
+def start_deepspeed_backend(deepspeed_cfg: DictConfig, timeout_s: float | None = None) -> bool:
+    """With a `deepspeed` config: the launcher's environment and DeepSpeed's process group (`timeout_s`:
+    `trainer.ddp_timeout`), set up before the training arguments (their "auto" batch sizes read the world size).
+    Returns whether DeepSpeed is on."""
+    uses_deepspeed = bool(OmegaConf.to_container(deepspeed_cfg))
     if uses_deepspeed:
         distributed.ensure_launcher_environment()
-        distributed.init_deepspeed_backend()
+        distributed.init_deepspeed_backend(timeout_s)
     return uses_deepspeed
 
 
-def load_training_model(cfg: DictConfig, base_model: str):
+def examples_per_step(trainer_cfg: DictConfig) -> int:
+    """Instances per optimizer step of the run `trainer` configures (what a step-based schedule counts in):
+    per-device batch x gradient accumulation x the launched world size."""
+    batch = OmegaConf.select(trainer_cfg, "per_device_train_batch_size", default=1)
+    accumulation = OmegaConf.select(trainer_cfg, "gradient_accumulation_steps", default=1)
+    return int(batch) * int(accumulation) * distributed.launched_world_size()
+
+
+def load_training_model(model_cfg: DictConfig, finetune_cfg: DictConfig, base_model: str):
     """The model to train: loaded as `model` says, then frozen / LoRA-wrapped as `finetune` says."""
-    model = load_model(base_model, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
-    return apply_finetuning(model, FinetuneSettings(**OmegaConf.to_container(cfg.finetune, resolve=True)))
+    model = load_model(base_model, model_cfg.dtype, model_cfg.attn_implementation, model_cfg.trust_remote_code)
+    return apply_finetuning(model, FinetuneSettings(**OmegaConf.to_container(finetune_cfg, resolve=True)))
 
 
-def training_callbacks(cfg: DictConfig, metrics: list) -> list:
+def training_callbacks(output_dir: str, metrics: list) -> list:
     """Every run's callbacks (metrics.jsonl, checkpoint completion and rotation) and its metric callbacks."""
-    return [MetricsFileCallback(cfg.output_dir), CheckpointCompletionCallback(), *metrics]
+    return [MetricsFileCallback(output_dir), CheckpointCompletionCallback(), *metrics]
 
 
-def build_training_args(cfg: DictConfig, args_class: type = TrainingArguments, **extra) -> TrainingArguments:
+def build_training_args(
+    trainer_cfg: DictConfig, deepspeed_cfg: DictConfig, args_class: type = TrainingArguments, **extra
+) -> TrainingArguments:
     """`args_class` (TrainingArguments or a subclass such as TRL's GRPOConfig) from `trainer` + `deepspeed` +
     `extra`; built before the model so ZeRO-3 partitions at load."""
-    kwargs = {**OmegaConf.to_container(cfg.trainer, resolve=True), **extra}
-    deepspeed_config = OmegaConf.to_container(cfg.deepspeed, resolve=True) or None
+    kwargs = {**OmegaConf.to_container(trainer_cfg, resolve=True), **extra}
+    deepspeed_config = OmegaConf.to_container(deepspeed_cfg, resolve=True) or None
     if deepspeed_config and distributed.configure_cpu_deepspeed_state():
         kwargs.setdefault("accelerator_config", {})["use_configured_state"] = True
-    elif not deepspeed_config and not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", 1)) > 1:
+    elif not deepspeed_config and not torch.cuda.is_available() and distributed.launched_world_size() > 1:
         # Several processes without a GPU: only `use_cpu` makes accelerate run DDP over gloo; otherwise every
         # rank trains alone on its own copy and each one writes the run directory as if it were rank 0.
         kwargs.setdefault("use_cpu", True)
@@ -64,6 +76,16 @@ def build_training_args(cfg: DictConfig, args_class: type = TrainingArguments, *
     return args
 
 
+def open_run(
+    args: TrainingArguments, output_dir: str, cache_dir: str, *, overwrite: bool, resolved_config: dict
+) -> None:
+    """Rank 0 opens the run directory (xmodal.trainers.lifecycle.run_directory.open_output_dir, which records
+    `resolved_config`); then every rank checks that the run directory and the cache are the same files on every node."""
+    if args.process_index == 0:
+        open_output_dir(output_dir, overwrite, resolved_config)
+    distributed.require_shared_directories({"output_dir": output_dir, "cache_dir (XMODAL_CACHE)": cache_dir})
+
+
 def export_logger_environment(logger_cfg: DictConfig) -> None:
     """Set the logger's variables from the config (which config.yaml records); assigned, not defaulted, so the
     jobs of one multirun process each log into their own output_dir."""
@@ -73,28 +95,28 @@ def export_logger_environment(logger_cfg: DictConfig) -> None:
         os.environ.setdefault("WANDB_MODE", "offline")  # no key: log locally, never prompt
 
 
-def metric_callbacks(cfg: DictConfig) -> list:
-    return [instantiate(callback_cfg) for _, callback_cfg in sorted((cfg.metrics or {}).items())]
+def metric_callbacks(metrics_cfg: DictConfig | None) -> list:
+    """The `metrics` group's callbacks, built by name order."""
+    return [instantiate(callback_cfg) for _, callback_cfg in sorted((metrics_cfg or {}).items())]
 
 
-def save_final(trainer, processor, cfg: DictConfig, base_model: str) -> str:
-    """`<output_dir>/final`: full weights + processor, loadable with the Auto classes (LoRA merged in)."""
-    final_dir = os.path.join(cfg.output_dir, "final")
-    staging = os.path.join(cfg.output_dir, ".final.staging")
+def save_final(trainer, processor, output_dir: str, base_model: str, model_cfg: DictConfig, lora: bool) -> str:
+    """`<output_dir>/final`: full weights + processor, loadable with the Auto classes. A `lora` run's adapters are
+    merged into the base model, reloaded as `model` says."""
+    final_dir = os.path.join(output_dir, "final")
+    staging = os.path.join(output_dir, ".final.staging")
     if trainer.is_world_process_zero():  # a save killed earlier may have left files that this model does not overwrite
         shutil.rmtree(staging, ignore_errors=True)
     distributed.barrier()
-    if cfg.finetune.mode == "lora":
-        adapter_dir = os.path.join(cfg.output_dir, "adapter")
+    if lora:
+        adapter_dir = os.path.join(output_dir, "adapter")
         trainer.save_model(adapter_dir)  # every rank: gathers the ZeRO-3 shards of the adapters
         distributed.barrier()
         if trainer.is_world_process_zero():
             from peft import PeftModel
 
             with distributed.loading_whole_models(trainer.args):
-                base = load_model(
-                    base_model, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code
-                )
+                base = load_model(base_model, model_cfg.dtype, model_cfg.attn_implementation, model_cfg.trust_remote_code)
                 PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().save_pretrained(staging)
     else:
         trainer.save_model(staging)
@@ -105,15 +127,19 @@ def save_final(trainer, processor, cfg: DictConfig, base_model: str) -> str:
     return final_dir
 
 
-def train_and_save(trainer, processor, cfg: DictConfig, base_model: str, resume_from: str | None, started: float) -> str:
-    """Train (from `resume_from`, see xmodal.trainers.lifecycle.run_directory.claim_output_dir), save `final/`, release the engine,
-    print the run summary; returns the final directory. `started` is the run's `time.monotonic()` start."""
+def train_and_save(
+    trainer, processor, *, output_dir: str, base_model: str, model_cfg: DictConfig, lora: bool,
+    resume_from: str | None, started: float,
+) -> str:
+    """Train (from `resume_from`, see xmodal.trainers.lifecycle.run_directory.claim_output_dir), save `final/`
+    (see `save_final`), release the engine, print the run summary; returns the final directory. `started` is the
+    run's `time.monotonic()` start."""
     trainer.train(resume_from_checkpoint=resume_from)
-    final_dir = save_final(trainer, processor, cfg, base_model)
+    final_dir = save_final(trainer, processor, output_dir, base_model, model_cfg, lora)
     # Release the DeepSpeed engine (ZeRO-3 hooks, optimizer state) while the process group still exists;
     # left to interpreter shutdown, a ZeRO-3 rank can abort in teardown.
     trainer.accelerator.free_memory()
     if trainer.is_world_process_zero():
         state = trainer.state
-        logger.info(run_summary(state.log_history, state.global_step, cfg.output_dir, final_dir, time.monotonic() - started))
+        logger.info(run_summary(state.log_history, state.global_step, output_dir, final_dir, time.monotonic() - started))
     return final_dir

@@ -1,2 +1,3 @@
-"""Training-time metrics: attention imbalance (`imbalance` math, `imbalance_probes` masks, `imbalance_callback`),
-each a `TrainerCallback` selected with `metrics=<name>`, and their plots (`plots`)."""
+"""Training-time metrics, each a `MetricCallback` (`base`) selected with `metrics=<name>`: attention imbalance
+(`imbalance` math, `imbalance_probes` masks and the probe loop, `imbalance_callback`), held-out answers
+(`eval_callback`), and their plots (`plots`)."""

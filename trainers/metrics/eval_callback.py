@@ -18,7 +18,6 @@ from __future__ import annotations
 import torch.distributed as dist
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from transformers import TrainerCallback
 from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from xmodal.core.errors import ConfigError
@@ -26,13 +25,16 @@ from xmodal.data_builders.instances import build_instances
 from xmodal.data_builders.templates import get_template
 from xmodal.trainers.evaluation.answers import GenerationSettings, Prediction, batch_count, eval_items, predict
 from xmodal.trainers.evaluation.report import flat_scalars, summarise
+from xmodal.trainers.metrics.base import MetricCallback
 
 LOG_PREFIX = "eval"
 
 
-class EvalCallback(TrainerCallback):
+class EvalCallback(MetricCallback):
     """Evaluates `per_condition` held-out items per condition every `every_n_steps` optimizer steps and at the
     last step. `generation`: GenerationSettings fields (greedy by default)."""
+
+    scope = "eval"
 
     def __init__(
         self,
@@ -48,44 +50,34 @@ class EvalCallback(TrainerCallback):
         prompt_style: str = "compact",
         seed: int = 0,
     ):
-        if every_n_steps < 1:
-            raise ValueError("metrics.eval.every_n_steps must be positive")
-        self.heldout = OmegaConf.create(
-            {
-                "data": _overridden(data, data_overrides, "data"),
-                "builder": _overridden(builder, builder_overrides, "builder"),
-                "seed": seed,
-            }
-        )
+        super().__init__(every_n_steps)
+        self.heldout_data = _overridden(data, data_overrides, "data")
+        self.heldout_builder = _overridden(builder, builder_overrides, "builder")
+        self.seed = seed
         self.template = get_template(template)
         self.judge = instantiate(judge) if judge is not None else None
-        self.every_n_steps = every_n_steps
         self.per_condition = per_condition
         self.settings = GenerationSettings.from_config(
             {"seed": seed, **OmegaConf.to_container(OmegaConf.create(generation or {}), resolve=True)}, prompt_style
         )
-        self.trainer = None
         self.items = []
 
     def bind(self, trainer, probe_rows=None, probe_instances=None, collator=None) -> None:
         """Attach to `trainer` and build the held-out items once. The held-out set is the callback's own: the
         probe arguments a recipe hands every metric callback (for `metrics=imbalance`) are not used."""
-        self.trainer = trainer
-        items = eval_items(build_instances(self.heldout).instances, self.per_condition)
+        super().bind(trainer)
+        built = build_instances(self.heldout_data, self.heldout_builder, seed=self.seed)
+        items = eval_items(built.instances, self.per_condition)
         self.items = sorted(items, key=lambda item: item.condition)  # batches within one condition, as in xmodal-eval
 
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step % self.every_n_steps and state.global_step != state.max_steps:
-            return
-        if self.trainer is None:
-            raise RuntimeError("EvalCallback.bind(trainer) must be called before training")
+    def due(self, state) -> bool:
+        return super().due(state) or state.global_step == state.max_steps
+
+    def on_due_step(self, args, state, control, model) -> None:
         predictions = self.answer_heldout()
         mismatches = sum(not prediction.prompt_matches_training for prediction in predictions)
         scalars = {f"{LOG_PREFIX}/items": len(predictions), f"{LOG_PREFIX}/prompt_mismatches": mismatches}
-        # Trainer.log clears `should_log`, which the flow callback has just set for this step's loss log.
-        should_log = control.should_log
-        self.trainer.log({**scalars, **flat_scalars(summarise(predictions, resamples=0), LOG_PREFIX)})
-        control.should_log = should_log
+        self.log(control, {**scalars, **flat_scalars(summarise(predictions, resamples=0), LOG_PREFIX)})
 
     def answer_heldout(self) -> list[Prediction]:
         """Every held-out item's prediction, on every rank."""

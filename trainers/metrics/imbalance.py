@@ -286,11 +286,11 @@ def _language_attention(model, recorder: _SpanRecorder):
         AttentionInterface.register(_PROBE_ATTENTION, sdpa_attention_forward)
 
 
-def _text_only(config, text_config, implementation: str):
-    if config is text_config:
+def _text_only(model_config, text_config, implementation: str):
+    if model_config is text_config:
         return implementation
-    for name in config.sub_configs:
-        if getattr(config, name, None) is text_config:
+    for name in model_config.sub_configs:
+        if getattr(model_config, name, None) is text_config:
             return {name: implementation}
-    raise ValueError(f"cannot find the language-model sub-config of {type(config).__name__}")
+    raise ValueError(f"cannot find the language-model sub-config of {type(model_config).__name__}")
 

@@ -11,20 +11,18 @@ every rank logs the same values.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.distributed as dist
-from transformers import Trainer, TrainerCallback
 
-from xmodal.trainers.metrics.imbalance import MODES, SpanStats, measure
-from xmodal.trainers.metrics.imbalance_probes import QUERY_SETS, SPAN_PAIRS, ProbeMasks, collate_probe
+from xmodal.trainers.metrics.base import MetricCallback
+from xmodal.trainers.metrics.imbalance import MODES, SpanStats
+from xmodal.trainers.metrics.imbalance_probes import QUERY_SETS, SPAN_PAIRS, ProbeMasks, collate_probe, probe_totals
 from xmodal.trainers.metrics.plots import figure_to_rgb, heatmap_grid
 
 LOG_PREFIX = "imbalance"
 
 
-class ImbalanceCallback(TrainerCallback):
+class ImbalanceCallback(MetricCallback):
     """Logs `imbalance/ratio`, per-layer `imbalance/ratio/layer_{i}` and the per-token variants.
 
     `layers`: language-model layer indices to probe (None = all). `query`: `last_prompt` or `answer`.
@@ -32,6 +30,8 @@ class ImbalanceCallback(TrainerCallback):
     `mode`: `weight` (attention mass) or `norm` (output-norm flow). `probe_size` rows are collated
     `probe_batch_size` at a time.
     """
+
+    scope = "imbalance"
 
     def __init__(
         self,
@@ -44,13 +44,13 @@ class ImbalanceCallback(TrainerCallback):
         mode: str = "weight",
         heatmap: bool = True,
     ):
-        if every_n_steps < 1 or probe_size < 1 or probe_batch_size < 1:
-            raise ValueError("every_n_steps, probe_size and probe_batch_size must be positive")
+        super().__init__(every_n_steps)
+        if probe_size < 1 or probe_batch_size < 1:
+            raise ValueError("metrics.imbalance: probe_size and probe_batch_size must be positive")
         # Checked here so that a config typo fails at start-up, not at the first probe.
         for name, value, allowed in (("query", query, QUERY_SETS), ("spans", spans, SPAN_PAIRS), ("mode", mode, MODES)):
             if value not in allowed:
                 raise ValueError(f"metrics.imbalance.{name} must be one of {allowed}, got {value!r}")
-        self.every_n_steps = every_n_steps
         self.probe_size = probe_size
         self.probe_batch_size = probe_batch_size
         self.layers = sorted(set(layers)) if layers is not None else None  # measure() reports them sorted
@@ -58,7 +58,6 @@ class ImbalanceCallback(TrainerCallback):
         self.spans = spans
         self.mode = mode
         self.heatmap = heatmap
-        self.trainer = None
         self.probe: list[tuple[dict, ProbeMasks]] = []
 
     def bind(
@@ -73,49 +72,28 @@ class ImbalanceCallback(TrainerCallback):
         rows = probe_rows if probe_rows is not None else _rows_with_images(trainer.train_dataset, self.probe_size)
         if not rows:
             raise ValueError("the imbalance probe is empty: no tokenized row with an image was found")
-        self.trainer = trainer
+        super().bind(trainer)
         self.probe = collate_probe(
             rows, collator or trainer.data_collator, trainer.model.config, trainer.processing_class,
             self.probe_batch_size, self.query, self.spans, probe_instances,
         )
 
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step % self.every_n_steps:
-            return
-        if self.trainer is None:
-            raise RuntimeError("ImbalanceCallback.bind(trainer) must be called before training")
+    def on_due_step(self, args, state, control, model) -> None:
         mean, count = self.measure_probe(model)
         if count == 0:
             return
-        # Trainer.log clears `should_log`, which the flow callback has just set for this step's loss log.
-        should_log = control.should_log
-        self.trainer.log(self.scalars(mean, count))
-        control.should_log = should_log
+        self.log(control, self.scalars(mean, count))
         if self.heatmap and state.is_world_process_zero:
             self._log_heatmap(args, state, mean)
 
-    @torch.no_grad()
     def measure_probe(self, model) -> tuple[SpanStats, int]:
         """Mean statistics over the valid probe sequences of all ranks, and how many there were."""
         rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+        sums, count, _ = probe_totals(
+            model, self.probe, self.prepare_inputs, layers=self.layers, mode=self.mode, rank=rank, world=world
+        )
         device = self.trainer.args.device
-        sums, count = None, torch.zeros((), device=device)
-        # Rank r measures batches r, r + world, ...; a rank short of batches repeats batch 0 without
-        # counting it, so every rank runs the same number of (collective, under ZeRO-3) forwards.
-        for turn in range(math.ceil(len(self.probe) / world)):
-            index = turn * world + rank
-            counted = index < len(self.probe)
-            batch, masks = self.probe[index if counted else 0]
-            # Device and DeepSpeed dtype as in training: the base Trainer's preparation (TRL's GRPO trainer
-            # overrides `_prepare_inputs` to generate rollouts).
-            inputs = Trainer._prepare_inputs(self.trainer, dict(batch))
-            measured = measure(model, inputs, masks.query, masks.a, masks.b, layers=self.layers, mode=self.mode)
-            batch_sums, batch_count = measured.totals()
-            if counted:
-                sums = batch_sums.to(device) if sums is None else sums + batch_sums.to(device)
-                count = count + batch_count.to(device)
-            elif sums is None:
-                sums = torch.zeros_like(batch_sums, device=device)
+        sums, count = sums.to(device), count.to(device)
         if world > 1:
             # One reduction of [quantities, L, H] sums with the count appended.
             packed = torch.cat([sums.flatten(), count.reshape(1)])

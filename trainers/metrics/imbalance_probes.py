@@ -11,11 +11,14 @@ Both restrict spans to attended tokens before the sequence's first query, so eve
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
+from xmodal.core.console import progress_bar
 from xmodal.core.tokens import IGNORE_INDEX, image_token_id
+from xmodal.trainers.metrics.imbalance import measure
 
 QUERY_SETS = ("last_prompt", "answer")
 SPAN_PAIRS = ("image_text", "evidence")
@@ -176,3 +179,31 @@ def collate_probe(
         )
         probe.append((batch, masks))
     return probe
+
+
+@torch.no_grad()
+def probe_totals(
+    model, probe: list[tuple[dict, ProbeMasks]], prepare, *, layers: list[int] | None, mode: str, rank: int = 0,
+    world: int = 1, progress: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """`(sums over the valid sequences [quantities, L, H], their count, the measured layers)` of `probe`'s batches,
+    each made model inputs by `prepare(batch)` and measured with `measure(..., layers, mode)`.
+
+    Rank `rank` of `world` measures batches rank, rank + world, ...; a rank short of batches repeats batch 0 without
+    counting it, so every rank runs the same number of (collective, under ZeRO-3) forwards; the caller all-reduces.
+    `progress`: the description of a progress bar over the batches (none without one).
+    """
+    sums = count = measured_layers = None
+    turns = range(math.ceil(len(probe) / world))
+    for turn in turns if progress is None else progress_bar(turns, progress):
+        index = turn * world + rank
+        counted = index < len(probe)
+        batch, masks = probe[index if counted else 0]
+        measured = measure(model, prepare(batch), masks.query, masks.a, masks.b, layers=layers, mode=mode)
+        batch_sums, batch_count = measured.totals()
+        if not counted:
+            batch_sums, batch_count = torch.zeros_like(batch_sums), torch.zeros_like(batch_count)
+        sums = batch_sums if sums is None else sums + batch_sums
+        count = batch_count if count is None else count + batch_count
+        measured_layers = measured.layers
+    return sums, count, measured_layers

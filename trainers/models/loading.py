@@ -39,21 +39,21 @@ def materialise_init(init_cfg: DictConfig, cache_dir: str, seed: int) -> str:
     return path
 
 
-def model_location(cfg: DictConfig) -> str:
-    """The checkpoint a run loads: `model.path`, or the tiny `model.init` materialised once into the cache,
+def model_location(model_cfg: DictConfig, cache_dir: str, seed: int) -> str:
+    """The checkpoint a run loads: `model.path`, or the tiny `model.init` materialised once into `cache_dir`,
     seeded with `model.init_seed` where the config sets one (one base model for every run seed, as a released
-    base model is), else with the run's seed.
+    base model is), else with the run's `seed`.
 
     Runs before the TrainingArguments exist: once they register a ZeRO-3 config, building a model enters
     the collective `zero.Init`, which a model built on rank 0 alone cannot join.
     """
-    if cfg.model.path:
-        return published_directory(cfg.model.path)  # e.g. another run's final/, even mid-publish
-    if not cfg.model.init:
+    if model_cfg.path:
+        return published_directory(model_cfg.path)  # e.g. another run's final/, even mid-publish
+    if not model_cfg.init:
         raise ConfigError("model: set model.path (a hub name or directory) or model.init (a builder config)")
     with distributed.main_process_first():
-        init_seed = OmegaConf.select(cfg, "model.init_seed", default=None)
-        return materialise_init(cfg.model.init, cfg.cache_dir, cfg.seed if init_seed is None else init_seed)
+        init_seed = OmegaConf.select(model_cfg, "init_seed", default=None)
+        return materialise_init(model_cfg.init, cache_dir, seed if init_seed is None else init_seed)
 
 
 def load_processor(path: str, trust_remote_code: bool = False):

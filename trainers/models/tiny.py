@@ -213,9 +213,9 @@ def build_tiny_qwen2_vl(
     return _instantiate(config, dtype, attn_implementation), processor
 
 
-def _instantiate(config, dtype: str, attn_implementation: str):
+def _instantiate(model_config, dtype: str, attn_implementation: str):
     import torch
 
     return AutoModelForImageTextToText.from_config(
-        config, dtype=getattr(torch, dtype), attn_implementation=attn_implementation
+        model_config, dtype=getattr(torch, dtype), attn_implementation=attn_implementation
     )

@@ -43,7 +43,7 @@ def importable_test_callback(monkeypatch):
 
 
 def _signal_at(step: int, signal_name: str, rank: int = 0) -> str:
-    callback = f"_target_:tests.core.test_preemption.SignalAtStep,step:{step},signal:{signal_name},rank:{rank}"
+    callback = f"_target_:tests.trainers.lifecycle.test_preemption.SignalAtStep,step:{step},signal:{signal_name},rank:{rank}"
     return f"+metrics.preempt={{{callback}}}"
 
 

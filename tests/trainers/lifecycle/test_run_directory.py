@@ -17,7 +17,7 @@ from xmodal.recipes import CONFIG_DIR, finetune
 from tests.support.helpers import FAST, read_metrics
 from xmodal.core.console import USER_ERROR_STATUS
 from xmodal.trainers.models import load_model
-from xmodal.trainers.lifecycle.run_directory import REDACTED, redact_secrets
+from xmodal.trainers.lifecycle.run_directory import REDACTED, claim_output_dir, job_output_dir, redact_secrets
 
 
 @pytest.fixture(autouse=True)
@@ -127,3 +127,14 @@ def test_code_shipped_with_a_checkpoint_runs_only_with_trust_remote_code(tmp_pat
     assert (tmp_path / "ran").exists()
     for model_config in Path(CONFIG_DIR, "model").glob("*.yaml"):
         assert yaml.safe_load(model_config.read_text())["trust_remote_code"] is False, model_config
+
+
+def test_claiming_returns_the_directory_and_the_checkpoint_without_touching_a_config(tmp_path):
+    run = tmp_path / "run"
+    assert job_output_dir(str(run)) == str(run)  # a single job (not a sweep) keeps its directory
+    assert claim_output_dir(str(run), resume=False, overwrite=False, resolved_config={}) is None
+    (run / "checkpoint-2").mkdir(parents=True)
+    (run / "checkpoint-2" / "xmodal_checkpoint_complete").write_text("")
+    assert claim_output_dir(str(run), resume=True, overwrite=False, resolved_config={}) == str(run / "checkpoint-2")
+    with pytest.raises(ConfigError, match=r"already holds a run \(checkpoint-2\)"):
+        claim_output_dir(str(run), resume=False, overwrite=False, resolved_config={})

@@ -38,7 +38,7 @@ def _recomputed_on_final_weights(overrides: list[str], output_dir) -> dict[str, 
     """The logged scalars computed afresh: the callback's held-out items answered by the saved final model."""
     cfg = compose_config(overrides)
     callback = instantiate(cfg.metrics.eval)
-    items = eval_items(build_instances(callback.heldout).instances, callback.per_condition)
+    items = eval_items(build_instances(callback.heldout_data, callback.heldout_builder, seed=callback.seed).instances, callback.per_condition)
     model, processor = load_for_inference(str(output_dir / "final"), "float32", "sdpa")
     predictions = predict(model, processor, items, callback.template, callback.settings)
     mismatches = sum(not prediction.prompt_matches_training for prediction in predictions)
