@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from xmodal.core.errors import ConfigError
-from xmodal.data_builders.templates import get_template
+from xmodal.data_builders.templates import image_text
 from xmodal.core.tokens import IGNORE_INDEX
 from xmodal.data_builders.tokenize import load_rgb
 
@@ -24,15 +24,16 @@ class MultimodalCollator:
     row) and unpaired instances (paired views must stay rows of their own).
     """
 
-    def __init__(self, processor, template: str, pad_to_multiple_of: int | None = None, packing: bool = False):
+    def __init__(self, processor, pad_to_multiple_of: int | None = None, packing: bool = False):
         if packing and processor.return_mm_token_type_ids:
             raise ConfigError(
-                f"packing: {type(processor).__name__} models compute M-RoPE position ids per row, which packed rows "
-                "cannot restart; set packing=false (length-grouped sampling still cuts padding)"
+                f"packing: {type(processor).__name__} models read per-row token types (M-RoPE position ids, attention "
+                "within an image), which packed rows cannot restart; set packing=false (length-grouped sampling still "
+                "cuts padding)"
             )
         self.packing = packing
         self.processor = processor
-        self.image_text = get_template(template).image
+        self.image_text = image_text(processor)
         self.pad_id = processor.tokenizer.pad_token_id
         self.pad_to_multiple_of = pad_to_multiple_of
         self._placeholder = None  # (token ids, image) of the blank image, built on first use
@@ -58,8 +59,11 @@ class MultimodalCollator:
         else:
             batch = pad_rows(input_ids, labels, self.pad_id, self.pad_to_multiple_of)
         batch.update(self.processor.image_processor(images=images, return_tensors="pt"))
-        if self.processor.return_mm_token_type_ids:  # Qwen2-VL marks image positions for M-RoPE
-            batch["mm_token_type_ids"] = (batch["input_ids"] == self.processor.image_token_id).long()
+        if self.processor.return_mm_token_type_ids:
+            # Image positions, as the processor marks them at inference: Qwen-VL's M-RoPE reads them
+            # (`mm_token_type_ids`), Gemma 3's bidirectional attention within an image too (`token_type_ids`).
+            key = "mm_token_type_ids" if "mm_token_type_ids" in self.processor.model_input_names else "token_type_ids"
+            batch[key] = torch.tensor(self.processor.create_mm_token_type_ids(batch["input_ids"]))
         if paired:
             batch["branch"] = torch.tensor([0] * len(features) + [1] * len(features))
         return batch

@@ -1,131 +1,79 @@
-"""Chat templates: how a conversation of typed content parts becomes prompt and answer text per model family."""
+"""Chat templates from the checkpoint: a conversation's prompt and answer text as the model's own processor renders it.
+
+No family's format is written here. Each assistant turn's supervised text is what `processor.apply_chat_template`
+adds when that turn is appended to the conversation before it, rendered as an inference prompt
+(`add_generation_prompt=True`): so the tokens before every answer are the tokens the model is prompted with at
+inference, whatever the family.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from xmodal.core.errors import ConfigError
+
+_MARK = "\x1fxmodal-mark\x1f"  # a text no template alters, to find where a template puts an image part
 
 
-@dataclass(frozen=True)
-class ChatTemplate:
-    """One model family's chat format.
-
-    Training renders a conversation as a sequence of segments; only assistant answers (with the end-of-turn
-    marker, so the model learns to stop) are supervised. `jinja` is the same format for
-    `processor.apply_chat_template` at inference time.
-    """
-
-    name: str
-    prefix: str  # opens every conversation (e.g. BOS)
-    system: str  # format of a system turn, `{content}`
-    user: str  # format of a user turn, `{content}`
-    assistant_header: str  # prompt side of an assistant turn (not trained)
-    assistant_answer: str  # format of the supervised answer, `{content}`
-    assistant_suffix: str  # after the answer, not trained (e.g. a newline after <|im_end|>)
-    image: str  # one image content part, before the processor expands it to its image tokens
-    default_system: str | None
-    jinja: str
-
-    def render_content(self, parts: list[dict]) -> str:
-        return "".join(self.image if part["type"] == "image" else part["text"] for part in parts)
+def render(processor, messages: list[dict], add_generation_prompt: bool) -> str:
+    return processor.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
 
 
-_LLAVA_JINJA = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{% set content = namespace(text='') %}"
-    "{% if message['content'] is string %}{% set content.text = message['content'] %}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}{% set content.text = content.text + '<image>\n' %}"
-    "{% else %}{% set content.text = content.text + part['text'] %}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{% if message['role'] == 'system' %}{{ content.text + ' ' }}"
-    "{% elif message['role'] == 'user' %}{{ 'USER: ' + content.text + ' ' }}"
-    "{% else %}{{ 'ASSISTANT: ' + content.text + eos_token }}{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
-)
-
-# The system turn Qwen2-VL and Qwen2.5-VL checkpoints' own chat templates open with when a conversation has none:
-# training prompts carry it too, so that they equal the prompts the checkpoint's template builds at inference.
-_QWEN2_DEFAULT_SYSTEM = "You are a helpful assistant."
-_QWEN2_JINJA = (
-    "{% for message in messages %}"
-    "{% if loop.first and message['role'] != 'system' %}"
-    "{{ '<|im_start|>system\n" + _QWEN2_DEFAULT_SYSTEM + "<|im_end|>\n' }}{% endif %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}{{ '<|vision_start|><|image_pad|><|vision_end|>' }}"
-    "{% else %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{{ '<|im_end|>\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-
-TEMPLATES: dict[str, ChatTemplate] = {
-    # LLaVA-1.5 (Vicuna v1 format), as in llava-hf/llava-1.5-*-hf.
-    "llava": ChatTemplate(
-        name="llava",
-        prefix="<s>",
-        system="{content} ",
-        user="USER: {content} ",
-        assistant_header="ASSISTANT:",
-        assistant_answer=" {content}</s>",
-        assistant_suffix="",
-        image="<image>\n",
-        default_system=None,
-        jinja=_LLAVA_JINJA,
-    ),
-    # ChatML with Qwen2-VL's vision markers, as in Qwen/Qwen2-VL-* and Qwen/Qwen2.5-VL-*.
-    "qwen2": ChatTemplate(
-        name="qwen2",
-        prefix="",
-        system="<|im_start|>system\n{content}<|im_end|>\n",
-        user="<|im_start|>user\n{content}<|im_end|>\n",
-        assistant_header="<|im_start|>assistant\n",
-        assistant_answer="{content}<|im_end|>",
-        assistant_suffix="\n",
-        image="<|vision_start|><|image_pad|><|vision_end|>",
-        default_system=_QWEN2_DEFAULT_SYSTEM,
-        jinja=_QWEN2_JINJA,
-    ),
-}
-
-
-def get_template(name: str) -> ChatTemplate:
+def image_text(processor) -> str:
+    """The text the template writes for one image content part (e.g. `<image>\\n`, or Qwen's vision markers around
+    `<|image_pad|>`): the processor expands it into the image's tokens. Found by rendering a user turn with and
+    without an image and keeping the difference; a template that cannot be used (none, or image parts dropped)
+    stops here with one line."""
+    name = type(processor).__name__
+    if not getattr(processor, "chat_template", None):
+        raise ConfigError(f"model: its processor ({name}) has no chat template; xmodal renders prompts only through one")
+    text_only = [{"role": "user", "content": [{"type": "text", "text": _MARK}]}]
+    with_image = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": _MARK}]}]
     try:
-        return TEMPLATES[name]
-    except KeyError:
-        raise KeyError(f"unknown chat template {name!r}; known: {sorted(TEMPLATES)}") from None
+        plain, imaged = render(processor, text_only, True), render(processor, with_image, True)
+    except Exception as error:  # a template may raise anything (jinja's raise_exception included)
+        raise ConfigError(f"model: the chat template of {name} cannot render an image+text user turn: {error}") from error
+    start = 0
+    while start < min(len(plain), len(imaged)) and plain[start] == imaged[start]:
+        start += 1
+    end = 0
+    while end < min(len(plain), len(imaged)) - start and plain[-1 - end] == imaged[-1 - end]:
+        end += 1
+    inserted = imaged[start : len(imaged) - end]
+    if not inserted or len(imaged) - len(plain) != len(inserted):
+        raise ConfigError(f"model: the chat template of {name} writes nothing for an image content part; it cannot take images")
+    return inserted
 
 
-def render_segments(template: ChatTemplate, messages: list[dict]) -> list[tuple[str, bool]]:
-    """Split a conversation into `(text, supervised)` segments whose concatenation is the full prompt.
+def render_segments(processor, messages: list[dict]) -> list[tuple[str, bool]]:
+    """Split a conversation into `(text, supervised)` segments whose concatenation is the template's rendering.
 
-    Every assistant turn is supervised, so a multi-turn instance (instance-level mixing) trains on each
-    answer; builders that want only some answers supervised mark the others `"train": False`.
+    Every assistant turn is supervised (its answer and end-of-turn marker, so the model learns to stop; whitespace
+    the template writes after the marker is not), so a multi-turn instance trains on each answer; builders that
+    want only some answers supervised mark the others `"train": False`. A template that rewrites earlier turns
+    when a later one is added (the renderings are not prefixes of each other) cannot be split and is refused.
     """
-    segments: list[tuple[str, bool]] = []
-    prompt = template.prefix
-    if template.default_system and (not messages or messages[0]["role"] != "system"):
-        prompt += template.system.format(content=template.default_system)
     for message in messages:
-        role = message["role"]
-        content = template.render_content(message["content"])
-        if role == "system":
-            prompt += template.system.format(content=content)
-        elif role == "user":
-            prompt += template.user.format(content=content)
-        elif role == "assistant":
-            prompt += template.assistant_header
-            answer = template.assistant_answer.format(content=content)
-            supervised = message.get("train", True)
-            segments.append((prompt, False))
-            segments.append((answer, supervised))
-            prompt = template.assistant_suffix
-        else:
-            raise ValueError(f"unknown role {role!r} (expected system, user or assistant)")
-    if prompt:
-        segments.append((prompt, False))
+        if message["role"] not in ("system", "user", "assistant"):
+            raise ValueError(f"unknown role {message['role']!r} (expected system, user or assistant)")
+        if not isinstance(message["content"], list):
+            raise TypeError(f"content of a {message['role']} turn must be a list of typed parts")
+    segments: list[tuple[str, bool]] = []
+    done = ""
+    for index, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = render(processor, messages[:index], True)
+        turn = render(processor, messages[: index + 1], False)
+        if not prompt.startswith(done) or not turn.startswith(prompt):
+            raise ConfigError(
+                f"model: the chat template of {type(processor).__name__} renders turn {index} differently once it is "
+                "followed by another, so answers cannot be told from prompts"
+            )
+        answer = turn[len(prompt) :]
+        supervised = answer.rstrip()
+        segments += [(prompt[len(done) :], False), (supervised, message.get("train", True))]
+        done = prompt + supervised
+    tail = render(processor, messages, False)
+    if not tail.startswith(done):
+        raise ConfigError(f"model: the chat template of {type(processor).__name__} rewrites earlier turns of a conversation")
+    segments.append((tail[len(done) :], False))
     return [(text, supervised) for text, supervised in segments if text]

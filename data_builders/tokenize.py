@@ -13,7 +13,8 @@ from PIL import Image
 
 from xmodal.core.tokens import IGNORE_INDEX
 from xmodal.data_builders.records import SAMPLE_COLUMN, ArrowRecords, is_stream
-from xmodal.data_builders.templates import ChatTemplate, get_template, render_segments
+from xmodal.core.errors import ConfigError
+from xmodal.data_builders.templates import image_text, render_segments
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +40,12 @@ def load_rgb(path: str) -> Image.Image:
         return image.convert("RGB")
 
 
-def encode_view(messages: list[dict], image_paths: list[str], processor, template: ChatTemplate, where: str) -> dict:
-    """Token ids and labels of one conversation; images expand to exactly as many tokens as the model will see."""
-    image_token = processor.image_token
-    segments = _segments(template, messages, where)
-    placeholders = sum(text.count(image_token) for text, _ in segments)
+def encode_view(messages: list[dict], image_paths: list[str], processor, where: str) -> dict:
+    """Token ids and labels of one conversation, rendered by the processor's chat template; images expand to exactly
+    as many tokens as the model will see."""
+    segments = _segments(processor, messages, where)
+    image = image_text(processor)
+    placeholders = sum(text.count(image) for text, _ in segments)
     if placeholders != len(image_paths):
         raise EncodingError(
             f"{where}: field 'images' has {len(image_paths)} path(s) but 'messages' has {placeholders} image part(s)"
@@ -52,7 +54,7 @@ def encode_view(messages: list[dict], image_paths: list[str], processor, templat
     input_ids: list[int] = []
     labels: list[int] = []
     for text, supervised in segments:
-        count = text.count(image_token)
+        count = text.count(image)
         paths, remaining = remaining[:count], remaining[count:]
         images = [_open_image(path, where) for path in paths]
         ids = processor(text=[text], images=images or None, add_special_tokens=False)["input_ids"][0]
@@ -62,10 +64,12 @@ def encode_view(messages: list[dict], image_paths: list[str], processor, templat
     return {"input_ids": input_ids, "labels": labels, "images": list(image_paths)}
 
 
-def _segments(template: ChatTemplate, messages: list[dict], where: str) -> list[tuple[str, bool]]:
+def _segments(processor, messages: list[dict], where: str) -> list[tuple[str, bool]]:
     try:
-        return render_segments(template, messages)
+        return render_segments(processor, messages)
     except (KeyError, TypeError, ValueError) as error:
+        if isinstance(error, ConfigError):
+            raise
         raise EncodingError(f"{where}: field 'messages' is malformed: {error}") from error
 
 
@@ -76,13 +80,13 @@ def _open_image(path: str, where: str) -> Image.Image:
         raise EncodingError(f"{where}: field 'images' names an unreadable image {path!r}: {error}") from error
 
 
-def encode_instance(instance: dict, processor, template: ChatTemplate, settings: EncodingSettings) -> dict | None:
+def encode_instance(instance: dict, processor, settings: EncodingSettings) -> dict | None:
     """Encode an instance (and its teacher view, if paired); None when it is over-long and settings say drop."""
     where = f"instance {instance.get('id')!r}"
-    encoded = encode_view(instance["messages"], instance.get("images", []), processor, template, where)
+    encoded = encode_view(instance["messages"], instance.get("images", []), processor, where)
     teacher = instance.get("teacher")
     if teacher:
-        view = encode_view(teacher["messages"], teacher.get("images", []), processor, template, f"{where} (teacher)")
+        view = encode_view(teacher["messages"], teacher.get("images", []), processor, f"{where} (teacher)")
         if _supervised(view["labels"]) != _supervised(encoded["labels"]):
             raise EncodingError(f"{where}: field 'teacher' does not share the student's target tokens")
         encoded.update({f"teacher_{key}": value for key, value in view.items()})
@@ -102,7 +106,7 @@ def _supervised(labels: list[int]) -> list[int]:
     return [label for label in labels if label != IGNORE_INDEX]
 
 
-def _fingerprint(instances, processor, template: ChatTemplate, settings: EncodingSettings) -> str:
+def _fingerprint(instances, processor, settings: EncodingSettings) -> str:
     digest = hashlib.sha256()
     if isinstance(instances, ArrowRecords):
         # `datasets` fingerprints a table by its origin and every transform since (source file, preparation,
@@ -116,23 +120,23 @@ def _fingerprint(instances, processor, template: ChatTemplate, settings: Encodin
                 digest.update(f"{path}:{stat and stat.st_size}:{stat and stat.st_mtime_ns}".encode())
     digest.update(processor.tokenizer.backend_tokenizer.to_str().encode())
     digest.update(processor.image_processor.to_json_string().encode())
-    digest.update(repr((template, settings)).encode())
+    digest.update(repr((processor.chat_template, settings)).encode())
     return digest.hexdigest()[:24]
 
 
-def tokenize_instances(instances, processor, template_name: str, settings: EncodingSettings, cache_dir: str):
+def tokenize_instances(instances, processor, settings: EncodingSettings, cache_dir: str):
     """A `datasets.Dataset` of encoded instances; re-running with the same inputs loads the cached Arrow file.
 
     `instances`: a list, `ArrowRecords` (tokenized by `settings.num_proc` processes straight from the table), or
     a `datasets.IterableDataset` of serialized instances (data.streaming=true), encoded lazily as it is read.
     """
-    template = get_template(template_name)
+    image_text(processor)  # a template that cannot train stops here, in one line, before any instance
 
     def encode_batch(batch):
         columns: dict[str, list] = {"input_ids": [], "labels": [], "images": [], "length": []}
         paired = False
         for serialized in batch[SAMPLE_COLUMN]:
-            encoded = encode_instance(json.loads(serialized), processor, template, settings)
+            encoded = encode_instance(json.loads(serialized), processor, settings)
             if encoded is None:
                 continue
             if "teacher_input_ids" in encoded:
@@ -151,7 +155,7 @@ def tokenize_instances(instances, processor, template_name: str, settings: Encod
     if is_stream(instances):
         return instances.map(encode_batch, batched=True, batch_size=64, remove_columns=[SAMPLE_COLUMN])
     os.makedirs(cache_dir, exist_ok=True)
-    cache_file = os.path.join(cache_dir, f"tokenized-{_fingerprint(instances, processor, template, settings)}.arrow")
+    cache_file = os.path.join(cache_dir, f"tokenized-{_fingerprint(instances, processor, settings)}.arrow")
     if isinstance(instances, ArrowRecords):
         raw = instances.dataset
     else:

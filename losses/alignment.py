@@ -281,6 +281,14 @@ def full_reward_rows(rewards_per_func: torch.Tensor) -> torch.Tensor:
     return torch.isclose(rewards_per_func, torch.ones_like(rewards_per_func), atol=1e-6).all(dim=1)
 
 
+def inside_released_clamps(student_logprobs, teacher_logprobs, estimator: str = "k3") -> torch.Tensor:
+    """Per token, whether the released clamps leave the estimate its gradient: |d| below RELEASED_LOG_RATIO_BOUND
+    and the unclamped estimate within +-RELEASED_ESTIMATE_BOUND (where either binds, the gradient is zero)."""
+    d = teacher_logprobs.detach().float() - student_logprobs.detach().float()
+    estimate = token_kl_estimates(student_logprobs.detach(), teacher_logprobs, estimator, clamp=False)
+    return (d.abs() < RELEASED_LOG_RATIO_BOUND) & (estimate.abs() < RELEASED_ESTIMATE_BOUND)
+
+
 def rollout_alignment_sum(student_logps, teacher_logps, mask, alignment: RolloutAlignment) -> torch.Tensor:
     """Sum over the `mask`ed (aligned) tokens of the per-token estimate (teacher detached in `token_kl_estimates`)."""
     estimates = token_kl_estimates(student_logps, teacher_logps, alignment.estimator, alignment.clamp)

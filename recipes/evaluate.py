@@ -28,7 +28,6 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from xmodal.core.atomic import atomic_write_text
-from xmodal.data_builders.templates import get_template
 from xmodal.recipes import CONFIG_DIR, base_model, instances_of
 from xmodal.conf.schema import check_schema
 from xmodal.core.console import hydra_console_script
@@ -47,9 +46,7 @@ def evaluate_checkpoint(
     model, processor = load_for_inference(
         path, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code
     )
-    predictions = predict(
-        model, processor, items, get_template(cfg.model.template), generation, judge, progress=f"answering {path}"
-    )
+    predictions = predict(model, processor, items, generation, judge, progress=f"answering {path}")
     summary = summarise(predictions, settings.bootstrap_resamples, settings.seed, settings.confidence)
     report = {"checkpoint": path, **summary}
     mismatches: dict[str, int] = defaultdict(int)
@@ -59,8 +56,7 @@ def evaluate_checkpoint(
         report["conditions"][condition]["prompt_mismatches"] = count
         if count:
             logger.warning(
-                "%s %s: %d prompt(s) from the chat template differ from the training tokens of template %r",
-                path, condition, count, cfg.model.template,
+                "%s %s: %d prompt(s) from the chat template differ from the training tokens", path, condition, count,
             )
     return report, predictions
 

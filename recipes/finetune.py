@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import time
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
 from xmodal.data_builders.collate import MultimodalCollator
@@ -39,7 +39,7 @@ def build_train_dataset(cfg: DictConfig, processor):
     built = instances_of(cfg)
     settings = EncodingSettings(**cfg.encoding)
     dataset = tokenize_instances(
-        built.instances, processor, cfg.model.template, settings, os.path.join(cfg.cache_dir, "tokenized")
+        built.instances, processor, settings, os.path.join(cfg.cache_dir, "tokenized")
     )
     if getattr(built.source, "streaming", False):
         if cfg.trainer.train_sampling_strategy == "group_by_length" or cfg.metrics:
@@ -84,12 +84,13 @@ def train(cfg: DictConfig) -> str:
         model=model,
         args=args,
         train_dataset=train_dataset,
-        data_collator=MultimodalCollator(processor, cfg.model.template, packing=cfg.packing),
+        data_collator=MultimodalCollator(processor, packing=cfg.packing),
         processing_class=processor,
         callbacks=[SkippedRecordsCallback(built.source), *training_callbacks(cfg.output_dir, metrics)],
         loss_composer=build_loss(cfg.loss),
         ordered=getattr(built.builder, "ordered", False),
         nonfinite=NonFiniteLossGuard(cfg.on_nonfinite_loss, cfg.max_skipped_steps, uses_deepspeed),
+        component_learning_rates=OmegaConf.to_container(cfg.optim.lr),
     )
     for callback in metrics:
         callback.bind(trainer)  # probes are collated from the training set with the run's own collator

@@ -23,7 +23,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from xmodal.data_builders.collate import MultimodalCollator
 from xmodal.core.errors import ConfigError
-from xmodal.data_builders.templates import get_template
 from xmodal.data_builders.tokenize import EncodingSettings, encode_instance
 from xmodal.recipes import CONFIG_DIR, base_model, instances_of
 from xmodal.core.atomic import atomic_write_text
@@ -58,14 +57,13 @@ def encode_by_condition(instances: list[dict], processor, cfg: DictConfig) -> di
     Instances without both spans are skipped: no image for `image_text`, no two `meta.evidence` pieces
     for `evidence`.
     """
-    template = get_template(cfg.model.template)
     settings = EncodingSettings(**cfg.encoding)
     grouped: dict[str, list[tuple[dict, dict]]] = defaultdict(list)
     for instance in instances:
         condition = instance.get("condition", "default")
         if not _has_spans(instance, cfg.imbalance.spans) or len(grouped[condition]) >= cfg.imbalance.per_condition:
             continue
-        row = encode_instance(instance, processor, template, settings)
+        row = encode_instance(instance, processor, settings)
         if row is not None:
             grouped[condition].append((instance, row))
     grouped = {condition: pairs for condition, pairs in sorted(grouped.items()) if pairs}
@@ -84,7 +82,7 @@ def measure_checkpoint(path: str, instances: list[dict], cfg: DictConfig) -> tup
     """Results per condition and the measured layer indices."""
     settings = cfg.imbalance
     model, processor = load_for_inference(path, cfg.model.dtype, cfg.model.attn_implementation, cfg.model.trust_remote_code)
-    collator = MultimodalCollator(processor, cfg.model.template)
+    collator = MultimodalCollator(processor)
     results, layers = {}, None
     for condition, pairs in encode_by_condition(instances, processor, cfg).items():
         condition_instances, rows = [instance for instance, _ in pairs], [row for _, row in pairs]

@@ -87,6 +87,7 @@ def build_trainer(cfg: DictConfig) -> tuple[XModalGRPOTrainer, object, str]:
         filter_equal_reward_groups=cfg.rl.filter_equal_reward_groups,
         refill=RolloutRefill(**cfg.rl.refill),
         shaping_rewards=(OVERLONG_REWARD,),
+        component_learning_rates=OmegaConf.to_container(cfg.optim.lr),
     )
     bind_metric_callbacks(metrics, trainer, built.instances, processor, cfg)
     return trainer, processor, base
@@ -99,9 +100,9 @@ def bind_metric_callbacks(metrics: list, trainer, instances: list[dict], process
         return
     views = [sampled_view(instance) for instance in instances if instance["images"]][:PROBE_INSTANCES]
     rows = tokenize_instances(
-        views, processor, cfg.model.template, EncodingSettings(**cfg.encoding), os.path.join(cfg.cache_dir, "tokenized")
+        views, processor, EncodingSettings(**cfg.encoding), os.path.join(cfg.cache_dir, "tokenized")
     )
-    collator = MultimodalCollator(processor, cfg.model.template)
+    collator = MultimodalCollator(processor)
     for callback in metrics:
         size = min(len(rows), getattr(callback, "probe_size", len(rows)))
         callback.bind(trainer, probe_rows=[rows[i] for i in range(size)], collator=collator)

@@ -117,7 +117,7 @@ def run_one(spec: dict) -> dict:
     dataset, built = build_train_dataset(cfg, processor)
     prepared = time.monotonic()
     clock = StepClock()
-    collator = MultimodalCollator(processor, cfg.model.template)
+    collator = MultimodalCollator(processor)
     trainer = XModalSFTTrainer(
         model=model, args=build_training_args(cfg.trainer, cfg.deepspeed), train_dataset=dataset, data_collator=collator,
         processing_class=processor, callbacks=[clock], loss_composer=build_loss(cfg.loss),

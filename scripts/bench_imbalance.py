@@ -22,7 +22,6 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from xmodal.data_builders.collate import MultimodalCollator
-from xmodal.data_builders.templates import get_template
 from xmodal.data_builders.tokenize import EncodingSettings, encode_instance
 from xmodal.recipes import CONFIG_DIR
 from xmodal.trainers.metrics.imbalance import measure
@@ -61,11 +60,10 @@ def main() -> None:
     mode = options.mode or metric.mode
     torch.manual_seed(cfg.seed)
     model, processor = instantiate(cfg.model.init, _convert_="all")
-    template = get_template(cfg.model.template)
     instances = instantiate(cfg.data, num_records=options.train_batch_size + metric.probe_size).records()
-    rows = [encode_instance(i, processor, template, EncodingSettings(**cfg.encoding)) for i in instances]
+    rows = [encode_instance(i, processor, EncodingSettings(**cfg.encoding)) for i in instances]
     rows = [row for row in rows if row is not None]
-    collator = MultimodalCollator(processor, cfg.model.template)
+    collator = MultimodalCollator(processor)
     train_batch = collator(rows[: options.train_batch_size])
     probe = collate_probe(
         rows[options.train_batch_size :], collator, model.config, processor,

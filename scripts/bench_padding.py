@@ -76,14 +76,14 @@ def main() -> None:
     torch.manual_seed(0)
     model, processor = instantiate(cfg.model.init, _convert_="all")
     dataset = tokenize_instances(
-        instances_of(cfg).instances, processor, cfg.model.template, EncodingSettings(**cfg.encoding),
+        instances_of(cfg).instances, processor, EncodingSettings(**cfg.encoding),
         os.path.join(cache, "tokenized"),
     )
     lengths = list(dataset["length"])
     collators = {
-        "random": MultimodalCollator(processor, cfg.model.template),
-        "group_by_length": MultimodalCollator(processor, cfg.model.template),
-        "packed": MultimodalCollator(processor, cfg.model.template, packing=True),
+        "random": MultimodalCollator(processor),
+        "group_by_length": MultimodalCollator(processor),
+        "packed": MultimodalCollator(processor, packing=True),
     }
     epochs = {strategy: batches(strategy, lengths, args.batch) for strategy in STRATEGIES}
     composer = build_loss(compose_config(["loss=lm"]).loss)

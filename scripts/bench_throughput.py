@@ -131,7 +131,7 @@ def run_variant(base_model, processor, args, finetune: str, loss: str, metrics: 
     model = apply_finetuning(copy.deepcopy(base_model), settings)
     callbacks = metric_callbacks(cfg.metrics)
     trainer = XModalSFTTrainer(
-        model=model, args=training_args, train_dataset=dataset, data_collator=MultimodalCollator(processor, "qwen2"),
+        model=model, args=training_args, train_dataset=dataset, data_collator=MultimodalCollator(processor),
         processing_class=processor, callbacks=callbacks, loss_composer=build_loss(cfg.loss),
     )
     for callback in callbacks:

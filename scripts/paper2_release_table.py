@@ -97,7 +97,7 @@ KNOBS = (
          lambda c: (c.rl.align.estimator, RELEASED_LOG_RATIO_BOUND, RELEASED_ESTIMATE_BOUND) if c.rl.align.clamp
          else (c.rl.align.estimator, None, None), "kl_loss_type=low_var_kl"),
     Knob("alignment normalisation", _same("release"),
-         lambda c: OmegaConf.select(c, "rl.align.normalize", default="global token mean"),
+         lambda c: c.rl.align.normalize,
          "dp_actor.py: token mean per micro-batch / accumulation"),
     Knob("model, vision tower",
          lambda recipe: ("stage 1's final model" if recipe in STAGE_TWO else "Qwen/Qwen2.5-VL-7B-Instruct", "trained"),
@@ -114,8 +114,6 @@ ADAPTED = {
     "its full-text and no-text scripts 4,096)",
     "refill rounds": "capped (`rl.refill.max_rounds`): the release keeps generating until the batch is full, which "
     "never ends on data the model cannot yet solve; at the cap the batch trains on the informative groups it holds",
-    "alignment normalisation": "`rl.align.normalize` (#21 item 5) is not on this branch yet: one token mean over "
-    "every aligned token of the rollout batch, not the release's per-micro-batch mean",
     "precision, sharding": "DeepSpeed ZeRO-3 instead of FSDP with parameter/optimizer offload (same sharded "
     "full fine-tuning)",
 }

@@ -34,8 +34,15 @@ from transformers import Trainer
 from trl import GRPOTrainer
 from trl.trainer.utils import pad, split_pixel_values_by_grid, unsplit_pixel_values_by_grid
 
-from xmodal.losses.alignment import RolloutAlignment, full_reward_rows, rollout_alignment_loss, rollout_alignment_sum
+from xmodal.losses.alignment import (
+    RolloutAlignment,
+    full_reward_rows,
+    inside_released_clamps,
+    rollout_alignment_loss,
+    rollout_alignment_sum,
+)
 from xmodal.trainers.lifecycle.resilience import ResilientTrainingMixin
+from xmodal.trainers.optimizer import ComponentLearningRatesMixin
 
 # Processor outputs that are not per-token: concatenated across rows (the rest are per-token and left-padded).
 _IMAGE_FIELDS = ("pixel_values", "image_grid_thw", "image_sizes")
@@ -62,7 +69,7 @@ def varied_reward_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor
     return ~torch.isclose(grouped, grouped[:, :1]).all(dim=1)
 
 
-class XModalGRPOTrainer(ResilientTrainingMixin, GRPOTrainer):
+class XModalGRPOTrainer(ResilientTrainingMixin, ComponentLearningRatesMixin, GRPOTrainer):
     """GRPO/DAPO with the alignment term and the group filter (module docstring); everything else is TRL's."""
 
     def __init__(
@@ -224,10 +231,13 @@ class XModalGRPOTrainer(ResilientTrainingMixin, GRPOTrainer):
         mask = completion_mask.bool() & aligned[rows_to_run].unsqueeze(1)
         summed = rollout_alignment_sum(student_logps, teacher_logps[rows_to_run], mask, self.alignment)
         mode = "train" if self.model.training else "eval"
-        token_sum = torch.stack([summed.detach(), mask.sum().float()])
+        inside = inside_released_clamps(student_logps, teacher_logps[rows_to_run], self.alignment.estimator) & mask
+        token_sum = torch.stack([summed.detach(), mask.sum().float(), inside.sum().float()])
         totals = self.accelerator.reduce(token_sum, reduction="sum")
         if totals[1] > 0:  # steps without a full-reward rollout anywhere log nothing rather than a 0
             self._metrics[mode]["align_loss"].append((totals[0] / totals[1]).item())
+            # the share of aligned tokens the (released, clamped) term can move: none where a clamp binds
+            self._metrics[mode]["align_inside_clamp"].append((totals[2] / totals[1]).item())
         # As TRL's DAPO normaliser: the generation batch's count, rescaled to one accumulation window per rank.
         tokens_per_window = inputs["align_num_items"].clamp(min=1.0) / self.accelerator.num_processes
         tokens_per_window = tokens_per_window * self.current_gradient_accumulation_steps / self.args.steps_per_generation

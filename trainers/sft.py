@@ -11,6 +11,7 @@ from xmodal.losses.registry import LossComposer
 from xmodal.losses.selective import forward_with_target_logits
 from xmodal.trainers.lifecycle.nonfinite import NonFiniteLossGuard
 from xmodal.trainers.lifecycle.resilience import ResilientTrainingMixin
+from xmodal.trainers.optimizer import ComponentLearningRatesMixin
 from xmodal.trainers.sampling import LengthGroupedSampler
 
 
@@ -40,7 +41,7 @@ def loss_context(
     )
 
 
-class XModalSFTTrainer(ResilientTrainingMixin, Trainer):
+class XModalSFTTrainer(ResilientTrainingMixin, ComponentLearningRatesMixin, Trainer):
     """One forward per micro-batch feeds every loss term; terms are token-normalised over the global batch.
 
     The forward computes logits only where a term reads them (the targets) unless a term needs them all

@@ -5,7 +5,9 @@ images, one per piece, so each has its own token span), `cross_modal` (one text,
 (text in the record's language and in the second one).
 Per record and condition, the conflict instances cover which slot is true x which slot comes first, and the
 `<condition>_control` instances (no conflict: both pieces support the answer, or both the counter-answer)
-cover the same orders, so every count is balanced. Evidence texts, slots and content-part positions go in
+cover the same orders, so every count is balanced. Where the record gives two pieces per side
+(`meta.conflict_qa.pieces`, each with its own distractor facts), the slot at index i shows piece i, so no
+control repeats one piece twice: "are the two pieces identical?" decides nothing. Evidence texts, slots and content-part positions go in
 `meta` for measuring attention on each piece.
 """
 
@@ -117,13 +119,17 @@ class ConflictBuilder(Builder):
         for n, index in enumerate(order, start=1):
             name, modality, language = slots[index]
             key = "evidence" if supports[index] == "answer" else "counter_evidence"
-            passage = qa[key if language == "l1" else f"{key}_l2"]
+            piece = qa["pieces"][key][index] if qa.get("pieces") else None
+            if piece:
+                passage = piece["text" if language == "l1" else "text_l2"]
+            else:
+                passage = qa[key if language == "l1" else f"{key}_l2"]
             parts.append(text_part(self.evidence_label.format(n=n)))
             record = {"slot": name, "modality": modality, "language": language, "text": passage,
                       "supports": supports[index], "part_index": len(parts)}
             if modality == "image":
                 record["image_index"] = len(images)
-                images.append(self._evidence_image(qa, key, passage))
+                images.append(self._evidence_image(piece["cells"] if piece else qa.get(f"{key}_cells"), passage))
                 parts.append(image_part())
             else:
                 parts.append(text_part(passage))
@@ -152,9 +158,8 @@ class ConflictBuilder(Builder):
         instance_id = f"{sample['id']}:{name}:{label}:{'-'.join(meta['order'])}"
         return make_sample(instance_id, sample["source"], messages, images, name, meta)
 
-    def _evidence_image(self, qa: dict, key: str, passage: str) -> str:
-        """The image of one piece of evidence: the record's cells (key: `evidence` or `counter_evidence`) or text."""
-        cells = qa.get(f"{key}_cells") if self.image_evidence == "auto" else None
-        if cells:
+    def _evidence_image(self, cells: dict | None, passage: str) -> str:
+        """The image of one piece of evidence: its cells (where given, with `image_evidence: auto`) or its text."""
+        if cells and self.image_evidence == "auto":
             return render_cells(cells["glyphs"], cells["image_size"], root=self.cache_dir)
         return render_text(passage, self.render, root=self.cache_dir)

@@ -1,8 +1,15 @@
 """Instance-level modality mixing (paper 1): each instance concatenates k instructions from different groups.
 
-Groups are sources (`group_by: source`) or modalities (`group_by: modality`: with images or text-only). The
-instruction pool is the one `dataset_mix` draws at the same settings, and every instruction lands in exactly
-one instance, so both builders train on the same multiset of instructions.
+Groups are sources (`group_by: source`) or modalities (`group_by: modality`: with images or text-only; with two
+modalities every instance then holds an image instruction and a text-only one, and the instructions of the
+larger modality left over join existing instances, so none holds a single modality). The instruction pool is
+the one `dataset_mix` draws at the same settings, and every instruction lands in exactly one instance, so both
+builders train on the same multiset of instructions.
+
+`layout: interleaved` keeps each instruction whole, one after the other; `contexts_first` puts every
+instruction's context (its first user turn less the question at its end) first, then the questions and answers
+in turn, so that answering one question has to reach past the other instruction's context, across the modality
+boundary.
 """
 
 from __future__ import annotations
@@ -10,7 +17,8 @@ from __future__ import annotations
 import logging
 import random
 
-from ..sample import make_sample
+from xmodal.core.errors import DataError
+from ..sample import make_sample, message, text_part
 from ..sources.mixture import source_groups
 from .base import Builder
 from .pool import draw_pool
@@ -18,6 +26,7 @@ from .pool import draw_pool
 logger = logging.getLogger(__name__)
 GROUP_BY = ("source", "modality")
 SUPERVISE = ("all", "last", "random")
+LAYOUTS = ("interleaved", "contexts_first")
 
 
 def modality(sample: dict) -> str:
@@ -40,6 +49,7 @@ class InstanceMixBuilder(Builder):
         num_instructions: int | None = None,
         shuffle_order: bool = True,
         supervise: str = "all",
+        layout: str = "interleaved",
     ):
         super().__init__()
         if k < 2:
@@ -48,6 +58,9 @@ class InstanceMixBuilder(Builder):
             raise ValueError(f"group_by must be one of {GROUP_BY}, got {group_by!r}")
         if supervise not in SUPERVISE:
             raise ValueError(f"supervise must be one of {SUPERVISE}, got {supervise!r}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        self.layout = layout
         self.k = k
         self.group_by = group_by
         self.ratios = ratios
@@ -104,9 +117,13 @@ class InstanceMixBuilder(Builder):
             "last": {len(parts) - 1},
             "random": {rng.randrange(len(parts))},
         }[self.supervise]
-        messages, images, described = [], [], []
+        messages, images, described, contexts = [], [], [], []
         for position, (group, sample) in enumerate(parts):
-            for msg in sample["messages"]:
+            turns = sample["messages"]
+            if self.layout == "contexts_first":
+                context, turns = split_context(sample)
+                contexts.extend(context)
+            for msg in turns:
                 supervised = position in trained and msg.get("train", True)
                 messages.append(msg if msg["role"] != "assistant" or supervised else {**msg, "train": False})
             images.extend(sample["images"])
@@ -114,6 +131,32 @@ class InstanceMixBuilder(Builder):
                 {"id": sample["id"], "source": sample["source"], "group": group, "condition": sample["condition"],
                  "target": sample["target"], "supervised": position in trained}
             )
+        if contexts:
+            first_user = next(n for n, msg in enumerate(messages) if msg["role"] == "user")
+            messages[first_user] = {**messages[first_user], "content": contexts + messages[first_user]["content"]}
         sources = "+".join(dict.fromkeys(sample["source"] for _, sample in parts))
         meta = {"parts": described, "groups": sorted({group for group, _ in parts})}
         return make_sample(f"instance_mix/{index:06d}", sources, messages, images, "instance_mix", meta)
+
+
+def split_context(sample: dict) -> tuple[list[dict], list[dict]]:
+    """(context parts, the conversation with its first user turn reduced to the question): the question is the
+    last text part of the first user turn, or where `meta.question` ends that part, just that ending. Every image
+    must sit in the context (they keep their order in front of all questions)."""
+    turns = list(sample["messages"])
+    first = next((n for n, msg in enumerate(turns) if msg["role"] == "user"), None)
+    content = turns[first]["content"] if first is not None else []
+    last_text = max((n for n, part in enumerate(content) if part["type"] == "text"), default=None)
+    if last_text is None:
+        raise DataError(sample["source"], sample["id"], "messages", "layout=contexts_first needs a user turn ending in "
+                        "a text question", "no text in the first user turn")
+    text, question = content[last_text]["text"], (sample.get("meta") or {}).get("question")
+    context = content[:last_text]
+    if question and text.endswith(question) and text != question:
+        context, text = [*context, text_part(text[: -len(question)])], question
+    context_images = sum(part["type"] == "image" for part in context)
+    if context_images != len(sample["images"]):
+        raise DataError(sample["source"], sample["id"], "messages", "layout=contexts_first needs every image in the "
+                        "first user turn's context", f"{len(sample['images']) - context_images} images after it")
+    turns[first] = message("user", [text_part(text)])  # parts after the last text part would be images: refused above
+    return context, turns

@@ -22,12 +22,14 @@ DEFAULT_LANGUAGES = {
         "keys": ["A", "B", "C", "D"],
         "values": [str(d) for d in range(10)],
         "fact": "{key} = {value}",
+        "fact_forms": ["{key} = {value}", "{key} is {value}", "the value of {key} is {value}"],
         "question": "What is the value of {key}?",
     },
     "xx": {
         "keys": ["red", "green", "blue", "yellow"],
         "values": list("abcdefghjk"),
         "fact": "{key} is {value}",
+        "fact_forms": ["{key} is {value}", "{key} = {value}", "the letter of {key} is {value}"],
         "question": "Which letter is {key}?",
     },
 }
@@ -40,6 +42,15 @@ class SyntheticFactsSource(Source):
     follow `facts_in`; `meta` also carries the question, the verbalised facts (for the paired builders) and a
     contradicting value with its evidence in both languages, as text and as cells of the record's image with
     the asked key's cell holding the value or the counter-value (for the conflict builder).
+
+    `answer_template` (with `{key}` and `{answer}`) is the assistant's response: the bare answer by default, or a
+    sentence that carries tokens before the answer (the embedded RL run's responses).
+
+    For the conflict builder, `meta.conflict_qa.pieces` also holds two evidence pieces per side (supporting the
+    answer, supporting the counter-value), each with its own independently drawn distractor facts about other
+    keys: text in shuffled order and varied surface forms (a language's `fact_forms`), image cells drawn
+    independently. The two pieces of a side never coincide, so pieces that agree differ on the surface as much
+    as pieces that conflict, and only the asked key tells them apart.
     """
 
     def __init__(
@@ -57,6 +68,7 @@ class SyntheticFactsSource(Source):
         image_size: int = 64,
         cache_dir: str | None = None,
         name: str = "synthetic",
+        answer_template: str = "{answer}",
     ):
         super().__init__(name)
         if facts_in not in FACTS_IN:
@@ -84,10 +96,36 @@ class SyntheticFactsSource(Source):
         self.fact_separator = fact_separator
         self.image_size = image_size
         self.cache_dir = cache_dir
+        self.answer_template = answer_template
 
     def fact(self, language: str, key: int, value: int) -> str:
         spec = self.languages[language]
         return spec["fact"].format(key=spec["keys"][key], value=spec["values"][value])
+
+    def _evidence_pieces(self, index: int, asked: int, value: int, side: str) -> list[dict]:
+        """Two pieces of evidence that `asked` has `value`, each among 1 or more distractor facts drawn for it
+        alone (keys, values, order, surface forms), redrawn until the two differ in text and in cells."""
+        rng = random.Random(f"{self.name}:{self.seed}:{index}:{side}")
+        others = [key for key in range(self.num_keys) if key != asked]
+        pieces: list[dict] = []
+        while len(pieces) < 2:
+            shown = {key: rng.randrange(self.num_values) for key in rng.sample(others, rng.randint(1, len(others)))}
+            shown[asked] = value
+            order = list(shown)
+            rng.shuffle(order)
+            texts = {}
+            for slot, language in (("text", self.language), ("text_l2", self.second_language)):
+                spec = self.languages[language]
+                forms = spec.get("fact_forms") or [spec["fact"]]
+                facts = [rng.choice(forms).format(key=spec["keys"][key], value=spec["values"][shown[key]])
+                         for key in order]
+                texts[slot] = self.fact_separator.join(facts)
+            glyphs = [self.languages[self.language]["values"][shown[k]] if k in shown else None
+                      for k in range(self.num_keys)]
+            piece = {**texts, "cells": {"glyphs": glyphs, "image_size": self.image_size}}
+            if not pieces or all(piece[field] != pieces[0][field] for field in ("text", "text_l2", "cells")):
+                pieces.append(piece)
+        return pieces
 
     def _raw_records(self):
         for index in range(self.num_records):
@@ -102,6 +140,9 @@ class SyntheticFactsSource(Source):
 
     def _to_sample(self, file, record_id, raw):
         values, asked, counter = raw
+        pieces = ({"evidence": self._evidence_pieces(record_id, asked, values[asked], "evidence"),
+                   "counter_evidence": self._evidence_pieces(record_id, asked, counter, "counter_evidence")}
+                  if self.num_keys > 1 else None)
         spec, asking = self.languages[self.language], self.languages[self.question_language]
         facts = [self.fact(self.language, key, value) for key, value in values.items()]
         question = asking["question"].format(key=asking["keys"][asked])
@@ -135,9 +176,11 @@ class SyntheticFactsSource(Source):
                 # the same evidence as the record's image: the conflict builder renders these for image slots
                 "evidence_cells": {"glyphs": cells(values[asked]), "image_size": self.image_size},
                 "counter_evidence_cells": {"glyphs": cells(counter), "image_size": self.image_size},
+                **({"pieces": pieces} if pieces else {}),
             },
         }
-        messages = [message("user", parts), message("assistant", [text_part(answer)])]
+        response = self.answer_template.format(key=asking["keys"][asked], answer=answer)
+        messages = [message("user", parts), message("assistant", [text_part(response)])]
         condition = {"image": "vision_centric", "text": "text_only", "both": "text_centric"}[self.facts_in]
         languages = dict.fromkeys((self.language, self.question_language))
         sample_id = f"{self.name}/{'-'.join(languages)}/{self.seed}/{record_id}"

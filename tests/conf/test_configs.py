@@ -18,7 +18,6 @@ from transformers.integrations import get_reporting_integration_callbacks
 
 from xmodal.conf.schema import check_schema
 from xmodal.core.errors import ConfigError
-from xmodal.data_builders.templates import TEMPLATES
 from xmodal.recipes import CONFIG_DIR
 from tests.support.helpers import compose_config
 from xmodal.trainers.models.finetuning import component_prefixes
@@ -142,10 +141,9 @@ SHORT_STAGE = [
 
 @pytest.mark.parametrize("option", _options("model"))
 def test_every_model_option_resolves_to_a_loadable_model(option, tmp_path):
-    """Tiny models are built from their config; real ones must name a checkpoint, a template and valid settings."""
+    """Tiny models are built from their config; real ones must name a checkpoint and valid settings."""
     cfg = compose_config([f"model={option}", f"output_dir={tmp_path}", f"cache_dir={tmp_path}"])
     model_cfg = cfg.model
-    assert model_cfg.template in TEMPLATES
     assert isinstance(getattr(torch, model_cfg.dtype), torch.dtype)
     assert attention_implementation(model_cfg.attn_implementation) in {"eager", *AttentionInterface._global_mapping}
     if model_cfg.init is None:

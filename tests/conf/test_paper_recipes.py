@@ -21,7 +21,7 @@ from tests.support.helpers import compose_config, read_metrics, xmodal_train
 
 MODALITY_GAP = ["full_text", "no_text", "mix", "curriculum", "kl", "kl_mix", "kl_curriculum"]
 MODAL_IMBALANCE = {"it": "DatasetMixBuilder", "hit": "InstanceMixBuilder"}
-QWEN = {"path": "Qwen/Qwen2.5-VL-7B-Instruct", "template": "qwen2", "dtype": "bfloat16"}
+QWEN = {"path": "Qwen/Qwen2.5-VL-7B-Instruct", "dtype": "bfloat16"}
 
 
 def compose(overrides):

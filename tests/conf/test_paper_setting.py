@@ -45,6 +45,7 @@ RELEASED_RL = {
     "rollout batches": 200,  # the 200-step checkpoint the released kl run starts from
 }
 RELEASED_ALIGNMENT = {"weight": 0.01, "estimator": "k3", "clamp": True}  # contrastive_kl_coef, low_var_kl
+RELEASED_RL_NORMALIZATION = "release"  # dp_actor.py: token mean per micro-batch, divided by the accumulation steps
 ALIGNED_RL = {"kl"}
 RL_RECIPES = ["full_text", "no_text", "mix", "curriculum", "kl", "kl_curriculum"]
 SFT_RECIPES = ["full_text", "no_text", "mix", "curriculum", "kl", "kl_mix", "kl_curriculum"]
@@ -99,7 +100,7 @@ def test_rl_recipes_compose_every_released_value(recipe):
     assert rl_values(cfg) == RELEASED_RL
     alignment = OmegaConf.to_container(cfg.rl.align)
     if recipe in ALIGNED_RL:
-        assert alignment == RELEASED_ALIGNMENT
+        assert alignment == {**RELEASED_ALIGNMENT, "normalize": RELEASED_RL_NORMALIZATION}
         assert (RELEASED_LOG_RATIO_BOUND, RELEASED_ESTIMATE_BOUND) == (20.0, 10.0)  # verl's kl_penalty clamps
     else:
         assert alignment["weight"] == 0.0

@@ -16,6 +16,7 @@ from xmodal.data_builders.builders import (
     SingleBuilder,
 )
 from xmodal.core.errors import ConfigError
+from xmodal.data_builders.builders.conflict import SLOTS
 from xmodal.data_builders.render import render_cells, render_text
 from xmodal.data_builders.sample import check_sample, prompt_text
 from xmodal.data_builders.sources import ConflictQASource, MixtureSource, Pgps9kSource, SyntheticFactsSource
@@ -200,20 +201,21 @@ def test_conflict_rotate_and_missing_second_language(tmp_path):
 
 
 def test_conflict_image_evidence_in_the_records_cell_format():
-    """Image slots show the synthetic record's own cell image (the counter-value in the asked cell), which the
-    tiny base model can read; `image_evidence=text` renders the passage instead."""
+    """Image slots show the cell image of the slot's own evidence piece (the value it supports in the asked cell,
+    its own distractor cells), which the tiny base model can read; `image_evidence=text` renders the passage."""
     source = synthetic(4)
     by_record = {r["id"]: r for r in source.records()}
     for instance in ConflictBuilder(conditions=["unimodal_image", "cross_modal"]).build(source, seed=0):
-        record = by_record[instance["meta"]["record_id"]]
+        qa = by_record[instance["meta"]["record_id"]]["meta"]["conflict_qa"]
+        slots = [slot for slot, _, _ in SLOTS[instance["meta"]["conflict_condition"]]]
         images = iter(instance["images"])
         for piece in instance["meta"]["evidence"]:
             if piece["modality"] == "image":
                 key = "evidence" if piece["supports"] == "answer" else "counter_evidence"
-                cells = record["meta"]["conflict_qa"][f"{key}_cells"]
+                cells = qa["pieces"][key][slots.index(piece["slot"])]["cells"]
                 assert next(images) == render_cells(cells["glyphs"], cells["image_size"])
-        if instance["meta"]["conflict"] is False and instance["meta"]["agree_on"] == "answer":
-            assert set(instance["images"]) <= set(record["images"])  # supporting evidence: the record's own image
+                supported = qa["answer"] if piece["supports"] == "answer" else qa["counter_answer"]
+                assert supported in cells["glyphs"]
     as_text = ConflictBuilder(conditions=["cross_modal"], image_evidence="text").build(source, seed=0)[0]
     image_piece = next(p for p in as_text["meta"]["evidence"] if p["modality"] == "image")
     assert as_text["images"] == [render_text(image_piece["text"], {})]

@@ -47,7 +47,7 @@ def test_written_instances_read_back_equal_and_tokenize_to_the_same_ids_and_labe
     _, processor = build_tiny_llava(**TINY)
     settings = EncodingSettings(max_length=512, num_proc=2)
     tokenized = [
-        tokenize_instances(instances, processor, "llava", settings, str(tmp_path / name))
+        tokenize_instances(instances, processor, settings, str(tmp_path / name))
         for instances, name in ((original, "a"), (read_back, "b"))
     ]
     for column in ("input_ids", "labels", "length"):

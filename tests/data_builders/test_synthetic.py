@@ -72,3 +72,13 @@ def test_conflict_evidence_cells_are_the_record_image_with_the_asked_cell_set():
         counter = qa["counter_evidence_cells"]["glyphs"]
         assert counter[asked] == qa["counter_answer"] != shown[asked]
         assert counter[:asked] + counter[asked + 1 :] == shown[:asked] + shown[asked + 1 :]
+
+
+def test_answer_template_puts_a_sentence_before_the_answer():
+    from xmodal.data_builders.sources import SyntheticFactsSource
+
+    plain, sentence = (SyntheticFactsSource(num_records=3, seed=1, **kwargs).records()
+                       for kwargs in ({}, {"answer_template": "So {key} is {answer}."}))
+    for bare, long in zip(plain, sentence):
+        key = long["meta"]["question"].split()[-1].rstrip("?")  # "What is the value of C?" -> C
+        assert long["target"] == f"So {key} is {bare['target']}." and long["messages"][0] == bare["messages"][0]

@@ -9,10 +9,11 @@ import torch
 from PIL import Image
 
 from xmodal.data_builders.collate import MultimodalCollator
+from xmodal.core.errors import ConfigError
 from xmodal.core.tokens import IGNORE_INDEX
 from xmodal.data_builders.tokenize import EncodingError, EncodingSettings, encode_instance, tokenize_instances
-from xmodal.data_builders.templates import get_template
 from xmodal.trainers.models.tiny import build_tiny_llava, build_tiny_qwen2_vl
+from tests.support.tiny_batches import two_turn_instance
 
 TEXT = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
 BUILDERS = {
@@ -40,20 +41,10 @@ def image_path(tmp_path_factory):
     return str(path)
 
 
-def _conversation(image_path):
-    messages = [
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is it?"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
-        {"role": "user", "content": [{"type": "text", "text": "And the key?"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": "A = 7"}]},
-    ]
-    return {"id": "two-turns", "messages": messages, "images": [image_path]}
-
-
 def test_ids_equal_the_inference_chat_template(family, image_path):
     name, _, processor = family
-    instance = _conversation(image_path)
-    encoded = encode_instance(instance, processor, get_template(name), EncodingSettings())
+    instance = two_turn_instance(image_path)
+    encoded = encode_instance(instance, processor, EncodingSettings())
     text = processor.apply_chat_template(instance["messages"], tokenize=False)
     reference = processor(text=[text], images=[Image.open(image_path).convert("RGB")], add_special_tokens=False)
     assert encoded["input_ids"] == list(reference["input_ids"][0])
@@ -62,7 +53,7 @@ def test_ids_equal_the_inference_chat_template(family, image_path):
 
 def test_labels_cover_exactly_the_answers(family, image_path):
     name, _, processor = family
-    encoded = encode_instance(_conversation(image_path), processor, get_template(name), EncodingSettings())
+    encoded = encode_instance(two_turn_instance(image_path), processor, EncodingSettings())
     labelled = [i for i, label in enumerate(encoded["labels"]) if label != IGNORE_INDEX]
     assert all(encoded["labels"][i] == encoded["input_ids"][i] for i in labelled)
     answers = processor.tokenizer.decode([encoded["labels"][i] for i in labelled])
@@ -73,39 +64,39 @@ def test_labels_cover_exactly_the_answers(family, image_path):
 
 def test_unsupervised_turns_stay_unlabelled(family, image_path):
     name, _, processor = family
-    instance = _conversation(image_path)
+    instance = two_turn_instance(image_path)
     instance["messages"][1]["train"] = False
-    encoded = encode_instance(instance, processor, get_template(name), EncodingSettings())
+    encoded = encode_instance(instance, processor, EncodingSettings())
     answers = processor.tokenizer.decode([label for label in encoded["labels"] if label != IGNORE_INDEX])
     assert "red" not in answers and "7" in answers
 
 
 def test_image_count_mismatch_names_instance_and_field(family, image_path):
     name, _, processor = family
-    instance = {**_conversation(image_path), "images": [image_path, image_path]}
+    instance = {**two_turn_instance(image_path), "images": [image_path, image_path]}
     with pytest.raises(EncodingError, match=r"'two-turns'.*'images'"):
-        encode_instance(instance, processor, get_template(name), EncodingSettings())
+        encode_instance(instance, processor, EncodingSettings())
 
 
 def test_overlong_instances_are_dropped_or_rejected_never_truncated(family, image_path, tmp_path):
     name, _, processor = family
-    short = {"id": "short", "messages": _conversation(image_path)["messages"][2:], "images": []}
-    instances = [_conversation(image_path), short]
+    short = {"id": "short", "messages": two_turn_instance(image_path)["messages"][2:], "images": []}
+    instances = [two_turn_instance(image_path), short]
     # The limit is the text-only instance's own length (it depends on the family's chat format).
-    limit = len(encode_instance(short, processor, get_template(name), EncodingSettings())["input_ids"])
-    kept = tokenize_instances(instances, processor, name, EncodingSettings(max_length=limit), str(tmp_path))
+    limit = len(encode_instance(short, processor, EncodingSettings())["input_ids"])
+    kept = tokenize_instances(instances, processor, EncodingSettings(max_length=limit), str(tmp_path))
     assert len(kept) == 1 and processor.image_token_id not in kept[0]["input_ids"]
     with pytest.raises(EncodingError, match="exceed max_length"):
-        encode_instance(instances[0], processor, get_template(name), EncodingSettings(max_length=limit, overlong="error"))
+        encode_instance(instances[0], processor, EncodingSettings(max_length=limit, overlong="error"))
 
 
 def test_tokenization_is_cached_between_runs(family, image_path, tmp_path):
     name, _, processor = family
-    instances = [_conversation(image_path)]
-    first = tokenize_instances(instances, processor, name, EncodingSettings(), str(tmp_path))
+    instances = [two_turn_instance(image_path)]
+    first = tokenize_instances(instances, processor, EncodingSettings(), str(tmp_path))
     cache_file = first.cache_files[0]["filename"]
     written = os.stat(cache_file).st_mtime_ns
-    second = tokenize_instances(instances, processor, name, EncodingSettings(), str(tmp_path))
+    second = tokenize_instances(instances, processor, EncodingSettings(), str(tmp_path))
     assert second.cache_files[0]["filename"] == cache_file and os.stat(cache_file).st_mtime_ns == written
     assert second[0]["input_ids"] == first[0]["input_ids"]
 
@@ -120,8 +111,8 @@ def test_text_only_batch_gets_an_invisible_blank_image(family, tmp_path):
         ],
         "images": [],
     }
-    encoded = encode_instance(instance, processor, get_template(name), EncodingSettings())
-    batch = MultimodalCollator(processor, name)([encoded])
+    encoded = encode_instance(instance, processor, EncodingSettings())
+    batch = MultimodalCollator(processor)([encoded])
     length = len(encoded["input_ids"])
     assert (batch["input_ids"][0, length:] == processor.image_token_id).sum() == IMAGE_TOKENS[name]
     assert (batch["labels"][0, length:] == IGNORE_INDEX).all()
@@ -135,15 +126,15 @@ def test_text_only_batch_gets_an_invisible_blank_image(family, tmp_path):
 
 def test_paired_batch_stacks_student_then_teacher_rows(family, image_path):
     name, model, processor = family
-    student = _conversation(image_path)
+    student = two_turn_instance(image_path)
     teacher = {"messages": [dict(m) for m in student["messages"]], "images": [image_path]}
     teacher["messages"][0] = {
         "role": "user",
         "content": [{"type": "image"}, {"type": "text", "text": "Facts: it is red. What colour is it?"}],
     }
     paired = {**student, "teacher": teacher}
-    encoded = encode_instance(paired, processor, get_template(name), EncodingSettings())
-    batch = MultimodalCollator(processor, name)([encoded, encoded])
+    encoded = encode_instance(paired, processor, EncodingSettings())
+    batch = MultimodalCollator(processor)([encoded, encoded])
     assert batch["branch"].tolist() == [0, 0, 1, 1]
     assert batch["input_ids"].shape[0] == 4
     lengths = batch["attention_mask"].sum(1).tolist()
@@ -166,8 +157,25 @@ def test_qwen2_training_prompt_is_the_checkpoint_format_system_prompt_included()
         "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
         "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>Find x.<|im_end|>\n<|im_start|>assistant\n"
     )
-    segments = render_segments(get_template("qwen2"), messages)
-    assert segments == [(prompt, False), ("\\boxed{3}<|im_end|>", True), ("\n", False)]
     _, processor = BUILDERS["qwen2"]()
+    segments = render_segments(processor, messages)
+    assert segments == [(prompt, False), ("\\boxed{3}<|im_end|>", True), ("\n", False)]
     rendered = processor.apply_chat_template(messages[:1], add_generation_prompt=True, tokenize=False)
     assert rendered == prompt
+
+
+TEXT_PARTS_ONLY = (
+    "{% for message in messages %}{{ message['role'] }}: {% for part in message['content'] %}"
+    "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}\n{% endfor %}"
+)
+
+
+@pytest.mark.parametrize(
+    "chat_template,problem", [(None, "has no chat template"), (TEXT_PARTS_ONLY, "writes nothing for an image")]
+)
+def test_a_template_that_cannot_train_stops_in_one_line(image_path, tmp_path, chat_template, problem):
+    _, processor = BUILDERS["llava"]()
+    processor.chat_template = chat_template
+    with pytest.raises(ConfigError, match=problem) as refused:
+        tokenize_instances([two_turn_instance(image_path)], processor, EncodingSettings(), str(tmp_path))
+    assert "\n" not in str(refused.value)

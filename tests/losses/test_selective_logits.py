@@ -28,10 +28,10 @@ LOSSES = {
 
 @pytest.fixture(scope="module", params=sorted(MODELS))
 def model_and_collator(request):
-    build, template = MODELS[request.param]
+    build = MODELS[request.param]
     torch.manual_seed(0)
     model, processor = build()
-    return model.double(), processor, template
+    return model.double(), processor
 
 
 def loss_and_gradients(model, batch, composer, full_logits: bool):
@@ -49,8 +49,8 @@ CASES = [("lm", False)] + [(loss, True) for loss in sorted(LOSSES)]
 
 @pytest.mark.parametrize("loss, paired", CASES)
 def test_target_logits_match_the_full_logits_path(model_and_collator, tmp_path, loss, paired):
-    model, processor, template = model_and_collator
-    batch = MultimodalCollator(processor, template)(encoded_instances(tmp_path, processor, template, paired))
+    model, processor = model_and_collator
+    batch = MultimodalCollator(processor)(encoded_instances(tmp_path, processor, paired))
     terms = {"lm": {"_target_": "xmodal.losses.lm.LMLoss"}, **LOSSES[loss]}
 
     full = loss_and_gradients(model, batch, build_loss({"terms": terms}), full_logits=True)
@@ -73,12 +73,12 @@ def test_target_logits_match_the_full_logits_path(model_and_collator, tmp_path, 
 def test_target_logits_through_a_peft_wrapper(model_and_collator, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    base, processor, template = model_and_collator
+    base, processor = model_and_collator
     torch.manual_seed(1)
     lora = get_peft_model(
         copy.deepcopy(base), LoraConfig(r=4, target_modules=["q_proj", "v_proj", "lm_head"], init_lora_weights=False)
     )
-    batch = MultimodalCollator(processor, template)(encoded_instances(tmp_path, processor, template, paired=True))
+    batch = MultimodalCollator(processor)(encoded_instances(tmp_path, processor, paired=True))
     composer = build_loss({"terms": {"lm": {"_target_": "xmodal.losses.lm.LMLoss"}, **LOSSES["full_kl"]}})
     full = loss_and_gradients(lora, batch, composer, full_logits=True)
     selective = loss_and_gradients(lora, batch, composer, full_logits=False)
@@ -89,8 +89,8 @@ def test_target_logits_through_a_peft_wrapper(model_and_collator, tmp_path):
 
 
 def test_a_term_reading_every_position_must_ask_for_full_logits(model_and_collator, tmp_path):
-    model, processor, template = model_and_collator
-    batch = MultimodalCollator(processor, template)(encoded_instances(tmp_path, processor, template, paired=False))
+    model, processor = model_and_collator
+    batch = MultimodalCollator(processor)(encoded_instances(tmp_path, processor, paired=False))
     composer = build_loss({"terms": {"lm": {"_target_": "xmodal.losses.lm.LMLoss"}}})
     context = loss_context(model, batch, composer, full_logits=False)
     with pytest.raises(ValueError, match="needs_full_logits = True"):

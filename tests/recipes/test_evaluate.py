@@ -13,7 +13,6 @@ from PIL import Image
 from xmodal.recipes import instances_of
 from xmodal.data_builders.render import TextStyle, _fit
 from xmodal.core.scoring import ExactConflictJudge, FreeTextConflictJudge, answers_match
-from xmodal.data_builders.templates import get_template
 from xmodal.recipes import CONFIG_DIR
 from xmodal.recipes.evaluate import run
 from xmodal.trainers.evaluation.answers import (
@@ -32,6 +31,8 @@ from xmodal.trainers.models.tiny import build_tiny_llava, build_tiny_qwen2_vl
 TEXT = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
 VISION = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4)
 BUILDERS = {"llava": build_tiny_llava, "qwen2": build_tiny_qwen2_vl}
+# What each family's generation prompt ends with: the assistant turn's opening.
+ASSISTANT_HEADER = {"llava": "ASSISTANT:", "qwen2": "<|im_start|>assistant\n"}
 
 
 def _prediction(condition: str, prediction: str, target: str, record: str = "r", conflict: bool | None = None):
@@ -134,17 +135,17 @@ def test_generation_prompt_equals_the_training_prompt_tokens(family):
     name, _, processor, image = family
     for item in _items(image):
         inputs = prompt_inputs([generation_prompt(item, processor)], [item], processor)
-        assert inputs["input_ids"][0].tolist() == training_prompt_ids(item, processor, get_template(name)), item.id
+        assert inputs["input_ids"][0].tolist() == training_prompt_ids(item, processor), item.id
 
 
 def test_left_padded_batches_answer_as_single_prompts(family):
     name, model, processor, image = family
     items = _items(image)
-    batched = predict(model, processor, items, get_template(name), GenerationSettings(len(items), max_new_tokens=4))
-    single = predict(model, processor, items, get_template(name), GenerationSettings(1, max_new_tokens=4))
+    batched = predict(model, processor, items, GenerationSettings(len(items), max_new_tokens=4))
+    single = predict(model, processor, items, GenerationSettings(1, max_new_tokens=4))
     assert [p.answers for p in batched] == [p.answers for p in single]
     assert all(p.prompt_matches_training for p in batched)
-    assert all(p.prompt.endswith(get_template(name).assistant_header) for p in batched)
+    assert all(p.prompt.endswith(ASSISTANT_HEADER[name]) for p in batched)
 
 
 def test_sampling_is_seeded_averaged_over_samples_and_leaves_the_global_random_state(family):
@@ -152,9 +153,9 @@ def test_sampling_is_seeded_averaged_over_samples_and_leaves_the_global_random_s
     items = _items(image)
     settings = GenerationSettings(len(items), max_new_tokens=4, num_samples=3, temperature=5.0, seed=3)
     state = torch.random.get_rng_state()
-    first = predict(model, processor, items, get_template(name), settings)
+    first = predict(model, processor, items, settings)
     assert torch.equal(torch.random.get_rng_state(), state)
-    again = predict(model, processor, items, get_template(name), settings)
+    again = predict(model, processor, items, settings)
     assert [p.answers for p in first] == [p.answers for p in again]
     assert all(len(p.answers) == 3 == len(p.correct) for p in first)
     # A random tiny model at a high temperature: the three samples of some prompt differ.

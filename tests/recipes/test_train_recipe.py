@@ -65,7 +65,7 @@ def test_train_saves_a_model_that_reloads_and_generates(model, finetune, tmp_pat
     out = tmp_path / "run"
     xmodal_train([*FAST, f"model={model}", f"finetune={finetune}", f"output_dir={out}"], cache_dir)
     config = yaml.safe_load((out / "config.yaml").read_text())
-    assert config["model"]["template"] in ("llava", "qwen2") and config["finetune"]["mode"] == finetune
+    assert config["finetune"]["mode"] == finetune
     losses = loss_by_step(str(out))
     assert sorted(losses) == [1, 2, 3, 4]
     assert all(record["loss"] == pytest.approx(record["lm_loss"], rel=1e-5) for record in read_metrics(str(out)) if "lm_loss" in record)

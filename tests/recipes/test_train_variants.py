@@ -140,7 +140,7 @@ def test_kl_curriculum_starts_from_the_kl_stage_model(kl_stage, cache_dir):
     processor = load_processor(str(kl_out / "final"))
     dataset, _ = build_train_dataset(cfg, processor)
     assert len(dataset) <= cfg.trainer.per_device_train_batch_size
-    batch = MultimodalCollator(processor, cfg.model.template)([dataset[i] for i in range(len(dataset))])
+    batch = MultimodalCollator(processor)([dataset[i] for i in range(len(dataset))])
     inputs = {key: value for key, value in batch.items() if key != "branch"}
 
     def lm_loss(path) -> float:

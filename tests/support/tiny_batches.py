@@ -4,22 +4,15 @@ from __future__ import annotations
 
 from PIL import Image
 
-from xmodal.data_builders.templates import get_template
 from xmodal.data_builders.tokenize import EncodingSettings, encode_instance
 from xmodal.trainers.models.tiny import build_tiny_llava, build_tiny_qwen2_vl
 
 TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2}
 VISION = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2}
-# name: (builder of (model, processor), chat template)
+# name: builder of (model, processor)
 MODELS = {
-    "llava": (
-        lambda: build_tiny_llava(text=TEXT, vision={**VISION, "image_size": 16, "patch_size": 8}, vocab_size=400),
-        "llava",
-    ),
-    "qwen2": (
-        lambda: build_tiny_qwen2_vl(text=TEXT, vision={**VISION, "image_size": 32, "patch_size": 8}, vocab_size=400),
-        "qwen2",
-    ),
+    "llava": lambda: build_tiny_llava(text=TEXT, vision={**VISION, "image_size": 16, "patch_size": 8}, vocab_size=400),
+    "qwen2": lambda: build_tiny_qwen2_vl(text=TEXT, vision={**VISION, "image_size": 32, "patch_size": 8}, vocab_size=400),
 }
 QUESTIONS = ["Find x.", "What is the length of segment AB in the figure?", "Is the line red?"]
 ANSWERS = ["12", "4 7", "yes"]
@@ -52,7 +45,18 @@ def instances(image_dir, paired: bool) -> list[dict]:
     return built
 
 
-def encoded_instances(image_dir, processor, template: str, paired: bool) -> list[dict]:
+def two_turn_instance(image_path: str) -> dict:
+    """An image question, its answer, a text follow-up and its answer: two supervised turns."""
+    messages = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What colour is it?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+        {"role": "user", "content": [{"type": "text", "text": "And the key?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "A = 7"}]},
+    ]
+    return {"id": "two-turns", "messages": messages, "images": [image_path]}
+
+
+def encoded_instances(image_dir, processor, paired: bool) -> list[dict]:
     """`instances` encoded as the training set encodes them."""
     settings = EncodingSettings(max_length=512)
-    return [encode_instance(i, processor, get_template(template), settings) for i in instances(image_dir, paired)]
+    return [encode_instance(i, processor, settings) for i in instances(image_dir, paired)]

@@ -15,10 +15,10 @@ from xmodal.trainers.sft import loss_context
 
 @pytest.fixture(scope="module")
 def tiny_llava():
-    build, template = MODELS["llava"]
+    build = MODELS["llava"]
     torch.manual_seed(0)
     model, processor = build()
-    return model.double(), processor, template
+    return model.double(), processor
 
 
 def summed_loss_and_gradients(model, batch):
@@ -32,10 +32,10 @@ def summed_loss_and_gradients(model, batch):
 
 
 def test_a_packed_batch_trains_exactly_like_the_padded_one(tiny_llava, tmp_path):
-    model, processor, template = tiny_llava
-    features = encoded_instances(tmp_path, processor, template, paired=False)
-    padded = MultimodalCollator(processor, template)(features)
-    packed = MultimodalCollator(processor, template, packing=True)(features)
+    model, processor = tiny_llava
+    features = encoded_instances(tmp_path, processor, paired=False)
+    padded = MultimodalCollator(processor)(features)
+    packed = MultimodalCollator(processor, packing=True)(features)
 
     lengths = [len(f["input_ids"]) for f in features]
     assert len(set(lengths)) == 3  # different lengths: the padded batch holds padding, the packed one none
@@ -52,14 +52,13 @@ def test_a_packed_batch_trains_exactly_like_the_padded_one(tiny_llava, tmp_path)
 
 
 def test_packing_refuses_paired_batches_and_m_rope_models(tiny_llava, tmp_path):
-    model, processor, template = tiny_llava
-    paired = encoded_instances(tmp_path, processor, template, paired=True)
+    model, processor = tiny_llava
+    paired = encoded_instances(tmp_path, processor, paired=True)
     with pytest.raises(ConfigError, match="paired instances"):
-        MultimodalCollator(processor, template, packing=True)(paired)
-    build, qwen_template = MODELS["qwen2"]
-    _, qwen_processor = build()
+        MultimodalCollator(processor, packing=True)(paired)
+    _, qwen_processor = MODELS["qwen2"]()
     with pytest.raises(ConfigError, match="M-RoPE"):
-        MultimodalCollator(qwen_processor, qwen_template, packing=True)
+        MultimodalCollator(qwen_processor, packing=True)
 
 
 @pytest.mark.slow

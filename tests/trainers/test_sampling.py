@@ -30,10 +30,10 @@ def test_groups_hold_similar_lengths_in_random_order():
 
 
 def test_the_length_column_is_the_padded_length_of_the_longer_view(tmp_path):
-    build, template = MODELS["llava"]
+    build = MODELS["llava"]
     _, processor = build()
     dataset = tokenize_instances(
-        instances(tmp_path, paired=True), processor, template, EncodingSettings(max_length=512), str(tmp_path / "cache")
+        instances(tmp_path, paired=True), processor, EncodingSettings(max_length=512), str(tmp_path / "cache")
     )
     views = [(len(row["input_ids"]), len(row["teacher_input_ids"])) for row in dataset]
     assert any(teacher > student for student, teacher in views)  # the facts make the teacher view longer

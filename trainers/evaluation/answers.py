@@ -1,7 +1,7 @@
 """Held-out instances -> prompts -> generated answers -> per-item scores.
 
 Each instance is prompted with everything up to its last assistant turn through the model's own chat template
-(`add_generation_prompt=True`), which for the shipped templates is token for token the prompt the model was trained
+(`add_generation_prompt=True`), which is token for token the prompt the model was trained
 on (`Prediction.prompt_matches_training` says where it is not). A paired instance with a `teacher` view is
 answered as two items (its own condition and the teacher's), on the same record.
 """
@@ -17,7 +17,6 @@ import torch
 from xmodal.data_builders.sample import prompt_messages
 from xmodal.core.console import progress_bar
 from xmodal.core.scoring import GRADERS, cut_at_end, grader
-from xmodal.data_builders.templates import ChatTemplate
 from xmodal.core.tokens import IGNORE_INDEX
 from xmodal.data_builders.tokenize import encode_view, load_rgb
 from xmodal.trainers.models import to_model
@@ -131,9 +130,9 @@ def generation_prompt(item: EvalItem, processor) -> str:
     return processor.apply_chat_template(prompt_messages(item.messages), add_generation_prompt=True, tokenize=False)
 
 
-def training_prompt_ids(item: EvalItem, processor, template: ChatTemplate) -> list[int]:
+def training_prompt_ids(item: EvalItem, processor) -> list[int]:
     """The tokens training puts before the last answer: the encoded conversation up to its last supervised run."""
-    encoded = encode_view(item.messages, item.images, processor, template, f"instance {item.id!r}")
+    encoded = encode_view(item.messages, item.images, processor, f"instance {item.id!r}")
     labels = encoded["labels"]
     start = max(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
     while start > 0 and labels[start - 1] != IGNORE_INDEX:
@@ -143,9 +142,10 @@ def training_prompt_ids(item: EvalItem, processor, template: ChatTemplate) -> li
 
 def prompt_inputs(prompts: list[str], items: list[EvalItem], processor) -> dict:
     """Left-padded model inputs (generation appends to the right end of every row)."""
-    images = [load_rgb(path) for item in items for path in item.images]
+    # Images per prompt (some processors, Gemma 3's, need to know which prompt has none).
+    images = [[load_rgb(path) for path in item.images] for item in items]
     return processor(
-        text=prompts, images=images or None, padding=True, padding_side="left", add_special_tokens=False, return_tensors="pt"
+        text=prompts, images=images if any(images) else None, padding=True, padding_side="left", add_special_tokens=False, return_tensors="pt"
     )
 
 
@@ -213,7 +213,6 @@ def predict(
     model,
     processor,
     items: list[EvalItem],
-    template: ChatTemplate,
     settings: GenerationSettings,
     judge: Callable | None = None,
     batches: list[int] | None = None,
@@ -232,7 +231,7 @@ def predict(
             batch = items[start : start + settings.batch_size]
             prompts, prompt_ids, answers = answer_batch(model, processor, batch, settings)
             for item, prompt, ids, item_answers in zip(batch, prompts, prompt_ids, answers):
-                matches = ids == training_prompt_ids(item, processor, template)
+                matches = ids == training_prompt_ids(item, processor)
                 predictions.append(score_item(item, prompt, item_answers, matches, settings, judge))
     return predictions
 

@@ -22,7 +22,6 @@ from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
 
 from xmodal.core.errors import ConfigError
 from xmodal.data_builders.instances import build_instances
-from xmodal.data_builders.templates import get_template
 from xmodal.trainers.evaluation.answers import GenerationSettings, Prediction, batch_count, eval_items, predict
 from xmodal.trainers.evaluation.report import flat_scalars, summarise
 from xmodal.trainers.metrics.base import MetricCallback
@@ -40,7 +39,6 @@ class EvalCallback(MetricCallback):
         self,
         data: DictConfig,
         builder: DictConfig,
-        template: str,
         data_overrides: dict | None = None,
         builder_overrides: dict | None = None,
         judge: DictConfig | None = None,
@@ -54,7 +52,6 @@ class EvalCallback(MetricCallback):
         self.heldout_data = _overridden(data, data_overrides, "data")
         self.heldout_builder = _overridden(builder, builder_overrides, "builder")
         self.seed = seed
-        self.template = get_template(template)
         self.judge = instantiate(judge) if judge is not None else None
         self.per_condition = per_condition
         self.settings = GenerationSettings.from_config(
@@ -92,7 +89,7 @@ class EvalCallback(MetricCallback):
             # Inputs go to the model's device and dtype (DeepSpeed casts the module to bf16/fp16), not through
             # trainer._prepare_inputs: a GRPO trainer's generates rollouts there.
             predictions = predict(
-                model, trainer.processing_class, self.items, self.template, self.settings, self.judge, batches=batches
+                model, trainer.processing_class, self.items, self.settings, self.judge, batches=batches
             )
         finally:
             model.train(was_training)

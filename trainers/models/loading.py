@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -11,11 +12,12 @@ import torch
 from huggingface_hub import constants as hub_constants
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+from transformers import AutoImageProcessor, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 from xmodal.core.atomic import atomic_directory, published_directory
 from xmodal.core.errors import ConfigError
 from xmodal.core import distributed
+from xmodal.trainers.models.tiny import IMAGE_ONLY_PROCESSORS, SUB_PROCESSORS, upstream_class
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +59,7 @@ def model_location(model_cfg: DictConfig, cache_dir: str, seed: int) -> str:
 
 
 def load_processor(path: str, trust_remote_code: bool = False):
-    """`AutoProcessor`, or the image-only Qwen2-VL processor where torchvision is missing (see tiny_models).
+    """`AutoProcessor`, or the image-only Qwen-VL processor where torchvision is missing (see `tiny._WithoutVideo`).
 
     Code shipped with a checkpoint runs only with `trust_remote_code` (`model.trust_remote_code=true`).
     """
@@ -66,20 +68,20 @@ def load_processor(path: str, trust_remote_code: bool = False):
         return AutoProcessor.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (ImportError, AttributeError, OSError, TypeError, ValueError) as error:
         config = json.loads(_read_text(path, "processor_config.json") or "{}")
-        if config.get("processor_class") not in ("Qwen2VLProcessor", "Qwen2_5_VLProcessor"):
+        if config.get("processor_class") not in IMAGE_ONLY_PROCESSORS:
             refusal = unloadable(path, error)
             if refusal is None:
                 raise
             raise refusal from error
-        from transformers import AutoImageProcessor
-
-        from xmodal.trainers.models.tiny import ImageOnlyQwen2VLProcessor
-
-        logger.info("AutoProcessor failed (%s); using the image-only Qwen2-VL processor", error)
-        return ImageOnlyQwen2VLProcessor(
+        logger.info("AutoProcessor failed (%s); using the image-only %s", error, config["processor_class"])
+        image_only = IMAGE_ONLY_PROCESSORS[config["processor_class"]]
+        # The processor's own settings saved beside its sub-processors (e.g. InternVL's image_seq_length).
+        settings = inspect.signature(upstream_class(image_only).__init__).parameters
+        return image_only(
             image_processor=AutoImageProcessor.from_pretrained(path, trust_remote_code=trust_remote_code),
             tokenizer=AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code),
             chat_template=_read_text(path, "chat_template.jinja"),
+            **{key: value for key, value in config.items() if key in settings and key not in SUB_PROCESSORS},
         )
 
 

@@ -26,7 +26,6 @@ from torch import nn
 from xmodal.data_builders.collate import MultimodalCollator
 from xmodal.data_builders.sample import image_part, make_sample, message, text_part
 from xmodal.data_builders.sources import SyntheticFactsSource
-from xmodal.data_builders.templates import get_template
 from xmodal.core.tokens import IGNORE_INDEX
 from xmodal.data_builders.tokenize import encode_view, load_rgb
 from xmodal.trainers.models.finetuning import component_prefixes
@@ -86,12 +85,12 @@ def _with_pretraining(build, model_args: dict, stage: dict | None):
     arguments = inspect.signature(build).bind(**model_args)
     arguments.apply_defaults()
     model, processor = build(**model_args)
-    template, image_size = arguments.arguments["template"], arguments.arguments["vision"]["image_size"]
-    pretrain(model, processor, template, image_size, PretrainingSettings(**(stage or {})))
+    image_size = arguments.arguments["vision"]["image_size"]
+    pretrain(model, processor, image_size, PretrainingSettings(**(stage or {})))
     return model, processor
 
 
-def pretrain(model, processor, template: str, image_size: int, settings: PretrainingSettings) -> dict:
+def pretrain(model, processor, image_size: int, settings: PretrainingSettings) -> dict:
     """Warm the tower up, then align by captioning; returns the held-out scores, raises PretrainingError if low."""
     started = time.perf_counter()
     # A private RNG stream: the stage is the same for a seed whatever ran before, and leaves the caller's be.
@@ -100,7 +99,7 @@ def pretrain(model, processor, template: str, image_size: int, settings: Pretrai
         train, held_out = render_cell_images(processor, image_size, settings)
         logger.info("tiny pretraining: %d training and %d held-out images", len(train.records), len(held_out.records))
         classifier_accuracy = warm_up_vision_tower(model, train, held_out, settings)
-        scores = align_by_captioning(model, processor, template, train, held_out, settings)
+        scores = align_by_captioning(model, processor, train, held_out, settings)
     logger.info("tiny pretraining: done in %.0f s", time.perf_counter() - started)
     return {"classifier_accuracy": classifier_accuracy, **scores}
 
@@ -244,7 +243,7 @@ def warm_up_vision_tower(model, train: CellImages, held_out: CellImages, setting
 
 
 def align_by_captioning(
-    model, processor, template: str, train: CellImages, held_out: CellImages, settings: PretrainingSettings
+    model, processor, train: CellImages, held_out: CellImages, settings: PretrainingSettings
 ) -> dict[str, float]:
     """With the tower frozen, train projector + LM to read the cells out in order (and, with `text_qa_records`,
     to answer text-only questions); returns the held-out caption exact match and text QA accuracy.
@@ -252,11 +251,10 @@ def align_by_captioning(
     The warmed tower stays frozen (as LLaVA's stage 1 freezes CLIP): the early, noisy LM gradients would
     otherwise wreck it and the captions stay at chance.
     """
-    chat = get_template(template)
-    collate = MultimodalCollator(processor, template)
+    collate = MultimodalCollator(processor)
 
     def encoded(samples: list[dict]) -> list[dict]:
-        return [encode_view(s["messages"], s["images"], processor, chat, f"base stage {s['id']!r}") for s in samples]
+        return [encode_view(s["messages"], s["images"], processor, f"base stage {s['id']!r}") for s in samples]
 
     def captions(images: CellImages) -> list[dict]:
         pairs = zip(images.records, images.captions)

@@ -22,4 +22,4 @@ def family(request):
 @pytest.fixture(scope="module")
 def probe_batch(family, tmp_path_factory):
     name, model, processor = family
-    return collate(make_instances(tmp_path_factory.mktemp("images"), 3), processor, name)
+    return collate(make_instances(tmp_path_factory.mktemp("images"), 3), processor)

@@ -18,7 +18,6 @@ from imbalance_support import BUILDERS, make_instances
 from transformers import Trainer, TrainingArguments
 
 from xmodal.data_builders.collate import MultimodalCollator
-from xmodal.data_builders.templates import get_template
 from xmodal.data_builders.tokenize import EncodingSettings, encode_instance
 from xmodal.core.distributed import configure_cpu_deepspeed_state, init_deepspeed_backend, teardown
 from xmodal.trainers.metrics.imbalance import SpanStats, measure
@@ -47,14 +46,14 @@ def main(stage: int, mode: str, out: pathlib.Path) -> None:
     image_dir = out / f"images{rank}"
     image_dir.mkdir(exist_ok=True)
     rows = [
-        encode_instance(instance, processor, get_template("qwen2"), EncodingSettings(max_length=512))
+        encode_instance(instance, processor, EncodingSettings(max_length=512))
         for instance in make_instances(image_dir, 8)
     ]
     # 5 probe rows in batches of 2: rank 0 measures 2 batches, rank 1 one batch plus one uncounted forward.
     callback = ImbalanceCallback(every_n_steps=2, probe_size=5, probe_batch_size=2, mode=mode)
     trainer = Trainer(
         model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
-        data_collator=MultimodalCollator(processor, "qwen2"), processing_class=processor, callbacks=[callback],
+        data_collator=MultimodalCollator(processor), processing_class=processor, callbacks=[callback],
     )
     callback.bind(trainer)
     trainer.train()

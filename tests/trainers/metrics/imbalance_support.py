@@ -6,7 +6,6 @@ import torch
 from PIL import Image
 
 from xmodal.data_builders.collate import MultimodalCollator
-from xmodal.data_builders.templates import get_template
 from xmodal.data_builders.tokenize import EncodingSettings, encode_instance
 from xmodal.trainers.metrics.imbalance_probes import probe_masks
 from xmodal.core.tokens import image_token_id
@@ -47,10 +46,10 @@ def make_instances(image_dir, count: int) -> list[dict]:
     return instances
 
 
-def collate(instances, processor, template: str) -> dict:
+def collate(instances, processor) -> dict:
     settings = EncodingSettings(max_length=512)
-    encoded = [encode_instance(instance, processor, get_template(template), settings) for instance in instances]
-    return MultimodalCollator(processor, template)(encoded)
+    encoded = [encode_instance(instance, processor, settings) for instance in instances]
+    return MultimodalCollator(processor)(encoded)
 
 
 def left_padded(batch: dict) -> dict:

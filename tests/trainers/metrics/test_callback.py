@@ -11,7 +11,6 @@ from tests.trainers.metrics.imbalance_support import BUILDERS, make_instances, m
 from transformers import Trainer, TrainingArguments
 
 from xmodal.data_builders.collate import MultimodalCollator
-from xmodal.data_builders.templates import get_template
 from xmodal.data_builders.tokenize import EncodingSettings, encode_instance
 from xmodal.trainers.metrics.imbalance import measure
 from xmodal.trainers.metrics.imbalance_callback import ImbalanceCallback
@@ -20,9 +19,8 @@ from xmodal.trainers.metrics.imbalance_callback import ImbalanceCallback
 def tiny_trainer(tmp_path, callback, report_to):
     torch.manual_seed(0)
     model, processor = BUILDERS["llava"]()
-    template = get_template("llava")
     rows = [
-        encode_instance(instance, processor, template, EncodingSettings(max_length=512))
+        encode_instance(instance, processor, EncodingSettings(max_length=512))
         for instance in make_instances(tmp_path, 6)
     ]
     args = TrainingArguments(
@@ -40,7 +38,7 @@ def tiny_trainer(tmp_path, callback, report_to):
         model=model,
         args=args,
         train_dataset=datasets.Dataset.from_list(rows),
-        data_collator=MultimodalCollator(processor, "llava"),
+        data_collator=MultimodalCollator(processor),
         processing_class=processor,
         callbacks=[callback],
     )
@@ -61,7 +59,7 @@ def test_logs_imbalance_at_configured_steps(tmp_path):
     assert {"imbalance/mass_image", "imbalance/mass_text", "imbalance/per_token_image", "imbalance/per_token_text"} <= set(entry)
     # The logged means are those of a direct measurement of the trained model on the same probe.
     model, processor = trainer.model, trainer.processing_class
-    batch = MultimodalCollator(processor, "llava")([trainer.train_dataset[i] for i in range(3)])
+    batch = MultimodalCollator(processor)([trainer.train_dataset[i] for i in range(3)])
     masks = masks_of(batch, model, processor)
     direct = measure(model, batch, masks.query, masks.a, masks.b)
     assert entry["imbalance/ratio"] == pytest.approx(direct.mean().ratio.mean().item(), abs=1e-6)

@@ -40,7 +40,7 @@ def _recomputed_on_final_weights(overrides: list[str], output_dir) -> dict[str, 
     callback = instantiate(cfg.metrics.eval)
     items = eval_items(build_instances(callback.heldout_data, callback.heldout_builder, seed=callback.seed).instances, callback.per_condition)
     model, processor = load_for_inference(str(output_dir / "final"), "float32", "sdpa")
-    predictions = predict(model, processor, items, callback.template, callback.settings)
+    predictions = predict(model, processor, items, callback.settings)
     mismatches = sum(not prediction.prompt_matches_training for prediction in predictions)
     scalars = {"eval/items": len(items), "eval/prompt_mismatches": mismatches}
     return {**scalars, **flat_scalars(summarise(predictions, resamples=0), "eval")}

@@ -66,7 +66,7 @@ def test_evidence_spans_cover_exactly_each_piece(name, tmp_path):
     model, processor = BUILDERS[name]()
     Image.new("RGB", (40, 40), (200, 30, 30)).save(tmp_path / "evidence.png")
     instance = conflict_instance(tmp_path / "evidence.png")
-    batch = collate([instance], processor, name)
+    batch = collate([instance], processor)
     masks = probe_masks(
         batch, image_token_id(model.config), processor.tokenizer.all_special_ids, spans="evidence",
         instances=[instance], tokenizer=processor.tokenizer,

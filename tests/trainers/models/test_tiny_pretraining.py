@@ -138,12 +138,12 @@ def test_stage_reports_text_qa_accuracy_when_taught(tmp_path):
     model, processor = build_tiny_llava(TEXT, VISION, vocab_size=512)
     settings = PretrainingSettings(**{**SHORT_STAGE, "text_qa_records": 16, "held_out_text_qa_records": 8,
                                       "cache_dir": str(tmp_path)})
-    scores = pretrain(model, processor, "llava", VISION["image_size"], settings)
+    scores = pretrain(model, processor, VISION["image_size"], settings)
     assert set(scores) == {"classifier_accuracy", "caption_exact_match", "text_qa_accuracy"}
     _, held_out = text_qa_records(settings)
     assert (scores["text_qa_accuracy"] * len(held_out)).is_integer()  # a share of the held-out questions
     with pytest.raises(PretrainingError, match="text_qa_accuracy"):
-        pretrain(model, processor, "llava", VISION["image_size"], replace(settings, min_text_qa_accuracy=1.01))
+        pretrain(model, processor, VISION["image_size"], replace(settings, min_text_qa_accuracy=1.01))
 
 
 def test_an_answer_counts_as_exact_when_greedy_decoding_reproduces_it():
