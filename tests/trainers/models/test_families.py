@@ -39,7 +39,6 @@ from xmodal.trainers.models.finetuning import (
 )
 from xmodal.trainers.sft import XModalSFTTrainer
 from tests.support.tiny_batches import two_turn_instance
-from tests.trainers.metrics.test_distributed import free_port
 
 TEXT = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
 VISION = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4)
@@ -233,7 +232,7 @@ def test_one_zero2_step_of_every_family_on_two_ranks(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.dirname(here)))
     env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": root}
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
         os.path.join(here, "zero2_probe.py"), str(tmp_path), *FAMILIES,
     ]
     finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
