@@ -9,4 +9,4 @@ def test_the_larger_tiny_base_differs_only_in_its_language_model():
     base, large = (compose_config([f"model={name}"]).model for name in ("tiny_llava_base", "tiny_llava_base_large"))
     assert (large.init.text.num_layers, large.init.text.hidden_size) == (8, 256)
     assert large.init.vision == base.init.vision and large.init._target_ == base.init._target_
-    assert large.init_seed == base.init_seed and large.template == base.template
+    assert large.init_seed == base.init_seed and large.render == base.render

@@ -14,7 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 
 from xmodal.core.errors import ConfigError
 from xmodal.recipes import CONFIG_DIR, finetune
-from tests.support.helpers import FAST, read_metrics
+from tests.support.helpers import FAST, compose_config, read_metrics
 from xmodal.core.console import USER_ERROR_STATUS
 from xmodal.trainers.models import load_model
 from xmodal.trainers.lifecycle.run_directory import REDACTED, claim_output_dir, job_output_dir, redact_secrets
@@ -128,8 +128,8 @@ def test_code_shipped_with_a_checkpoint_runs_only_with_trust_remote_code(tmp_pat
     with pytest.raises(Exception):  # the module has no model class; what matters is that it ran
         load_model(str(tmp_path), "float32", "sdpa", trust_remote_code=True)
     assert (tmp_path / "ran").exists()
-    for model_config in Path(CONFIG_DIR, "model").glob("*.yaml"):
-        assert yaml.safe_load(model_config.read_text())["trust_remote_code"] is False, model_config
+    for name in sorted(path.stem for path in Path(CONFIG_DIR, "model").glob("*.yaml")):
+        assert compose_config([f"model={name}"]).model.trust_remote_code is False, name
 
 
 def test_claiming_returns_the_directory_and_the_checkpoint_without_touching_a_config(tmp_path):
