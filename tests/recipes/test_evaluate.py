@@ -27,9 +27,9 @@ from xmodal.trainers.evaluation.answers import (
 )
 from xmodal.trainers.evaluation.report import summarise
 from xmodal.trainers.models.tiny import build_tiny_llava, build_tiny_qwen2_vl
+from tests.support.tiny_batches import FAMILY_TEXT, FAMILY_VISION
 
-TEXT = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
-VISION = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4)
+TEXT, VISION = FAMILY_TEXT, FAMILY_VISION
 BUILDERS = {"llava": build_tiny_llava, "qwen2": build_tiny_qwen2_vl}
 # What each family's generation prompt ends with: the assistant turn's opening.
 ASSISTANT_HEADER = {"llava": "ASSISTANT:", "qwen2": "<|im_start|>assistant\n"}

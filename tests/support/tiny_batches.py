@@ -9,6 +9,9 @@ from xmodal.trainers.models.tiny import build_tiny_llava, build_tiny_qwen2_vl
 
 TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2}
 VISION = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1, "num_heads": 2}
+# The sizes of the per-family tiny twins (32-pixel images, 4 heads): every architecture builds at these.
+FAMILY_TEXT = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
+FAMILY_VISION = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4)
 # name: builder of (model, processor)
 MODELS = {
     "llava": lambda: build_tiny_llava(text=TEXT, vision={**VISION, "image_size": 16, "patch_size": 8}, vocab_size=400),

@@ -38,10 +38,9 @@ from xmodal.trainers.models.finetuning import (
     unwrapped_name,
 )
 from xmodal.trainers.sft import XModalSFTTrainer
-from tests.support.tiny_batches import two_turn_instance
+from tests.support.tiny_batches import FAMILY_TEXT, FAMILY_VISION, two_turn_instance
 
-TEXT = dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
-VISION = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=4)
+TEXT, VISION = FAMILY_TEXT, FAMILY_VISION
 FAMILIES = ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "idefics3", "gemma3", "internvl"]
 # The supervised text of the two assistant turns, written from each family's chat format: the answer and its
 # end-of-turn marker (the model learns to stop), never the whitespace after the marker.
