@@ -26,7 +26,17 @@ def pytest_collection_modifyitems(config, items):
     """Files holding slow tests first (the order within a file kept): under `-n 2 --dist loadfile` workers take
     files in this order, so the long ones start early instead of leaving one worker alone with them at the end."""
     slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
+    items.sort(key=lambda item: (item.path not in slow_files, _LONGEST_FILES.get(item.path.name, len(_LONGEST_FILES))))
+
+
+# The files that take minutes on one worker, longest first (measured with --durations): started first, they end
+# together with the rest instead of alone at the end.
+_LONGEST_FILES = {
+    name: rank
+    for rank, name in enumerate(
+        ["test_reproduce.py", "test_multinode.py", "test_slurm.py", "test_kill_anywhere.py", "test_readme_commands.py"]
+    )
+}
 
 
 @pytest.fixture(scope="session")

@@ -65,6 +65,7 @@ def test_two_nodes_match_one_and_a_lost_node_resumes_with_resume_auto(tmp_path, 
         **entry_point_env(cache_dir),
         "PYTHONPATH": os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
     }
+    env.pop("PET_STANDALONE", None)  # tests/conftest.py's default: each node would rendezvous alone
     args = [*RUN, f"output_dir={two_nodes}", pause_override(3, control), "resume=auto"]
     reference = subprocess.Popen(
         train_command([*RUN, f"output_dir={one_node}"], processes=2), env=env, stdout=open(tmp_path / "one.log", "w"),
