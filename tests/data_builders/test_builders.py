@@ -144,7 +144,8 @@ def test_instance_mix_by_modality_and_supervision():
 
 
 def test_instance_mix_needs_two_groups():
-    with pytest.raises(ValueError, match="two or more sources"):
+    with pytest.raises(ValueError, match=r"two or more sources, got \['synthetic'\]; use a mixture source "
+                                         r"\(data=mixture\) or group_by=modality"):
         InstanceMixBuilder().build(synthetic(), seed=0)
 
 
