@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 import pytest
@@ -86,6 +87,7 @@ def test_curriculum_epoch_based_run_is_one_epoch_of_the_passes():
     # The run ends before the switch (a silent text-centric-only run before).
     ({"switch_step": 10, "max_steps": 10}, 4, r"switch_step=10 .*reads 40 instances \(trainer.max_steps=10 x 4"),
     ({"switch_step": 12, "max_steps": 10}, 1, "Move the switch"),
+    ({"switch_step": 0, "max_steps": 10}, 1, r"switch_step=0 \(instance 0\)"),  # no text-centric instance
     # A fraction that rounds to no vision-centric (or no text-centric) instance at all.
     ({"switch_fraction": 0.9, "max_steps": 1}, 2, "switch_fraction=0.9"),
     # Several epochs would replay the text-centric part; HF's default is 3 epochs.
@@ -97,6 +99,47 @@ def test_curriculum_epoch_based_run_is_one_epoch_of_the_passes():
 def test_curriculum_schedule_the_run_cannot_honour_fails_with_the_fix(settings, examples_per_step, message):
     with pytest.raises(ConfigError, match=message):
         CurriculumBuilder(**settings).build(synthetic(), seed=0, examples_per_step=examples_per_step)
+
+
+def test_curriculum_by_default_switches_halfway_and_states_the_facts_one_a_line():
+    source = synthetic(6)
+    records = {record["id"]: record for record in source.records()}
+    built = CurriculumBuilder(max_steps=4).build(source, seed=0, examples_per_step=2)
+    assert [i["condition"] for i in built] == ["text_centric"] * 4 + ["vision_centric"] * 4
+    for instance in built:
+        meta = records[instance["meta"]["pair_id"]]["meta"]
+        facts = "Facts:\n" + "\n".join(meta["facts"]) + "\n" if instance["condition"] == "text_centric" else ""
+        assert prompt_text(instance) == facts + meta["question"]
+        assert instance["id"] == f"{instance['meta']['pair_id']}:{instance['condition']}:pass{instance['meta']['pass']}"
+
+
+def test_curriculum_passes_are_reshuffled_by_the_seed():
+    source = synthetic(6)
+
+    def order(seed):
+        return [i["meta"]["pair_id"] for i in CurriculumBuilder(max_steps=6).build(source, seed=seed, examples_per_step=2)]
+
+    first = order(0)
+    assert first == order(0) != order(1)
+    assert sorted(first[:6]) == sorted(first[6:]) == sorted(records["id"] for records in source.records())
+    assert first[:6] != first[6:]  # the second pass is drawn again, not the first repeated
+
+
+def test_curriculum_epoch_based_run_without_passes_is_one_pass_and_max_steps_0_is_epoch_based():
+    built = CurriculumBuilder(max_steps=0, num_train_epochs=1).build(synthetic(6), seed=0)
+    assert [i["condition"] for i in built] == ["text_centric"] * 3 + ["vision_centric"] * 3
+    assert len({i["meta"]["pair_id"] for i in built}) == 6
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"switch_fraction": 0.0}, "builder.switch_fraction must lie strictly between 0 and 1, got 0.0"),
+    ({"switch_fraction": 1.0}, "builder.switch_fraction must lie strictly between 0 and 1, got 1.0"),
+    ({"passes": 0}, "builder.passes must be >= 1, got 0"),
+])
+def test_curriculum_settings_out_of_range_are_refused_naming_them(settings, message):
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        CurriculumBuilder(**settings)
+    CurriculumBuilder(switch_step=3, switch_fraction=1.0, passes=1)  # a switch step overrides the fraction
 
 
 def mixture():

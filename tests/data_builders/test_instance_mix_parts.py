@@ -49,20 +49,20 @@ def test_grouping_by_modality_names_the_groups_image_and_text_whatever_the_sourc
 
 
 def test_the_fullest_groups_are_paired_first_so_the_fewest_instructions_are_left_over(caplog):
-    # groups of 4, 1 and 1 with the default k=2, by hand: (big, small_a), (big, small_b), then 2 of `big` are left over and
-    # join those two instances. Pairing in name order (or the smallest first) would pair small_a with small_b
-    # and leave all 4 of `big` over.
+    # groups text: 4, image: 1, other: 1 with the default k=2, by hand: (text, image), (text, other), then 2 of
+    # `text` are left over and join those two instances. Pairing in name order (or the smallest first) would
+    # pair image with other and leave all 4 of `text` over.
     source = MixtureSource({
-        "big": SyntheticFactsSource(num_records=4, facts_in="text", name="synthetic_text"),
-        "small_a": SyntheticFactsSource(num_records=1),
-        "small_b": SyntheticFactsSource(num_records=1, language="xx", second_language="en", name="synthetic_xx"),
+        "text": SyntheticFactsSource(num_records=4, facts_in="text", name="synthetic_text"),
+        "image": SyntheticFactsSource(num_records=1),
+        "other": SyntheticFactsSource(num_records=1, language="xx", second_language="en", name="synthetic_xx"),
     })
     with caplog.at_level(logging.WARNING, logger="xmodal.data_builders.builders.instance_mix"):
         built = InstanceMixBuilder().build(source, seed=0)
     groups = sorted(tuple(sorted(Counter(part["group"] for part in i["meta"]["parts"]).items())) for i in built)
-    assert groups == [(("big", 2), ("small_a", 1)), (("big", 2), ("small_b", 1))]
+    assert groups == [(("image", 1), ("text", 2)), (("other", 1), ("text", 2))]
     assert caplog.messages == [
-        "2 instructions of ['big'] had no other group left to pair with and were appended to existing instances; "
+        "2 instructions of ['text'] had no other group left to pair with and were appended to existing instances; "
         "set builder.ratios to balance the groups"
     ]
 

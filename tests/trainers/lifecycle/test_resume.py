@@ -13,7 +13,12 @@ from safetensors.torch import load_file, save_file
 from tests.support.helpers import FAST, compose_config, read_metrics, xmodal_train
 from xmodal.trainers.lifecycle.callbacks import drop_rows_after
 from xmodal.trainers.models.finetuning import FinetuneSettings, apply_finetuning
-from xmodal.trainers.lifecycle.resume import CheckpointMismatchError, load_full_weights, verify_checkpoint_weights
+from xmodal.trainers.lifecycle.resume import (
+    CheckpointMismatchError,
+    checkpoint_weight_files,
+    load_full_weights,
+    verify_checkpoint_weights,
+)
 
 STEP_KEYS = ("loss", "grad_norm", "learning_rate", "lm_loss")
 
@@ -63,11 +68,56 @@ def test_a_missing_or_unexpected_weight_stops_the_resume(tmp_path):
         load_full_weights(model, str(tmp_path))
 
 
-def test_a_lora_run_refuses_a_full_finetune_checkpoint(tmp_path):
-    _tiny_model("tiny_llava", seed=0).save_pretrained(tmp_path)
+def test_a_lora_run_refuses_a_full_finetune_checkpoint_and_a_full_finetune_a_lora_one(tmp_path):
+    full, adapter = tmp_path / "full", tmp_path / "adapter"
+    _tiny_model("tiny_llava", seed=0).save_pretrained(full)
     lora = apply_finetuning(_tiny_model("tiny_llava", seed=0), FinetuneSettings(mode="lora"))
-    with pytest.raises(CheckpointMismatchError, match="written by a full fine-tune run; this run is a LoRA"):
+    lora.save_pretrained(adapter)
+    with pytest.raises(CheckpointMismatchError) as refused:
+        verify_checkpoint_weights(lora, str(full))
+    assert str(refused.value) == f"resume: {full} was written by a full fine-tune run; this run is a LoRA (finetune=...)"
+    with pytest.raises(CheckpointMismatchError) as refused:
+        verify_checkpoint_weights(_tiny_model("tiny_llava", seed=0), str(adapter))
+    assert str(refused.value) == f"resume: {adapter} was written by a LoRA run; this run is a full fine-tune (finetune=...)"
+
+
+def test_a_lora_checkpoint_is_checked_by_its_adapter_weights(tmp_path):
+    lora = apply_finetuning(_tiny_model("tiny_llava", seed=0), FinetuneSettings(mode="lora"))
+    lora.save_pretrained(tmp_path)
+    verify_checkpoint_weights(lora, str(tmp_path))  # its own adapter: accepted
+    weights = load_file(tmp_path / "adapter_model.safetensors")
+    dropped = sorted(weights)[0]
+    save_file({key: value for key, value in weights.items() if key != dropped}, tmp_path / "adapter_model.safetensors")
+    with pytest.raises(CheckpointMismatchError, match=f"the adapter weights of this run's model \\(1 missing, e.g. {dropped}\\)"):
         verify_checkpoint_weights(lora, str(tmp_path))
+
+
+def test_a_sharded_checkpoint_loads_back_from_every_shard(tmp_path):
+    saved = _tiny_model("tiny_llava", seed=0)
+    size = sum(tensor.numel() * tensor.element_size() for tensor in saved.state_dict().values())
+    saved.save_pretrained(tmp_path, max_shard_size=size // 3)
+    shards = sorted(path.name for path in tmp_path.glob("model-*.safetensors"))
+    assert len(shards) > 1 and not (tmp_path / "model.safetensors").exists()
+    assert checkpoint_weight_files(str(tmp_path), peft=False) == [str(tmp_path / shard) for shard in shards]
+    restored = _tiny_model("tiny_llava", seed=1)
+    with torch.no_grad():
+        for tensor in restored.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.add_(1.0)
+    verify_checkpoint_weights(restored, str(tmp_path))
+    load_full_weights(restored, str(tmp_path))
+    for name, tensor in saved.state_dict().items():
+        assert torch.equal(restored.state_dict()[name], tensor), name
+
+
+def test_without_weight_files_the_check_passes_and_the_loader_refuses(tmp_path):
+    # a DeepSpeed ZeRO-3 checkpoint saved without gathered 16-bit weights has no weight file to compare
+    model = _tiny_model("tiny_llava", seed=0)
+    assert checkpoint_weight_files(str(tmp_path), peft=False) == checkpoint_weight_files(str(tmp_path), peft=True) == []
+    verify_checkpoint_weights(model, str(tmp_path))
+    with pytest.raises(CheckpointMismatchError) as refused:
+        load_full_weights(model, str(tmp_path))
+    assert str(refused.value) == f"resume: {tmp_path} holds no model.safetensors (or sharded index)"
 
 
 @pytest.mark.slow
