@@ -83,22 +83,45 @@ def test_curriculum_epoch_based_run_is_one_epoch_of_the_passes():
     assert [i["condition"] for i in built] == ["text_centric"] * 6 + ["vision_centric"] * 18
 
 
+SWITCH_OUTSIDE = ("the curriculum switch must fall inside the run: {setting}, but the run reads {total} instances "
+                  "({length}). Move the switch (builder.switch_step / builder.switch_fraction) or lengthen the run")
+EPOCHS = ("a curriculum schedule is read once: trainer.num_train_epochs is {epochs}, and every further epoch would "
+          "replay the text-centric part. Set trainer.num_train_epochs=1 with builder.passes=N for N passes over the "
+          "records, or set trainer.max_steps")
+
+
 @pytest.mark.parametrize("settings,examples_per_step,message", [
     # The run ends before the switch (a silent text-centric-only run before).
-    ({"switch_step": 10, "max_steps": 10}, 4, r"switch_step=10 .*reads 40 instances \(trainer.max_steps=10 x 4"),
-    ({"switch_step": 12, "max_steps": 10}, 1, "Move the switch"),
-    ({"switch_step": 0, "max_steps": 10}, 1, r"switch_step=0 \(instance 0\)"),  # no text-centric instance
+    ({"switch_step": 10, "max_steps": 10}, 4, SWITCH_OUTSIDE.format(
+        setting="builder.switch_step=10 (instance 40)", total=40, length="trainer.max_steps=10 x 4 examples per step")),
+    ({"switch_step": 12, "max_steps": 10}, 1, SWITCH_OUTSIDE.format(
+        setting="builder.switch_step=12 (instance 12)", total=10, length="trainer.max_steps=10 x 1 examples per step")),
+    ({"switch_step": 0, "max_steps": 10}, 1, SWITCH_OUTSIDE.format(  # no text-centric instance
+        setting="builder.switch_step=0 (instance 0)", total=10, length="trainer.max_steps=10 x 1 examples per step")),
     # A fraction that rounds to no vision-centric (or no text-centric) instance at all.
-    ({"switch_fraction": 0.9, "max_steps": 1}, 2, "switch_fraction=0.9"),
+    ({"switch_fraction": 0.9, "max_steps": 1}, 2, SWITCH_OUTSIDE.format(
+        setting="builder.switch_fraction=0.9 (instance 2)", total=2, length="trainer.max_steps=1 x 2 examples per step")),
+    ({"switch_fraction": 0.01, "max_steps": -1, "num_train_epochs": 1}, 1, SWITCH_OUTSIDE.format(
+        setting="builder.switch_fraction=0.01 (instance 0)", total=12, length="one epoch of builder.passes=1 x 12 records")),
     # Several epochs would replay the text-centric part; HF's default is 3 epochs.
-    ({"max_steps": -1, "num_train_epochs": 2}, 1, "trainer.num_train_epochs=1"),
-    ({"max_steps": -1}, 1, "HF's default is 3"),
+    ({"max_steps": -1, "num_train_epochs": 2}, 1, EPOCHS.format(epochs=2)),
+    ({"max_steps": -1}, 1, EPOCHS.format(epochs="unset (HF's default is 3)")),
     # `passes` would be ignored by a step-based run.
-    ({"max_steps": 10, "passes": 2}, 1, "drop builder.passes"),
+    ({"max_steps": 10, "passes": 2}, 1, "builder.passes=2 applies to epoch-based runs; this run has trainer.max_steps=10, "
+     "whose length sets the schedule: drop builder.passes, or set trainer.max_steps=-1 trainer.num_train_epochs=1 to "
+     "train on builder.passes passes"),
 ])
 def test_curriculum_schedule_the_run_cannot_honour_fails_with_the_fix(settings, examples_per_step, message):
-    with pytest.raises(ConfigError, match=message):
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
         CurriculumBuilder(**settings).build(synthetic(), seed=0, examples_per_step=examples_per_step)
+
+
+def test_curriculum_switch_may_fall_on_the_first_or_the_last_instance():
+    # one text-centric instance, then one vision-centric; build's default is one example per step
+    first = CurriculumBuilder(switch_step=1, max_steps=3).build(synthetic(), seed=0)
+    assert [i["condition"] for i in first] == ["text_centric"] + ["vision_centric"] * 2
+    last = CurriculumBuilder(switch_step=2, max_steps=3).build(synthetic(), seed=0)
+    assert [i["condition"] for i in last] == ["text_centric"] * 2 + ["vision_centric"]
 
 
 def test_curriculum_by_default_switches_halfway_and_states_the_facts_one_a_line():
