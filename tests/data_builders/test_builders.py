@@ -16,7 +16,7 @@ from xmodal.data_builders.builders import (
     PairedBuilder,
     SingleBuilder,
 )
-from xmodal.core.errors import ConfigError
+from xmodal.core.errors import ConfigError, DataError
 from xmodal.data_builders.builders.conflict import SLOTS
 from xmodal.data_builders.render import render_cells, render_text
 from xmodal.data_builders.sample import check_sample, prompt_text
@@ -286,6 +286,89 @@ def test_conflict_image_evidence_in_the_records_cell_format():
     as_text = ConflictBuilder(conditions=["cross_modal"], image_evidence="text").build(source, seed=0)[0]
     image_piece = next(p for p in as_text["meta"]["evidence"] if p["modality"] == "image")
     assert as_text["images"] == [render_text(image_piece["text"], {})]
-    with pytest.raises(ValueError, match="image_evidence"):
-        ConflictBuilder(image_evidence="pixels")
 
+
+
+def conflict_record(tmp_path, **extra):
+    record = {"id": "q0", "question": "Capital of X?", "answer": "Ay", "counter_answer": "Bee",
+              "evidence": "X's capital is Ay.", "counter_evidence": "X's capital is Bee.", **extra}
+    return ConflictQASource(str(write_records(tmp_path / "c.jsonl", [record])))
+
+
+def test_conflict_instances_written_out_by_hand(tmp_path):
+    """One conflict and one control instance of a record without per-slot pieces, every field as the docstring
+    of ConflictBuilder lays it out: label, passage, separator per slot, then the question; the target; meta."""
+    style = {"width": 128, "height": 64, "font_size": 12}
+    built = ConflictBuilder(conditions=["unimodal_text", "cross_modal"], render=style).build(
+        conflict_record(tmp_path), seed=0)
+    by_id = {instance["id"]: instance for instance in built}
+    question = "Question: Capital of X?\nDo the sources agree or disagree?"
+    conflict = by_id["conflict_qa/q0:unimodal_text:true_text_b:text_b-text_a"]
+    assert conflict["source"] == "conflict_qa" and conflict["condition"] == "unimodal_text"
+    assert conflict["messages"] == [
+        {"role": "user", "content": [{"type": "text", "text": "Evidence 1: "}, {"type": "text", "text": "X's capital is Ay."},
+                                     {"type": "text", "text": "\n"}, {"type": "text", "text": "Evidence 2: "},
+                                     {"type": "text", "text": "X's capital is Bee."}, {"type": "text", "text": "\n"},
+                                     {"type": "text", "text": question}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "The sources conflict."}]},
+    ]
+    assert conflict["images"] == []
+    assert conflict["meta"] == {
+        "conflict": True, "conflict_condition": "unimodal_text", "true_side": "text_b", "agree_on": None,
+        "order": ["text_b", "text_a"],
+        "evidence": [
+            {"slot": "text_b", "modality": "text", "language": "l1", "text": "X's capital is Ay.", "supports": "answer",
+             "part_index": 1},
+            {"slot": "text_a", "modality": "text", "language": "l1", "text": "X's capital is Bee.",
+             "supports": "counter", "part_index": 4},
+        ],
+        "question": "Capital of X?", "answer": "Ay", "counter_answer": "Bee", "record_id": "conflict_qa/q0",
+    }
+    control = by_id["conflict_qa/q0:cross_modal_control:agree_counter:image-text"]
+    assert control["condition"] == "cross_modal_control"
+    assert control["messages"][0]["content"] == [
+        {"type": "text", "text": "Evidence 1: "}, {"type": "image"}, {"type": "text", "text": "\n"},
+        {"type": "text", "text": "Evidence 2: "}, {"type": "text", "text": "X's capital is Bee."},
+        {"type": "text", "text": "\n"}, {"type": "text", "text": question}]
+    assert control["target"] == "The sources agree. Bee"
+    assert control["images"] == [render_text("X's capital is Bee.", style)]  # no cells in the record: the passage
+    assert [piece.get("image_index") for piece in control["meta"]["evidence"]] == [0, None]
+    assert (control["meta"]["true_side"], control["meta"]["agree_on"]) == (None, "counter")
+
+
+def test_conflict_prompt_pieces_controls_and_shuffle_are_settings(tmp_path):
+    source = conflict_record(tmp_path, evidence_l2="Ay est la capitale.", counter_evidence_l2="Bee est la capitale.")
+    builder = ConflictBuilder(conditions=["cross_lingual"], controls=False, evidence_label="[{n}] ",
+                              evidence_separator=" | ", question_template="Q: {question}",
+                              target_conflict="Conflict.", target_agree="Agree: {answer}")
+    built = builder.build(source, seed=0)
+    assert len(built) == 4 and not any(instance["meta"]["conflict"] is False for instance in built)
+    l1_first = next(i for i in built if i["meta"]["order"] == ["l1", "l2"] and i["meta"]["true_side"] == "l1")
+    assert [part["text"] for part in l1_first["messages"][0]["content"]] == [
+        "[1] ", "X's capital is Ay.", " | ", "[2] ", "Bee est la capitale.", " | ", "Q: Capital of X?"]
+    assert l1_first["target"] == "Conflict."
+    agree = ConflictBuilder(conditions=["cross_lingual"], target_agree="Agree: {answer}").build(source, seed=0)
+    assert {i["target"] for i in agree if not i["meta"]["conflict"]} == {"Agree: Ay", "Agree: Bee"}
+    in_order = [i["id"] for i in ConflictBuilder().build(source, seed=0)]
+    shuffled = [i["id"] for i in ConflictBuilder(shuffle=True).build(source, seed=0)]
+    assert sorted(shuffled) == sorted(in_order) and shuffled != in_order
+    assert shuffled == [i["id"] for i in ConflictBuilder(shuffle=True).build(source, seed=0)]
+    assert shuffled != [i["id"] for i in ConflictBuilder(shuffle=True).build(source, seed=1)]
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"conditions": ["cross_modal", "visual"]}, "unknown conflict conditions ['visual']; known: ['unimodal_text', "
+                                                "'unimodal_image', 'cross_modal', 'cross_lingual']"),
+    ({"variants": "some"}, "variants must be one of ('all', 'rotate'), got 'some'"),
+    ({"image_evidence": "pixels"}, "image_evidence must be one of ('auto', 'text'), got 'pixels'"),
+])
+def test_conflict_settings_it_cannot_honour_are_refused_naming_them(settings, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        ConflictBuilder(**settings)
+
+
+def test_conflict_needs_records_with_conflict_qa(pgps9k_root):
+    with pytest.raises(DataError) as refused:
+        ConflictBuilder().build(Pgps9kSource(str(pgps9k_root), on_error="skip"), seed=0)
+    assert (refused.value.field, refused.value.reason) == ("meta.conflict_qa", "no conflict_qa")
+    assert "data=synthetic or data=conflict_qa" in str(refused.value)
