@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
 import torch
 from hydra.utils import instantiate
 from safetensors.torch import load_file, save_file
+from transformers import MixtralConfig, MixtralForCausalLM
 
 from tests.support.helpers import FAST, compose_config, read_metrics, xmodal_train
 from xmodal.trainers.lifecycle.callbacks import drop_rows_after
@@ -50,20 +52,59 @@ def test_full_weights_load_back_by_their_saved_names(model, tmp_path):
         assert torch.equal(restored.state_dict()[name], tensor), name
 
 
+def test_weights_the_model_keeps_out_of_its_checkpoints_are_neither_expected_nor_loaded(tmp_path):
+    saved = _tiny_model("tiny_llava", seed=0)
+    kept_out = "model.language_model.norm.weight"
+    # transformers skips the names it holds (the name of a weight the model lacks too) when it saves
+    saved._keys_to_ignore_on_save = {kept_out, "model.no_such.weight"}
+    saved.save_pretrained(tmp_path)
+    restored = _tiny_model("tiny_llava", seed=1)
+    restored._keys_to_ignore_on_save = set(saved._keys_to_ignore_on_save)
+    with torch.no_grad():
+        restored.state_dict()[kept_out].add_(1.0)
+    own = restored.state_dict()[kept_out].clone()
+    verify_checkpoint_weights(restored, str(tmp_path))
+    load_full_weights(restored, str(tmp_path))
+    for name, tensor in saved.state_dict().items():
+        assert torch.equal(restored.state_dict()[name], own if name == kept_out else tensor), name
+
+
+def test_an_architecture_whose_weights_are_converted_on_save_is_refused(tmp_path):
+    # Mixtral fuses its experts in memory and saves them split (one tensor per expert): copying into the split
+    # tensors would not reach the model
+    config = MixtralConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                           num_attention_heads=2, num_key_value_heads=1, num_local_experts=2, num_experts_per_tok=1)
+    model = MixtralForCausalLM(config)
+    model.save_pretrained(tmp_path)
+    with pytest.raises(CheckpointMismatchError, match=r"^resume: 'model\.layers\.0\.block_sparse_moe\.experts\.\d\.w\d\."
+                       r"weight' is converted \(not renamed\) between the checkpoint and the model; this architecture "
+                       r"cannot be resumed in place$"):
+        load_full_weights(model, str(tmp_path))
+
+
 def test_a_missing_or_unexpected_weight_stops_the_resume(tmp_path):
     model = _tiny_model("tiny_llava", seed=0)
     model.save_pretrained(tmp_path)
     weights = load_file(tmp_path / "model.safetensors")
     dropped = sorted(weights)[0]
     save_file({key: value for key, value in weights.items() if key != dropped}, tmp_path / "model.safetensors")
-    with pytest.raises(CheckpointMismatchError, match=f"1 missing, e.g. {dropped}"):
+    with pytest.raises(CheckpointMismatchError) as refused:
         load_full_weights(model, str(tmp_path))
+    assert str(refused.value) == (f"resume: {tmp_path} does not hold the weights of this run's model (1 missing, "
+                                  f"e.g. {dropped}); resume with the model and finetune settings that wrote it")
 
     save_file({**weights, "extra.weight": torch.zeros(2)}, tmp_path / "model.safetensors")
     with pytest.raises(CheckpointMismatchError) as refused:
         verify_checkpoint_weights(model, str(tmp_path))
     assert str(refused.value) == (f"resume: {tmp_path} does not hold the weights of this run's model (1 unexpected, "
                                   "e.g. extra.weight); resume with the model and finetune settings that wrote it")
+
+    four = sorted(weights)[:4]  # both kinds, and at most three names of each
+    save_file({**{key: value for key, value in weights.items() if key not in four}, "extra.weight": torch.zeros(2)},
+              tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointMismatchError, match=re.escape(
+            f"(4 missing, e.g. {four[0]}, {four[1]}, {four[2]}; 1 unexpected, e.g. extra.weight); resume with")):
+        verify_checkpoint_weights(model, str(tmp_path))
 
     save_file({**weights, dropped: torch.zeros(3, 1)}, tmp_path / "model.safetensors")
     with pytest.raises(CheckpointMismatchError, match=f"weight '{dropped}' has shape \\(3, 1\\)"):
