@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from pathlib import Path
 
 import pytest
+from PIL import Image
 from tests.data_builders.record_files import write_records
 
 from xmodal.data_builders.builders import (
@@ -21,6 +23,7 @@ from xmodal.data_builders.builders.conflict import SLOTS
 from xmodal.data_builders.render import render_cells, render_text
 from xmodal.data_builders.sample import check_sample, prompt_text
 from xmodal.data_builders.sources import ConflictQASource, MixtureSource, Pgps9kSource, SyntheticFactsSource
+from xmodal.data_builders.sources.synthetic import DEFAULT_LANGUAGES
 
 
 def synthetic(num_records=12, **kwargs):
@@ -372,3 +375,41 @@ def test_conflict_needs_records_with_conflict_qa(pgps9k_root):
         ConflictBuilder().build(Pgps9kSource(str(pgps9k_root), on_error="skip"), seed=0)
     assert (refused.value.field, refused.value.reason) == ("meta.conflict_qa", "no conflict_qa")
     assert "data=synthetic or data=conflict_qa" in str(refused.value)
+
+
+def test_conflict_each_slot_shows_its_own_piece_in_its_own_language():
+    source = synthetic(3)
+    by_record = {r["id"]: r for r in source.records()}
+    for instance in ConflictBuilder(conditions=["cross_lingual", "unimodal_text"]).build(source, seed=0):
+        qa = by_record[instance["meta"]["record_id"]]["meta"]["conflict_qa"]
+        slots = [slot for slot, _, _ in SLOTS[instance["meta"]["conflict_condition"]]]
+        parts = instance["messages"][0]["content"]
+        for piece in instance["meta"]["evidence"]:
+            key = "evidence" if piece["supports"] == "answer" else "counter_evidence"
+            own = qa["pieces"][key][slots.index(piece["slot"])]
+            assert parts[piece["part_index"]]["text"] == own["text" if piece["language"] == "l1" else "text_l2"]
+
+
+def test_conflict_without_pieces_draws_an_image_slot_from_the_records_cells():
+    one_key = {code: {**spec, "keys": spec["keys"][:1]} for code, spec in DEFAULT_LANGUAGES.items()}
+    source = SyntheticFactsSource(num_records=2, num_facts=(1, 1), languages=one_key)
+    by_record = {r["id"]: r for r in source.records()}
+    for instance in ConflictBuilder(conditions=["unimodal_image"]).build(source, seed=0):
+        qa = by_record[instance["meta"]["record_id"]]["meta"]["conflict_qa"]
+        assert "pieces" not in qa  # one key: no distractor facts to draw pieces from
+        for piece, image in zip(instance["meta"]["evidence"], instance["images"], strict=True):
+            key = "evidence" if piece["supports"] == "answer" else "counter_evidence"
+            assert piece["text"] == qa[key]
+            assert image == render_cells(qa[f"{key}_cells"]["glyphs"], qa[f"{key}_cells"]["image_size"])
+
+
+@pytest.mark.parametrize("image_evidence, size", [("auto", (32, 32)), ("text", (160, 72))])
+def test_conflict_images_are_drawn_at_their_size_under_the_builders_cache_dir(image_evidence, size, tmp_path):
+    # cells at the record's image size, passages at the render style's; both cached where the builder says
+    builder = ConflictBuilder(conditions=["unimodal_image"], image_evidence=image_evidence, cache_dir=str(tmp_path),
+                              render={"width": 160, "height": 72, "font_size": 10})
+    for instance in builder.build(SyntheticFactsSource(num_records=1, image_size=32), seed=0):
+        for path in instance["images"]:
+            assert Path(path).is_relative_to(tmp_path), path
+            with Image.open(path) as image:
+                assert image.size == size
