@@ -261,6 +261,7 @@ def test_conflict_rotate_and_missing_second_language(tmp_path):
               "evidence": "X's capital is Ay.", "counter_evidence": "X's capital is Bee."}
     records = [{**record, "id": f"q{n}"} for n in range(8)]
     records[0].update(evidence_l2="La capitale de X est Ay.", counter_evidence_l2="La capitale de X est Bee.")
+    records[1].update(evidence_l2="La capitale de X est Ay.")  # one side in the second language is not enough
     source = ConflictQASource(str(write_records(tmp_path / "c.jsonl", records)))
     builder = ConflictBuilder(variants="rotate", render={"width": 128, "height": 64, "font_size": 12})
     built = builder.build(source, seed=0)
@@ -371,10 +372,15 @@ def test_conflict_settings_it_cannot_honour_are_refused_naming_them(settings, me
 
 
 def test_conflict_needs_records_with_conflict_qa(pgps9k_root):
+    source = Pgps9kSource(str(pgps9k_root), on_error="skip")
     with pytest.raises(DataError) as refused:
-        ConflictBuilder().build(Pgps9kSource(str(pgps9k_root), on_error="skip"), seed=0)
-    assert (refused.value.field, refused.value.reason) == ("meta.conflict_qa", "no conflict_qa")
-    assert "data=synthetic or data=conflict_qa" in str(refused.value)
+        ConflictBuilder().build(source, seed=0)
+    first = source.records()[0]
+    error = refused.value
+    assert (error.file, error.record_id, error.field, error.problem, error.reason) == (
+        first["source"], first["id"], "meta.conflict_qa",
+        "builder=conflict needs (question, evidence, answer) records: data=synthetic or data=conflict_qa",
+        "no conflict_qa")
 
 
 def test_conflict_each_slot_shows_its_own_piece_in_its_own_language():
