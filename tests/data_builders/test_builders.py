@@ -269,6 +269,10 @@ def test_conflict_rotate_and_missing_second_language(tmp_path):
     unimodal = [i for i in built if i["condition"] == "unimodal_text"]
     assert len(unimodal) == 8 and Counter(i["meta"]["true_side"] for i in unimodal) == {"text_a": 4, "text_b": 4}
     assert Counter(i["condition"] for i in built)["cross_lingual"] == 1
+    # a record dropped from cross_lingual still gets the conditions listed after it
+    lingual_first = ConflictBuilder(conditions=["cross_lingual", "unimodal_text"]).build(source, seed=0)
+    assert Counter(i["condition"] for i in lingual_first) == {
+        "cross_lingual": 4, "cross_lingual_control": 4, "unimodal_text": 32, "unimodal_text_control": 32}
 
 
 def test_conflict_image_evidence_in_the_records_cell_format():
