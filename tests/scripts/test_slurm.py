@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.helpers import FAST, entry_point_env, read_metrics, xmodal_train
 from tests.support.pause import RELEASE, PAUSED, pause_override, wait_for_file
-from tests.support.slurm import SlurmCluster, SlurmUnavailable, free_port
+from tests.support.slurm import SlurmCluster, SlurmUnavailable
 from xmodal.trainers.lifecycle.preemption import PREEMPTED_MARKER
 
 pytestmark = pytest.mark.slow
@@ -92,9 +92,12 @@ def test_a_preempted_job_is_requeued_and_finishes_as_an_uninterrupted_run(slurm,
         slurm.env(),
         PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
         PATH=os.pathsep.join([os.path.dirname(sys.executable), env["PATH"]]),
-        XMODAL_RDZV_PORT=str(free_port()),
+        # A one-node job: the template's torchrun hosts the c10d store on NodeAddr (127.0.0.1) and binds port 0
+        # itself. Without PET_STANDALONE (tests/conftest.py) so that the template's own rendezvous is the one used.
+        XMODAL_RDZV_PORT="0",
         OMP_NUM_THREADS="1",
     )
+    env.pop("PET_STANDALONE", None)
     submitted = subprocess.run(
         ["sbatch", "--parsable", f"--output={log}", "--cpus-per-task=2", TEMPLATE, "xmodal-train", *RUN,
          f"output_dir={preempted}", pause_override(3, control)],
