@@ -1,0 +1,23 @@
+"""A real model whose greedy answer is known in advance, so that scores can be checked against a hand count.
+
+A random-init tiny model answers every held-out item wrong, so an accuracy computed from it is 0.0 whatever the
+scorer does. `always_answer` biases the model's own generation config (transformers' `sequence_bias`) so that greedy
+decoding gives `answer` and then the end token: the items whose target is `answer` are right, every other one wrong.
+The bias is saved with the model (generation_config.json), so a checkpoint answers the same way when reloaded.
+"""
+
+from __future__ import annotations
+
+# Far above any logit of a tiny model: the biased token wins every greedy step it applies to.
+BIAS = 1000.0
+
+
+def always_answer(model, processor, answer: str) -> None:
+    """Make `model` (with its `processor`'s tokenizer) answer exactly `answer` under greedy decoding."""
+    tokenizer = processor.tokenizer
+    tokens = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(answer))
+    if len(tokens) != 1:
+        raise ValueError(f"{answer!r} is {len(tokens)} tokens; the bias below answers with a single token")
+    (token,) = tokens
+    # The answer token at every step, and the end token (biased more) once the answer token came last.
+    model.generation_config.sequence_bias = [[[token], BIAS], [[token, tokenizer.eos_token_id], 2 * BIAS]]
