@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from xmodal.recipes import CONFIG_DIR
@@ -66,3 +67,14 @@ def read_metrics(output_dir: str) -> list[dict]:
 
 def loss_by_step(output_dir: str, key: str = "lm_loss") -> dict[int, float]:
     return {record["step"]: record[key] for record in read_metrics(output_dir) if key in record}
+
+
+def move_every_floating_tensor(model, seed: int = 0) -> None:
+    """Add a random offset in [0.5, 1.5) to every floating tensor of `model`, in place. A fresh init's norm weights
+    and biases are ones and zeros on every seed, so a load that skipped them would still compare equal to a fresh
+    model's; after this no tensor equals its init."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.add_(torch.rand(tensor.shape, generator=generator, dtype=tensor.dtype) + 0.5)
