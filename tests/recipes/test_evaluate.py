@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -248,24 +249,40 @@ def test_recipe_writes_eval_json_predictions_and_results_table(tmp_path):
 
 
 def test_free_text_judge_scores_conflict_recognition_with_intervals(tmp_path):
-    checkpoint = _tiny_checkpoint(tmp_path / "checkpoint")
+    """Two checkpoints with known answers (tests/support/answering.py): one says the sources conflict to every
+    prompt (every conflict recognised, every control falsely called a conflict, no control right), the other that
+    they agree on one value (nothing recognised; the controls agreeing on that value right, by a hand count)."""
+    conflicting, agreeing = tmp_path / "conflicting", tmp_path / "agreeing"
     cfg = _evaluate_config(
-        tmp_path, checkpoint, "builder=conflict", "builder.variants=rotate", "builder.conditions=[cross_modal]",
-        "data.num_records=4", "judge=free_text", "evaluate.max_new_tokens=6",
+        tmp_path, f"{conflicting},{agreeing}", "builder=conflict", "builder.variants=rotate",
+        "builder.conditions=[cross_modal]", "data.num_records=4", "judge=free_text", "evaluate.max_new_tokens=12",
     )
+    instances = instances_of(cfg).instances
+    controls = [i["target"] for i in instances if i["condition"] == "cross_modal_control"]
+    agreement = Counter(controls).most_common(1)[0][0]  # "The sources agree. <value>"
+    assert 0 < controls.count(agreement) < len(controls) == 4, controls
+    _tiny_checkpoint(conflicting, answer="The sources conflict.")
+    _tiny_checkpoint(agreeing, answer=agreement)
     with open(run(cfg)) as f:
-        (result,) = json.load(f)["results"]
-    assert result["conditions"]["cross_modal"]["count"] == 4  # the whole split: one conflict per record
-    for name in ("conflict_recognition/cross_modal", "false_conflict/cross_modal", "control_accuracy/cross_modal"):
-        low, high = result["derived"][name]["ci"]
-        assert 0 <= low <= result["derived"][name]["accuracy"] <= high <= 1
-    judge, meta = FreeTextConflictJudge(), {i["id"]: i["meta"] for i in instances_of(cfg).instances}
+        results = {Path(result["checkpoint"]).name: result for result in json.load(f)["results"]}
+    expected = {  # (right or said conflict, answers) per rate
+        "conflicting": {"conflict_recognition": (4, 4), "false_conflict": (4, 4), "control_accuracy": (0, 4)},
+        "agreeing": {"conflict_recognition": (0, 4), "false_conflict": (0, 4), "control_accuracy": (controls.count(agreement), 4)},
+    }
+    for name, rates in expected.items():
+        result = results[name]
+        assert result["conditions"]["cross_modal"]["count"] == 4  # the whole split: one conflict per record
+        for rate, (hits, answers) in rates.items():
+            derived = result["derived"][f"{rate}/cross_modal"]
+            assert (derived["correct"], derived["answers"], derived["accuracy"]) == (hits, answers, hits / answers), (name, rate)
+            low, high = derived["ci"]
+            assert low <= derived["accuracy"] <= high
+    judge, meta = FreeTextConflictJudge(), {i["id"]: i["meta"] for i in instances}
     lines = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert {line["answers"][0] for line in lines} == {"The sources conflict.", agreement}
     for line in lines:
         candidates = meta[line["id"]]["answer"], meta[line["id"]]["counter_answer"]
         assert line["said_conflict"] == [judge(answer, *candidates) for answer in line["answers"]]
-    recognised = sum(hit for line in lines if line["condition"] == "cross_modal" for hit in line["said_conflict"])
-    assert result["derived"]["conflict_recognition/cross_modal"]["correct"] == recognised
 
 
 @pytest.mark.parametrize("model, width", [("tiny_llava", 64), ("qwen2_5_vl_7b", 448), ("llava_1_5_7b", 336)])

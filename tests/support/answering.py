@@ -13,11 +13,11 @@ BIAS = 1000.0
 
 
 def always_answer(model, processor, answer: str) -> None:
-    """Make `model` (with its `processor`'s tokenizer) answer exactly `answer` under greedy decoding."""
+    """Make `model` (with its `processor`'s tokenizer) answer exactly `answer` under greedy decoding.
+
+    Each prefix of the answer's tokens, and the whole answer followed by the end token, biases its last token by
+    BIAS times its length: after k answer tokens the (k+1)-th (or the end token) outbids every shorter match."""
     tokenizer = processor.tokenizer
-    tokens = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(answer))
-    if len(tokens) != 1:
-        raise ValueError(f"{answer!r} is {len(tokens)} tokens; the bias below answers with a single token")
-    (token,) = tokens
-    # The answer token at every step, and the end token (biased more) once the answer token came last.
-    model.generation_config.sequence_bias = [[[token], BIAS], [[token, tokenizer.eos_token_id], 2 * BIAS]]
+    tokens = tokenizer.encode(answer, add_special_tokens=False)
+    sequence = [*tokens, tokenizer.eos_token_id]
+    model.generation_config.sequence_bias = [[sequence[:length], length * BIAS] for length in range(1, len(sequence) + 1)]
