@@ -145,7 +145,8 @@ def test_paired_batch_stacks_student_then_teacher_rows(family, image_path):
                for colour, value in (("red", "7"), ("blue", "3"))]
     batch = MultimodalCollator(processor)(encoded)
     assert batch["branch"].tolist() == [0, 0, 1, 1]
-    expected = [(e["input_ids"], e["labels"]) for e in encoded] + [(e["teacher_input_ids"], e["teacher_labels"]) for e in encoded]
+    expected = [(e["input_ids"], e["labels"]) for e in encoded]
+    expected += [(e["teacher_input_ids"], e["teacher_labels"]) for e in encoded]
     assert len({tuple(ids) for ids, _ in expected}) == 4  # four different rows: a swap would show
     rows = [
         (ids[mask.bool()].tolist(), labels[mask.bool()].tolist())

@@ -267,14 +267,18 @@ def test_free_text_judge_scores_conflict_recognition_with_intervals(tmp_path):
         results = {Path(result["checkpoint"]).name: result for result in json.load(f)["results"]}
     expected = {  # (right or said conflict, answers) per rate
         "conflicting": {"conflict_recognition": (4, 4), "false_conflict": (4, 4), "control_accuracy": (0, 4)},
-        "agreeing": {"conflict_recognition": (0, 4), "false_conflict": (0, 4), "control_accuracy": (controls.count(agreement), 4)},
+        "agreeing": {
+            "conflict_recognition": (0, 4), "false_conflict": (0, 4),
+            "control_accuracy": (controls.count(agreement), 4),
+        },
     }
     for name, rates in expected.items():
         result = results[name]
         assert result["conditions"]["cross_modal"]["count"] == 4  # the whole split: one conflict per record
         for rate, (hits, answers) in rates.items():
             derived = result["derived"][f"{rate}/cross_modal"]
-            assert (derived["correct"], derived["answers"], derived["accuracy"]) == (hits, answers, hits / answers), (name, rate)
+            counted = (derived["correct"], derived["answers"], derived["accuracy"])
+            assert counted == (hits, answers, hits / answers), (name, rate)
             low, high = derived["ci"]
             assert low <= derived["accuracy"] <= high
     judge, meta = FreeTextConflictJudge(), {i["id"]: i["meta"] for i in instances}

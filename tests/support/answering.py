@@ -20,4 +20,5 @@ def always_answer(model, processor, answer: str) -> None:
     tokenizer = processor.tokenizer
     tokens = tokenizer.encode(answer, add_special_tokens=False)
     sequence = [*tokens, tokenizer.eos_token_id]
-    model.generation_config.sequence_bias = [[sequence[:length], length * BIAS] for length in range(1, len(sequence) + 1)]
+    biases = [[sequence[:length], length * BIAS] for length in range(1, len(sequence) + 1)]
+    model.generation_config.sequence_bias = biases

@@ -2,9 +2,10 @@
 
 Everything the daemons use is private to the test: a fresh munge key and socket, a `slurm.conf` naming that
 socket (`AuthInfo`), state and spool directories, free localhost ports. slurmctld and slurmd bind the ports that
-`slurm.conf` names (they cannot bind port 0 and report it), so a port found free here can be taken by another process
-before the daemon binds it: a start whose daemon reports "Address already in use" is retried with fresh ports. No cgroups: processes are tracked by
-`proctrack/linuxproc` and tasks are not bound (`task/none`), so it runs in containers without a cgroup mount.
+`slurm.conf` names (they cannot bind port 0 and report it), so a port found free here can be taken by another
+process before the daemon binds it: a start whose daemon logs "Address already in use" is retried with fresh
+ports. No cgroups: processes are tracked by `proctrack/linuxproc` and tasks are not bound (`task/none`), so it
+runs in containers without a cgroup mount.
 `SlurmCluster.start` raises `SlurmUnavailable` with the reason when the daemons cannot start.
 """
 
@@ -78,7 +79,8 @@ class SlurmCluster:
         for _ in range(PORT_TRIES):
             if self._start_slurm_daemons(programs, munge_socket):
                 return self
-        raise SlurmUnavailable(f"the daemons' ports were taken before they bound them, {PORT_TRIES} times: {self.logs()}")
+        raise SlurmUnavailable(f"the daemons' ports were taken before they bound them, {PORT_TRIES} times: "
+                               f"{self.logs()}")
 
     def _start_slurm_daemons(self, programs: dict[str, str], munge_socket: Path) -> bool:
         """True once the node is idle; False (daemons stopped) if one of them found its port taken."""
@@ -99,7 +101,8 @@ class SlurmCluster:
             return False
 
     def _slurm_logs(self) -> list[Path]:
-        return [path for name in ("slurmctld", "slurmd") for path in self.root.glob(f"{name}.*") if path.suffix != ".pid"]
+        logs = [path for name in ("slurmctld", "slurmd") for path in self.root.glob(f"{name}.*")]
+        return [path for path in logs if path.suffix != ".pid"]
 
     def _port_taken(self) -> bool:
         return any(PORT_TAKEN in log.read_text(errors="replace") for log in self._slurm_logs())

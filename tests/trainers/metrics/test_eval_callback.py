@@ -30,7 +30,9 @@ HELD_OUT = [
     "metrics.eval.generation.max_new_tokens=3",
 ]
 # Each view of the held-out records on its own (`emit: mix`): the two conditions hold different records.
-HELD_OUT_MIXED = [*HELD_OUT, "metrics.eval.data_overrides={seed:7,num_records:12}", "metrics.eval.builder_overrides={emit:mix}"]
+HELD_OUT_MIXED = [
+    *HELD_OUT, "metrics.eval.data_overrides={seed:7,num_records:12}", "metrics.eval.builder_overrides={emit:mix}"
+]
 
 
 def test_logged_accuracy_is_the_share_of_held_out_items_answered_right(tmp_path, cache_dir):
@@ -41,7 +43,8 @@ def test_logged_accuracy_is_the_share_of_held_out_items_answered_right(tmp_path,
     cfg = compose_config([*FAST, "metrics=eval", *HELD_OUT_MIXED, f"cache_dir={cache_dir}"])
     path = materialise_init(cfg.model.init, cfg.cache_dir, cfg.seed)
     model, processor = load_model(path, "float32", "sdpa"), load_processor(path)
-    trainer = Trainer(model=model, args=TrainingArguments(str(tmp_path), report_to=[], use_cpu=True), processing_class=processor)
+    args = TrainingArguments(str(tmp_path), report_to=[], use_cpu=True)
+    trainer = Trainer(model=model, args=args, processing_class=processor)
     callback = instantiate(cfg.metrics.eval)
     callback.bind(trainer)
     references = {
@@ -53,7 +56,10 @@ def test_logged_accuracy_is_the_share_of_held_out_items_answered_right(tmp_path,
         for answer in sorted(set(references["text_centric"]) & set(references["vision_centric"]))
     }
     answer, expected = next(
-        ((answer, share) for answer, share in shares.items() if 0 < min(share.values()) and share["text_centric"] != share["vision_centric"]),
+        (
+            (answer, share) for answer, share in shares.items()
+            if 0 < min(share.values()) and share["text_centric"] != share["vision_centric"]
+        ),
         (None, None),
     )
     assert answer is not None, references  # the held-out set must allow a non-trivial check
