@@ -75,8 +75,8 @@ def test_logged_accuracy_is_the_share_of_held_out_items_answered_right(tmp_path,
 
 @pytest.mark.parametrize("held_out", [HELD_OUT, HELD_OUT_MIXED], ids=["both_views", "mixed_views"])
 def test_held_out_records_share_no_facts_with_the_training_records(held_out, cache_dir):
-    """No held-out record shows a fact set (so an image) that a training record shows: the tests above measure
-    held-out accuracy, not recall of trained items."""
+    """No held-out record shows a fact set (so an image) that a training record shows: the tests in this file
+    measure held-out accuracy, not recall of trained items."""
     cfg = compose_config([*FAST, "metrics=eval", *held_out, f"cache_dir={cache_dir}"])
 
     def fact_sets(data) -> set[frozenset]:
