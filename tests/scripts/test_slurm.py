@@ -57,13 +57,15 @@ def _wait_until_done(slurm, job: str, timeout: float) -> dict[str, str]:
 
 def _release_when_requeued(slurm, job: str, restarts: int, timeout: float = 60) -> None:
     """Wait for the job to be pending again after its `restarts`-th requeue and for the node to have cleaned up its
-    previous start, then let it start now: SLURM holds a requeued job back for a while (BeginTime, about two
-    minutes), which the test does not need to sit out."""
+    previous start, then let it start two seconds from now: SLURM holds a requeued job back for a while (BeginTime,
+    about two minutes), which the test does not need to sit out. Not at once: the requeue revokes the job's
+    credential at a whole second, and slurmd refuses a start whose credential is from that same second ("Job
+    credential revoked"), which fails the job."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = _job_state(slurm, job)
         if state["JobState"] == "PENDING" and int(state["Restarts"]) == restarts and slurm.node_idle():
-            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm.env(), check=True)
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now+2"], env=slurm.env(), check=True)
             return
         assert state["JobState"] not in ENDED, state
         time.sleep(0.3)
