@@ -41,8 +41,14 @@ _LONGEST_FILES = {
 
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> str:
-    """One cache for the session, so tiny models and rendered images are built once."""
-    path = str(tmp_path_factory.mktemp("xmodal-cache"))
+    """One cache for the whole run, so tiny models (the pretrained base: a minute) and rendered images are built
+    once: under xdist the workers' base temporary directories are siblings, and the cache sits beside them. Every
+    cache entry is published atomically, so two workers building the same one at once both end up reading it."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER") is not None:
+        root = root.parent
+    (root / "xmodal-cache").mkdir(exist_ok=True)
+    path = str(root / "xmodal-cache")
     os.environ["XMODAL_CACHE"] = path
     return path
 

@@ -14,7 +14,7 @@ from . import __doc__ as DOC
 from .papers import EXTRAS, FULL, ORDER, PAPERS, QUICK, plan
 from .plots import plot_all
 from .report import markdown_table, readme_section, update_readme, verdicts
-from .runner import REPO, archive, git_commit, run_all, worker
+from .runner import REPO, archive, git_commit, run_all
 from .statistics import collect, load_all
 
 MIN_SEEDS = 5  # results/preregistration.md: no verdict from fewer seeds
@@ -44,11 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--readme", type=Path, default=REPO / "README.md")
     parser.add_argument("--report", action="store_true", help="run nothing: write results.json, the tables, the "
                         "plots and (unless --quick) the README section from <out>/runs/ alone")
-    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # internal: run one job.json
     args = parser.parse_args(argv)
-    if args.worker:
-        worker(args.worker)
-        return 0
     budget = QUICK if args.quick else FULL
     suffix = "-quick" if args.quick else ""
     out = args.out or REPO / f"results{suffix}"

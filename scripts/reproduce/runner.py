@@ -1,18 +1,21 @@
-"""Running the plan: each run's steps (train, imbalance in both modes, the held-out overlap, evaluation) in one
-worker process per run, `jobs` runs at a time, in dependency order; and archiving each finished run's files under
-`<out>/runs/` so that the report needs nothing else."""
+"""Running the plan: each run's steps (train, imbalance in both modes, the held-out overlap, evaluation) in one of
+`jobs` long-lived worker processes, in dependency order; and archiving each finished run's files under `<out>/runs/`
+so that the report needs nothing else."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from xmodal.core.atomic import atomic_file, atomic_write_text
@@ -130,27 +133,70 @@ ENTRY_POINTS = {
 }
 
 
-def execute(directory: Path, planned: list, label: str, cache_dir: str) -> float:
-    """Run `planned` steps in one process (`--worker`), one thread, logging to `<directory>/run.log`; returns
-    seconds, raises with the log's tail. One process, not one per step: starting Python and torch costs more than
-    a quick run's steps."""
-    started = time.perf_counter()
+def worker_environment(cache_dir: str) -> dict[str, str]:
+    """One thread per worker (`jobs` workers share the cores), the run's cache, this checkout importable."""
+    return {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "XMODAL_CACHE": cache_dir,
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def start_worker(environment: dict[str, str]) -> None:
+    """A pool process's set-up, before any run: its environment and one torch thread."""
+    os.environ.update(environment)
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def worker_pool(jobs: int, cache_dir: str) -> ProcessPoolExecutor:
+    """`jobs` processes that each run one run after another: Python, torch and transformers start once per process
+    instead of once per run (most of a quick run's time). Spawned, not forked: the orchestrator has threads."""
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=start_worker, initargs=(worker_environment(cache_dir),))
+
+
+def prepare(directory: Path, planned: list) -> Path:
+    """The run's job file (its steps) and, the first time, the commit it trains at; returns the job file."""
     directory.mkdir(parents=True, exist_ok=True)
     job = directory / "job.json"
     atomic_write_text(job, json.dumps(planned, indent=1) + "\n")
     if not (directory / "commit.txt").is_file():  # the code the run trains at (a resumed run keeps its first)
         atomic_write_text(directory / "commit.txt", git_commit() + "\n")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "XMODAL_CACHE": cache_dir,
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-           "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
-    log = directory / "run.log"
+    return job
+
+
+def run_job(job: Path, log: Path) -> float:
+    """In a pool process: the job's steps, everything they print (the libraries' C-level output included) in `log`,
+    the process's environment as it was afterwards; returns seconds. Raises RuntimeError (a type every process can
+    unpickle) with the error's first line; the traceback is in the log."""
+    started = time.perf_counter()
+    environment = dict(os.environ)
     with open(log, "w") as handle:
-        command = [sys.executable, "-m", "scripts.reproduce", "--worker", str(job)]
-        code = subprocess.run(command, cwd=REPO, env=env, stdout=handle, stderr=subprocess.STDOUT).returncode
-    if code != 0:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-25:])
-        raise RuntimeError(f"{label}: exited {code} (log: {log})\n{tail}")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        os.dup2(handle.fileno(), 1)
+        os.dup2(handle.fileno(), 2)
+        try:
+            worker(job)
+        except Exception as error:
+            traceback.print_exc()
+            raise RuntimeError(f"{type(error).__name__}: {error}".splitlines()[0]) from None
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in zip((1, 2), saved):
+                os.dup2(copy, fd)
+                os.close(copy)
+            os.environ.clear()
+            os.environ.update(environment)
     return time.perf_counter() - started
+
+
+def failure(label: str, log: Path, error: BaseException) -> str:
+    """What a failed run reports: its label, the error, the log's tail."""
+    tail = "".join(log.read_text().splitlines(keepends=True)[-25:]) if log.is_file() else ""
+    return f"{label}: {error} (log: {log})\n{tail}"
 
 
 def compose_config(config_name: str, overrides: list[str]):
@@ -167,7 +213,8 @@ def worker(job: Path) -> None:
     import importlib
     import logging
 
-    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="[%(asctime)s] %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="[%(asctime)s] %(name)s: %(message)s",
+                        force=True)
     for step, payload in json.loads(job.read_text()):
         print(f"== {step}: {payload}", flush=True)
         if step == "overlap":
@@ -245,16 +292,18 @@ def run_all(runs: list[Run], runs_root: Path, budget: Budget, jobs: int, cache_d
     by_key = {(r.paper.key, r.recipe.name, r.seed): r for r in runs}
     todo = [r for r in runs if not r.finished()]
     print(f"{len(runs) - len(todo)} of {len(runs)} runs already finished; {len(todo)} to run, {jobs} at a time", flush=True)
-    if todo:  # every run starts from one cached base model (model.init_seed): build it once, before they start
-        print("[base] building or finding the cached base model", flush=True)
-        try:
-            execute(runs_root / "base", [("base", base_model_overrides(budget))], "base model", cache_dir)
-        except RuntimeError as error:
-            return [str(error)]
     done = {r.label for r in runs if r.finished()}
     failed: dict[str, str] = {}
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    pool = worker_pool(jobs, cache_dir)
+    try:
+        if todo:  # every run starts from one cached base model (model.init_seed): build it once, before they start
+            print("[base] building or finding the cached base model", flush=True)
+            base = runs_root / "base"
+            try:
+                pool.submit(run_job, prepare(base, [("base", base_model_overrides(budget))]), base / "run.log").result()
+            except (RuntimeError, BrokenProcessPool) as error:
+                return [failure("base model", base / "run.log", error)]
         running: dict = {}
         while todo or running:
             for run in list(todo):
@@ -265,8 +314,8 @@ def run_all(runs: list[Run], runs_root: Path, budget: Budget, jobs: int, cache_d
                 elif len(running) < jobs and all(n.label in done for n in needs):
                     todo.remove(run)
                     print(f"[start] {run.label} -> {run.directory}", flush=True)
-                    work = (run.directory, steps(run, by_key, budget), run.label, cache_dir)
-                    running[pool.submit(execute, *work)] = run
+                    job = prepare(run.directory, steps(run, by_key, budget))
+                    running[pool.submit(run_job, job, run.directory / "run.log")] = run
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -274,14 +323,19 @@ def run_all(runs: list[Run], runs_root: Path, budget: Budget, jobs: int, cache_d
                 run = running.pop(future)
                 try:
                     seconds = future.result()
-                except RuntimeError as error:
-                    failed[run.label] = str(error)
-                    print(f"[FAILED] {error}", flush=True)
+                except (RuntimeError, BrokenProcessPool) as error:
+                    failed[run.label] = failure(run.label, run.directory / "run.log", error)
+                    print(f"[FAILED] {failed[run.label]}", flush=True)
+                    if isinstance(error, BrokenProcessPool):  # a worker died (killed, out of memory): new workers
+                        pool.shutdown(cancel_futures=True)
+                        pool = worker_pool(jobs, cache_dir)
                     continue
                 done.add(run.label)
                 elapsed = time.perf_counter() - started
                 print(f"[done {len(done)}/{len(runs)}] {run.label} in {seconds:.0f} s ({elapsed / 60:.1f} min so far)",
                       flush=True)
+    finally:
+        pool.shutdown(cancel_futures=True)
     return list(failed.values())
 
 

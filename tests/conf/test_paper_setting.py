@@ -104,7 +104,13 @@ def test_rl_recipes_compose_every_released_value(recipe):
         assert (RELEASED_LOG_RATIO_BOUND, RELEASED_ESTIMATE_BOUND) == (20.0, 10.0)  # verl's kl_penalty clamps
     else:
         assert alignment["weight"] == 0.0
-    assert cfg.model.path == "Qwen/Qwen2.5-VL-7B-Instruct" or recipe.endswith("curriculum")
+    stage_one = {"curriculum": "full_text", "kl_curriculum": "kl"}.get(recipe)
+    if stage_one is None:
+        assert cfg.model.path == "Qwen/Qwen2.5-VL-7B-Instruct"
+    else:  # stage two starts from the model stage one publishes under the same setting
+        first = composed("rl", [f"experiment=modality_gap_rl/{stage_one}", *DATA])
+        assert first.model.path == "Qwen/Qwen2.5-VL-7B-Instruct"
+        assert cfg.model.path == f"{first.output_dir}/final"
     assert not cfg.finetune.freeze_vision_tower and cfg.trainer.bf16
 
 

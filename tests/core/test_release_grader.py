@@ -94,10 +94,14 @@ def test_release_boxed_reads_only_the_last_box(text, content):
     assert release_boxed(text) == content
 
 
-def test_close_enough_reads_arithmetic_only_and_never_executes_code():
+def test_close_enough_reads_arithmetic_only_and_never_executes_code(tmp_path):
     assert is_close_enough("3*(1+2)", "9") and is_close_enough("3(1+2)", "9")
     assert is_close_enough("0", "0") and not is_close_enough("0.001", "0")
-    assert not is_close_enough("__import__('os').getcwd()", "1")
+    # Code whose value, were it run, would be the reference; and code that would leave a file behind.
+    assert not is_close_enough("__import__('math').floor(9.5)", "9")
+    marker = tmp_path / "ran"
+    assert not is_close_enough(f"__import__('pathlib').Path({str(marker)!r}).touch() or 5", "5")
+    assert not marker.exists()
     assert not is_close_enough("1,000", "1000")  # a tuple in Python: not a number
     assert is_close_enough("3^2", "1")  # Python's exclusive or, as the release's eval() reads it
     assert not grade_answer(None, "1") and not is_close_enough(None, "1")

@@ -124,21 +124,35 @@ def test_text_only_batch_gets_an_invisible_blank_image(family, tmp_path):
     assert labels.shape == batch["input_ids"].shape
 
 
-def test_paired_batch_stacks_student_then_teacher_rows(family, image_path):
-    name, model, processor = family
+def _paired_instance(image_path: str, colour: str, value: str) -> dict:
+    """A two-turn instance answering `colour` and `A = value`, its teacher view stating the colour as a fact."""
     student = two_turn_instance(image_path)
+    student["messages"][1] = {"role": "assistant", "content": [{"type": "text", "text": colour}]}
+    student["messages"][3] = {"role": "assistant", "content": [{"type": "text", "text": f"A = {value}"}]}
     teacher = {"messages": [dict(m) for m in student["messages"]], "images": [image_path]}
     teacher["messages"][0] = {
         "role": "user",
-        "content": [{"type": "image"}, {"type": "text", "text": "Facts: it is red. What colour is it?"}],
+        "content": [{"type": "image"}, {"type": "text", "text": f"Facts: it is {colour}. What colour is it?"}],
     }
-    paired = {**student, "teacher": teacher}
-    encoded = encode_instance(paired, processor, EncodingSettings())
-    batch = MultimodalCollator(processor)([encoded, encoded])
+    return {**student, "teacher": teacher}
+
+
+def test_paired_batch_stacks_student_then_teacher_rows(family, image_path):
+    """Two different pairs: rows 0 and 1 are the students of pairs 0 and 1, rows 2 and 3 their teachers, in the
+    same order (the alignment term pairs row i with row B + i)."""
+    name, model, processor = family
+    encoded = [encode_instance(_paired_instance(image_path, colour, value), processor, EncodingSettings())
+               for colour, value in (("red", "7"), ("blue", "3"))]
+    batch = MultimodalCollator(processor)(encoded)
     assert batch["branch"].tolist() == [0, 0, 1, 1]
-    assert batch["input_ids"].shape[0] == 4
-    lengths = batch["attention_mask"].sum(1).tolist()
-    assert lengths[0] < lengths[2]  # the teacher prompt carries the verbalised facts
+    expected = [(e["input_ids"], e["labels"]) for e in encoded]
+    expected += [(e["teacher_input_ids"], e["teacher_labels"]) for e in encoded]
+    assert len({tuple(ids) for ids, _ in expected}) == 4  # four different rows: a swap would show
+    rows = [
+        (ids[mask.bool()].tolist(), labels[mask.bool()].tolist())
+        for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"], strict=True)
+    ]
+    assert rows == [(list(ids), list(labels)) for ids, labels in expected]
     batch.pop("labels"), batch.pop("branch")
     with torch.no_grad():
         assert model(**batch).logits.shape[0] == 4

@@ -8,6 +8,7 @@ from xmodal.losses import LossContext, build_loss
 from xmodal.losses.alignment import AlignmentLoss
 from xmodal.losses.teacher import teacher_inputs
 from xmodal.trainers.models.tiny import build_tiny_llava
+from tests.support.helpers import move_every_floating_tensor
 
 IMAGE_TOKENS = 4  # (16 / 8) ** 2 patches, CLS dropped by the "default" strategy
 
@@ -84,15 +85,20 @@ def test_frozen_teacher_equals_the_shared_forward_before_training(tiny_llava, ki
 
 
 def test_frozen_teacher_keeps_the_initial_weights():
+    """The teacher is the student as it was at the first call, every tensor (norms and biases included), and stays
+    so when every tensor of the student moves."""
     model, tokenizer = _build_tiny_llava()  # its own model: the test moves the student's weights
+    initial = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     batch = _paired_batch(tokenizer, model.config.image_token_id)
     term = AlignmentLoss(teacher="frozen")
     term(LossContext(model=model, batch=batch, outputs=_forward(model, batch))).backward()
-    initial = term.frozen_teacher.model.lm_head.weight.clone()
-    with torch.no_grad():
-        model.lm_head.weight.add_(1.0)
+    teacher = term.frozen_teacher.model
+    move_every_floating_tensor(model)
     term(LossContext(model=model, batch=batch, outputs=_forward(model, batch)))
-    torch.testing.assert_close(term.frozen_teacher.model.lm_head.weight, initial)
+    assert teacher is term.frozen_teacher.model and teacher.state_dict().keys() == initial.keys()
+    for name, tensor in teacher.state_dict().items():
+        assert torch.equal(tensor, initial[name]), name
+        assert not tensor.is_floating_point() or not torch.equal(tensor, model.state_dict()[name]), name
 
 
 def test_teacher_inputs_split_qwen2_vl_patches_by_image():

@@ -63,6 +63,13 @@ def test_an_ordered_curriculum_reaches_the_model_in_the_builders_order(recorded,
     assert trained == [list(row["input_ids"]) for row in schedule]
 
 
+def _packed_lengths(batch: dict) -> list[int]:
+    """The lengths of the sequences packed into a padding-free row (positions restart at 0 for each)."""
+    positions = batch["position_ids"][0].tolist()
+    starts = [index for index, position in enumerate(positions) if position == 0]
+    return [end - start for start, end in zip(starts, [*starts[1:], len(positions)])]
+
+
 def test_packing_true_reaches_the_collator_and_each_row_holds_several_sequences(
     recorded, tmp_path, cache_dir
 ):
@@ -70,10 +77,26 @@ def test_packing_true_reaches_the_collator_and_each_row_holds_several_sequences(
     assert len(recorded.batches) == 2
     for batch in recorded.batches:
         assert batch["input_ids"].shape[0] == 1 and "attention_mask" not in batch  # one padding-free row
-        positions = batch["position_ids"][0].tolist()
-        starts = [index for index, position in enumerate(positions) if position == 0]
-        assert len(starts) == 2  # per_device_train_batch_size=2 sequences, positions restarting at each
-        assert positions == [p for start, end in zip(starts, [*starts[1:], len(positions)]) for p in range(end - start)]
+        lengths = _packed_lengths(batch)
+        assert len(lengths) == 2  # per_device_train_batch_size=2 sequences, positions restarting at each
+        assert batch["position_ids"][0].tolist() == [p for length in lengths for p in range(length)]
+
+
+def test_group_by_length_reaches_the_sampler_and_each_packed_row_holds_neighbours_in_length(
+    recorded, tmp_path, cache_dir
+):
+    """8 records of 2 to 4 facts stated in the prompt (varied lengths), batches of 2: the length-grouped sampler
+    sorts its one mega-batch by length and cuts it into pairs, so each step packs two sequences that are neighbours
+    in the length order; a shuffling sampler pairs lengths at random."""
+    cfg = _run(["packing=true", "trainer.train_sampling_strategy=group_by_length", "data.facts_in=both"], tmp_path)
+    processor = load_processor(model_location(cfg.model, cfg.cache_dir, cfg.seed), cfg.model.trust_remote_code)
+    dataset, _ = finetune.build_train_dataset(cfg, processor)
+    lengths = sorted((len(row["input_ids"]) for row in dataset), reverse=True)
+    assert len(lengths) == 8 and len(set(lengths)) > 2
+    neighbours = {tuple(sorted(lengths[i : i + 2])) for i in range(0, len(lengths), 2)}
+    assert len(recorded.batches) == 2
+    for batch in recorded.batches:
+        assert tuple(sorted(_packed_lengths(batch))) in neighbours, (_packed_lengths(batch), lengths)
 
 
 def test_packing_with_metric_probes_is_refused_before_training(recorded, tmp_path, cache_dir):

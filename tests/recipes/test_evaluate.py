@@ -4,6 +4,9 @@ sampling, and the recipe end to end."""
 from __future__ import annotations
 
 import json
+from collections import Counter
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,6 +30,7 @@ from xmodal.trainers.evaluation.answers import (
 )
 from xmodal.trainers.evaluation.report import summarise
 from xmodal.trainers.models.tiny import build_tiny_llava, build_tiny_qwen2_vl
+from tests.support.answering import always_answer
 from tests.support.tiny_batches import FAMILY_TEXT, FAMILY_VISION
 
 TEXT, VISION = FAMILY_TEXT, FAMILY_VISION
@@ -160,8 +164,13 @@ def test_sampling_is_seeded_averaged_over_samples_and_leaves_the_global_random_s
     assert all(len(p.answers) == 3 == len(p.correct) for p in first)
     # A random tiny model at a high temperature: the three samples of some prompt differ.
     assert any(len(set(p.answers)) > 1 for p in first)
-    for p in first:
-        assert p.score == sum(answers_match(answer, p.item.target) for answer in p.answers) / 3
+    # Each item's reference made its own first sample: its score is the share of its samples equal to that one
+    # (the random model answers no real reference, so scoring those would be 0.0 whatever the averaging).
+    retargeted = [replace(item, target=p.answers[0]) for item, p in zip(items, first)]
+    rescored = predict(model, processor, retargeted, settings)
+    assert [p.answers for p in rescored] == [p.answers for p in first]
+    assert [p.score for p in rescored] == [p.answers.count(p.answers[0]) / 3 for p in rescored]
+    assert any(0 < p.score < 1 for p in rescored)
 
 
 def test_greedy_decoding_takes_one_sample():
@@ -169,9 +178,12 @@ def test_greedy_decoding_takes_one_sample():
         GenerationSettings(num_samples=4)
 
 
-def _tiny_checkpoint(path) -> str:
+def _tiny_checkpoint(path, answer: str | None = None) -> str:
+    """A random-init tiny LLaVA; with `answer`, one that answers exactly that to every prompt."""
     torch.manual_seed(0)
     model, processor = build_tiny_llava(text=TEXT, vision=VISION)
+    if answer is not None:
+        always_answer(model, processor, answer)
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return str(path)
@@ -194,10 +206,19 @@ def _evaluate_config(tmp_path, checkpoint: str, *overrides: str):
 
 
 def test_recipe_writes_eval_json_predictions_and_results_table(tmp_path):
-    checkpoint = _tiny_checkpoint(tmp_path / "checkpoint")
+    """The checkpoint answers one value to every prompt (tests/support/answering.py), chosen so that some items are
+    right and some wrong: each condition's accuracy is the hand count of items whose reference is that value."""
+    checkpoint = tmp_path / "checkpoint"
     out = tmp_path / "eval"
-    cfg = _evaluate_config(tmp_path, checkpoint, "builder=paired", "builder.emit=both", "data.num_records=8",
+    cfg = _evaluate_config(tmp_path, str(checkpoint), "builder=paired", "builder.emit=both", "data.num_records=8",
                            "evaluate.per_condition=4")
+    references = {}
+    for item in eval_items(instances_of(cfg).instances, 4):
+        references.setdefault(item.condition, []).append(item.target)
+    answer = Counter(references["vision_centric"]).most_common(1)[0][0]
+    right = {condition: targets.count(answer) for condition, targets in references.items()}
+    assert all(0 < count < 4 for count in right.values()), references  # right and wrong items in each condition
+    _tiny_checkpoint(checkpoint, answer=answer)
     with open(run(cfg)) as f:
         report = json.load(f)
     (result,) = report["results"]
@@ -207,7 +228,8 @@ def test_recipe_writes_eval_json_predictions_and_results_table(tmp_path):
         "vision_centric": 4,
     }
     assert all(stats["prompt_mismatches"] == 0 for stats in result["conditions"].values())
-    for stats in result["conditions"].values():
+    for condition, stats in result["conditions"].items():
+        assert (stats["accuracy"], stats["correct"], stats["answers"]) == (right[condition] / 4, right[condition], 4)
         low, high = stats["ci"]
         assert 0 <= low <= stats["accuracy"] <= high <= 1
     gap = result["conditions"]["text_centric"]["accuracy"] - result["conditions"]["vision_centric"]["accuracy"]
@@ -216,6 +238,7 @@ def test_recipe_writes_eval_json_predictions_and_results_table(tmp_path):
     assert -1 <= low <= gap <= high <= 1
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 8 and {p["condition"] for p in predictions} == {"text_centric", "vision_centric"}
+    assert all(p["answers"] == [answer] and p["correct"] == [p["target"] == answer] for p in predictions)
     # The same 4 records under both conditions; only the text-centric prompt states the facts.
     records = {p["id"].rsplit(":", 1)[0] for p in predictions}
     assert len(records) == 4
@@ -226,24 +249,44 @@ def test_recipe_writes_eval_json_predictions_and_results_table(tmp_path):
 
 
 def test_free_text_judge_scores_conflict_recognition_with_intervals(tmp_path):
-    checkpoint = _tiny_checkpoint(tmp_path / "checkpoint")
+    """Two checkpoints with known answers (tests/support/answering.py): one says the sources conflict to every
+    prompt (every conflict recognised, every control falsely called a conflict, no control right), the other that
+    they agree on one value (nothing recognised; the controls agreeing on that value right, by a hand count)."""
+    conflicting, agreeing = tmp_path / "conflicting", tmp_path / "agreeing"
     cfg = _evaluate_config(
-        tmp_path, checkpoint, "builder=conflict", "builder.variants=rotate", "builder.conditions=[cross_modal]",
-        "data.num_records=4", "judge=free_text", "evaluate.max_new_tokens=6",
+        tmp_path, f"{conflicting},{agreeing}", "builder=conflict", "builder.variants=rotate",
+        "builder.conditions=[cross_modal]", "data.num_records=4", "judge=free_text", "evaluate.max_new_tokens=12",
     )
+    instances = instances_of(cfg).instances
+    controls = [i["target"] for i in instances if i["condition"] == "cross_modal_control"]
+    agreement = Counter(controls).most_common(1)[0][0]  # "The sources agree. <value>"
+    assert 0 < controls.count(agreement) < len(controls) == 4, controls
+    _tiny_checkpoint(conflicting, answer="The sources conflict.")
+    _tiny_checkpoint(agreeing, answer=agreement)
     with open(run(cfg)) as f:
-        (result,) = json.load(f)["results"]
-    assert result["conditions"]["cross_modal"]["count"] == 4  # the whole split: one conflict per record
-    for name in ("conflict_recognition/cross_modal", "false_conflict/cross_modal", "control_accuracy/cross_modal"):
-        low, high = result["derived"][name]["ci"]
-        assert 0 <= low <= result["derived"][name]["accuracy"] <= high <= 1
-    judge, meta = FreeTextConflictJudge(), {i["id"]: i["meta"] for i in instances_of(cfg).instances}
+        results = {Path(result["checkpoint"]).name: result for result in json.load(f)["results"]}
+    expected = {  # (right or said conflict, answers) per rate
+        "conflicting": {"conflict_recognition": (4, 4), "false_conflict": (4, 4), "control_accuracy": (0, 4)},
+        "agreeing": {
+            "conflict_recognition": (0, 4), "false_conflict": (0, 4),
+            "control_accuracy": (controls.count(agreement), 4),
+        },
+    }
+    for name, rates in expected.items():
+        result = results[name]
+        assert result["conditions"]["cross_modal"]["count"] == 4  # the whole split: one conflict per record
+        for rate, (hits, answers) in rates.items():
+            derived = result["derived"][f"{rate}/cross_modal"]
+            counted = (derived["correct"], derived["answers"], derived["accuracy"])
+            assert counted == (hits, answers, hits / answers), (name, rate)
+            low, high = derived["ci"]
+            assert low <= derived["accuracy"] <= high
+    judge, meta = FreeTextConflictJudge(), {i["id"]: i["meta"] for i in instances}
     lines = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert {line["answers"][0] for line in lines} == {"The sources conflict.", agreement}
     for line in lines:
         candidates = meta[line["id"]]["answer"], meta[line["id"]]["counter_answer"]
         assert line["said_conflict"] == [judge(answer, *candidates) for answer in line["answers"]]
-    recognised = sum(hit for line in lines if line["condition"] == "cross_modal" for hit in line["said_conflict"])
-    assert result["derived"]["conflict_recognition/cross_modal"]["correct"] == recognised
 
 
 @pytest.mark.parametrize("model, width", [("tiny_llava", 64), ("qwen2_5_vl_7b", 448), ("llava_1_5_7b", 336)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import glob
 import json
 import os
@@ -86,6 +87,18 @@ def test_default_run_learns_to_read_the_facts_from_the_image(tmp_path, cache_dir
     xmodal_train([f"output_dir={out}"], cache_dir)
     losses = loss_by_step(str(out))
     assert losses[10] > 2.0 and losses[200] < 0.7
+
+
+@pytest.mark.slow
+def test_the_trainers_full_collections_skip_what_outlives_the_run(tmp_path, cache_dir, monkeypatch):
+    """Every gc.collect() during training (the Trainer's at the start, free_memory's at the end) sees the objects
+    alive before the run frozen, and none stays frozen after it."""
+    frozen_at_collection = []
+    collect = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda *args: frozen_at_collection.append(gc.get_freeze_count()) or collect(*args))
+    xmodal_train([*FAST, f"output_dir={tmp_path / 'run'}"], cache_dir)
+    assert len(frozen_at_collection) >= 2 and min(frozen_at_collection) > 100_000
+    assert gc.get_freeze_count() == 0
 
 
 @pytest.mark.slow

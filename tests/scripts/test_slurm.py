@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.helpers import FAST, entry_point_env, read_metrics, xmodal_train
 from tests.support.pause import RELEASE, PAUSED, pause_override, wait_for_file
-from tests.support.slurm import SlurmCluster, SlurmUnavailable, free_port
+from tests.support.slurm import SlurmCluster, SlurmUnavailable
 from xmodal.trainers.lifecycle.preemption import PREEMPTED_MARKER
 
 pytestmark = pytest.mark.slow
@@ -57,13 +57,15 @@ def _wait_until_done(slurm, job: str, timeout: float) -> dict[str, str]:
 
 def _release_when_requeued(slurm, job: str, restarts: int, timeout: float = 60) -> None:
     """Wait for the job to be pending again after its `restarts`-th requeue and for the node to have cleaned up its
-    previous start, then let it start now: SLURM holds a requeued job back for a while (BeginTime, about two
-    minutes), which the test does not need to sit out."""
+    previous start, then let it start two seconds from now: SLURM holds a requeued job back for a while (BeginTime,
+    about two minutes), which the test does not need to sit out. Not at once: the requeue revokes the job's
+    credential at a whole second, and slurmd refuses a start whose credential is from that same second ("Job
+    credential revoked"), which fails the job."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         state = _job_state(slurm, job)
         if state["JobState"] == "PENDING" and int(state["Restarts"]) == restarts and slurm.node_idle():
-            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=slurm.env(), check=True)
+            subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now+2"], env=slurm.env(), check=True)
             return
         assert state["JobState"] not in ENDED, state
         time.sleep(0.3)
@@ -92,9 +94,12 @@ def test_a_preempted_job_is_requeued_and_finishes_as_an_uninterrupted_run(slurm,
         slurm.env(),
         PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
         PATH=os.pathsep.join([os.path.dirname(sys.executable), env["PATH"]]),
-        XMODAL_RDZV_PORT=str(free_port()),
+        # A one-node job: the template's torchrun hosts the c10d store on NodeAddr (127.0.0.1) and binds port 0
+        # itself. Without PET_STANDALONE (tests/conftest.py) so that the template's own rendezvous is the one used.
+        XMODAL_RDZV_PORT="0",
         OMP_NUM_THREADS="1",
     )
+    env.pop("PET_STANDALONE", None)
     submitted = subprocess.run(
         ["sbatch", "--parsable", f"--output={log}", "--cpus-per-task=2", TEMPLATE, "xmodal-train", *RUN,
          f"output_dir={preempted}", pause_override(3, control)],

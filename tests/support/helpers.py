@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 
 from xmodal.recipes import CONFIG_DIR
 
@@ -54,9 +57,29 @@ def train_command(args: list[str], processes: int = 1) -> list[str]:
     ]
 
 
-def xmodal_train(args: list[str], cache_dir: str, processes: int = 1, timeout: int = 600, cwd=None):
-    """`xmodal-train args` (under torchrun for several processes); `cwd` is where relative output_dirs land."""
-    return run_entry_point(train_command(args, processes), cache_dir, timeout, cwd)
+def xmodal_train(args: list[str], cache_dir: str, processes: int = 1, timeout: int = 600, cwd=None) -> None:
+    """`xmodal-train args`; `cwd` is where relative output_dirs land. One process: the console script's own `main`
+    in this process (a Python, torch and transformers start-up saved per run; the README's commands test starts
+    the installed scripts). Several processes, DeepSpeed or wandb: under torchrun / a process of its own, so that
+    no process group, and no wandb service and global run, outlives the run in this one."""
+    if processes > 1 or any(arg.startswith(("deepspeed=", "logger=wandb")) for arg in args):
+        run_entry_point(train_command(args, processes), cache_dir, timeout, cwd)
+        return
+    from xmodal.recipes.finetune import main
+
+    saved_argv, saved_path, saved_environment = sys.argv, list(sys.path), dict(os.environ)
+    os.environ.update(entry_point_env(cache_dir))
+    sys.argv = ["xmodal-train", *args]
+    try:
+        with contextlib.chdir(cwd or os.getcwd()):
+            main()
+    except SystemExit as exit:  # the console script's exit on a user error (its message is in the captured output)
+        pytest.fail(f"xmodal-train {' '.join(args)} exited {exit.code}")
+    finally:
+        sys.argv, sys.path[:] = saved_argv, saved_path
+        os.environ.clear()
+        os.environ.update(saved_environment)
+        GlobalHydra.instance().clear()
 
 
 def read_metrics(output_dir: str) -> list[dict]:
@@ -66,3 +89,14 @@ def read_metrics(output_dir: str) -> list[dict]:
 
 def loss_by_step(output_dir: str, key: str = "lm_loss") -> dict[int, float]:
     return {record["step"]: record[key] for record in read_metrics(output_dir) if key in record}
+
+
+def move_every_floating_tensor(model, seed: int = 0) -> None:
+    """Add a random offset in [0.5, 1.5) to every floating tensor of `model`, in place. A fresh init's norm weights
+    and biases are ones and zeros on every seed, so a load that skipped them would still compare equal to a fresh
+    model's; after this no tensor equals its init."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.add_(torch.rand(tensor.shape, generator=generator, dtype=tensor.dtype) + 0.5)

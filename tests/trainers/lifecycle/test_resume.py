@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from safetensors.torch import load_file, save_file
 from transformers import MixtralConfig, MixtralForCausalLM
 
-from tests.support.helpers import FAST, compose_config, read_metrics, xmodal_train
+from tests.support.helpers import FAST, compose_config, move_every_floating_tensor, read_metrics, xmodal_train
 from xmodal.trainers.lifecycle.callbacks import drop_rows_after
 from xmodal.trainers.models.finetuning import FinetuneSettings, apply_finetuning
 from xmodal.trainers.lifecycle.resume import (
@@ -40,10 +40,7 @@ def test_full_weights_load_back_by_their_saved_names(model, tmp_path):
     assert file_keys - set(saved.state_dict())
 
     restored = _tiny_model(model, seed=1)
-    with torch.no_grad():  # a fresh init's norms and biases are ones and zeros on every seed: move them too
-        for tensor in restored.state_dict().values():
-            if tensor.is_floating_point():
-                tensor.add_(torch.rand_like(tensor) + 0.5)
+    move_every_floating_tensor(restored)  # a fresh init's norms and biases are ones and zeros on every seed
     differing = {name for name, tensor in saved.state_dict().items() if not torch.equal(restored.state_dict()[name], tensor)}
     floating = {name for name, tensor in saved.state_dict().items() if tensor.is_floating_point()}
     assert differing == floating and any(saved.state_dict()[name].dim() == 1 for name in floating)

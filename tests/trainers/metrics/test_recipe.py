@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
 import torch
-from tests.trainers.metrics.imbalance_support import BUILDERS, make_instances
+from tests.trainers.metrics.imbalance_support import BUILDERS, collate, make_instances
 from hydra import compose, initialize_config_dir
 from PIL import Image
 from tests.trainers.metrics.test_masks import conflict_instance
 
 from xmodal.recipes import CONFIG_DIR
+from xmodal.core.tokens import image_token_id
 from xmodal.recipes.imbalance import run
+from xmodal.trainers.metrics.imbalance import measure
+from xmodal.trainers.metrics.imbalance_probes import probe_masks
+from xmodal.trainers.models import load_for_inference
 
 
 def save_checkpoint(model, processor, path):
@@ -77,4 +82,15 @@ def test_evidence_spans_measure_only_conflict_instances(tmp_path):
     )
     (condition, result), = report["results"]["checkpoint"].items()
     assert condition == "cross_modal" and result["spans"] == {"a": "image", "b": "text"}
-    assert report["layers"] == [1] and 0.0 < result["aggregate"]["ratio"] < 1.0
+    assert report["layers"] == [1] and result["sequences"] == 1
+    # The conflict instance measured directly: its image against its text evidence piece alone (the masks are
+    # checked token by token in test_masks.py), in norm mode at layer 1.
+    model, processor = load_for_inference(before, "float32", "sdpa")
+    with open(instances) as f:
+        conflict = [json.loads(line) for line in f][-1]
+    batch = collate([conflict], processor)
+    masks = probe_masks(batch, image_token_id(model.config), processor.tokenizer.all_special_ids, spans="evidence",
+                        instances=[conflict], tokenizer=processor.tokenizer)
+    direct = measure(model, batch, masks.query, masks.a, masks.b, layers=[1], mode="norm").mean()
+    assert result["aggregate"]["ratio"] == pytest.approx(direct.ratio.mean().item(), rel=1e-5)
+    assert result["aggregate"]["mass_text"] == pytest.approx(direct.mass_b.mean().item(), rel=1e-5)

@@ -38,6 +38,7 @@ from xmodal.trainers.models.finetuning import (
     unwrapped_name,
 )
 from xmodal.trainers.sft import XModalSFTTrainer
+from tests.support.helpers import move_every_floating_tensor
 from tests.support.tiny_batches import FAMILY_TEXT, FAMILY_VISION, two_turn_instance
 
 TEXT, VISION = FAMILY_TEXT, FAMILY_VISION
@@ -208,18 +209,24 @@ def test_measure_equals_eager_attention(family, image_path):
 
 
 def test_a_saved_checkpoint_reloads_and_generates(family, image_path, tmp_path):
+    """Every tensor comes back (each moved off its init first: a loader skipping norms or biases would otherwise
+    match a fresh init), and the reloaded model and processor answer as the saved ones do."""
     _, model, processor = family
-    model.save_pretrained(tmp_path)
+    saved = copy.deepcopy(model).eval()
+    move_every_floating_tensor(saved)
+    saved.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     reloaded, reloaded_processor = load_for_inference(str(tmp_path), "float32", "sdpa")
-    for name, tensor in model.state_dict().items():
+    for name, tensor in saved.state_dict().items():
         assert torch.equal(reloaded.state_dict()[name], tensor), name
     instance = two_turn_instance(image_path)
     items = [EvalItem("two-turns", "default", instance["messages"], instance["images"], "A = 7"),
              EvalItem("text", "default", instance["messages"][2:], [], "A = 7")]
-    predictions = predict(reloaded, reloaded_processor, items, GenerationSettings(2, max_new_tokens=3))
+    settings = GenerationSettings(2, max_new_tokens=3)
+    predictions = predict(reloaded, reloaded_processor, items, settings)
     assert all(prediction.prompt_matches_training for prediction in predictions)
-    assert all(isinstance(prediction.answers[0], str) for prediction in predictions)
+    assert [p.answers for p in predictions] == [p.answers for p in predict(saved, processor, items, settings)]
+    assert all(prediction.answers[0] for prediction in predictions)  # something was generated
 
 
 @pytest.mark.slow
