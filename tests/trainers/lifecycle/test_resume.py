@@ -57,8 +57,7 @@ def test_weights_the_model_keeps_out_of_its_checkpoints_are_neither_expected_nor
     saved.save_pretrained(tmp_path)
     restored = _tiny_model("tiny_llava", seed=1)
     restored._keys_to_ignore_on_save = set(saved._keys_to_ignore_on_save)
-    with torch.no_grad():
-        restored.state_dict()[kept_out].add_(1.0)
+    move_every_floating_tensor(restored)
     own = restored.state_dict()[kept_out].clone()
     verify_checkpoint_weights(restored, str(tmp_path))
     load_full_weights(restored, str(tmp_path))
@@ -140,10 +139,7 @@ def test_a_sharded_checkpoint_loads_back_from_every_shard(tmp_path):
     assert len(shards) > 1 and not (tmp_path / "model.safetensors").exists()
     assert checkpoint_weight_files(str(tmp_path), peft=False) == [str(tmp_path / shard) for shard in shards]
     restored = _tiny_model("tiny_llava", seed=1)
-    with torch.no_grad():
-        for tensor in restored.state_dict().values():
-            if tensor.is_floating_point():
-                tensor.add_(1.0)
+    move_every_floating_tensor(restored)
     verify_checkpoint_weights(restored, str(tmp_path))
     load_full_weights(restored, str(tmp_path))
     for name, tensor in saved.state_dict().items():
