@@ -16,6 +16,7 @@ import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from xmodal.core.atomic import atomic_file, atomic_write_text
@@ -171,10 +172,10 @@ def run_job(job: Path, log: Path) -> float:
     unpickle) with the error's first line; the traceback is in the log."""
     started = time.perf_counter()
     environment = dict(os.environ)
-    with open(log, "w") as handle:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        saved = os.dup(1), os.dup(2)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "w", buffering=1) as handle, redirect_stdout(handle), redirect_stderr(handle):
         os.dup2(handle.fileno(), 1)
         os.dup2(handle.fileno(), 2)
         try:
@@ -183,8 +184,6 @@ def run_job(job: Path, log: Path) -> float:
             traceback.print_exc()
             raise RuntimeError(f"{type(error).__name__}: {error}".splitlines()[0]) from None
         finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
             for fd, copy in zip((1, 2), saved):
                 os.dup2(copy, fd)
                 os.close(copy)

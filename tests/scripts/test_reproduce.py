@@ -204,3 +204,27 @@ def test_a_gap_closed_by_losing_text_centric_accuracy_is_labelled_so():
     assert "text-centric -0.500" in line and "by LOSING text-centric accuracy" in line
     loaded[("modality_gap", "curriculum")] = runs(1.0, 1.0)  # the vision view caught up instead
     assert report.view_changes(narrows, loaded, 200).endswith("vision-centric accuracy rises.")
+
+
+def export_print_and_fail(cfg) -> None:
+    """A step that leaves the environment changed, prints and fails."""
+    os.environ["XMODAL_LEFT_BEHIND"] = "1"
+    print(f"step ran with seed {cfg.seed}")
+    raise ValueError("the step failed\nsecond line")
+
+
+def test_a_failing_job_leaves_its_traceback_in_its_log_and_the_worker_as_it_was(tmp_path, capfd, monkeypatch):
+    """A pool process runs run after run: a failed one reports its error's first line, its log keeps what the run
+    printed and the traceback, and the process's output and environment are its own again."""
+    monkeypatch.setitem(runner.ENTRY_POINTS, "failing", ("config", __name__, "export_print_and_fail"))
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps([["failing", ["seed=3"]]]))
+    log = tmp_path / "run.log"
+    environment = dict(os.environ)
+    with pytest.raises(RuntimeError, match="^ValueError: the step failed$"):
+        runner.run_job(job, log)
+    text = log.read_text()
+    assert "step ran with seed 3" in text and "Traceback (most recent call last)" in text
+    assert dict(os.environ) == environment
+    os.write(1, b"after the job\n")  # file descriptor 1 itself, as the libraries' C code writes
+    assert capfd.readouterr().out.endswith("after the job\n") and "after the job" not in log.read_text()
