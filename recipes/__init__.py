@@ -47,9 +47,13 @@ def claim_run_directory(cfg) -> str | None:
 
 
 def open_run_directory(cfg, args) -> None:
-    """Rank 0 writes the run's config.yaml into its directory; every rank checks the directories are shared."""
+    """Rank 0 writes the run's config.yaml into its directory (replacing the files of a start that
+    `resume=auto` begins afresh); every rank checks the directories are shared."""
     from omegaconf import OmegaConf
 
+    from xmodal.trainers.lifecycle.run_directory import restarts_interrupted_run
     from xmodal.trainers.lifecycle.runs import open_run
 
-    open_run(args, cfg.output_dir, cfg.cache_dir, overwrite=cfg.overwrite, resolved_config=OmegaConf.to_container(cfg, resolve=True))
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    overwrite = cfg.overwrite or restarts_interrupted_run(cfg.output_dir, cfg.resume, resolved)
+    open_run(args, cfg.output_dir, cfg.cache_dir, overwrite=overwrite, resolved_config=resolved)

@@ -47,7 +47,9 @@ def base_model_overrides(budget: Budget) -> list[str]:
 
 def training_overrides(run: Run, runs: dict[tuple, Run], budget: Budget) -> list[str]:
     """The overrides of the run's training step (also what the overlap step rebuilds its training data from)."""
-    train = [f"seed={run.seed}", f"output_dir={run.directory}", *base_model_overrides(budget), *run.recipe.overrides,
+    # resume=auto: a run the reproduction was killed in continues from its newest checkpoint, or begins afresh
+    train = [f"seed={run.seed}", f"output_dir={run.directory}", "resume=auto", *base_model_overrides(budget),
+             *run.recipe.overrides,
              f"trainer.logging_steps={budget.logging_steps}",
              f"metrics.eval.per_condition={budget.curve_per_condition}"]
     if run.paper is MODALITY_GAP:

@@ -150,7 +150,15 @@ def test_quick_reproduction_writes_tables_plots_and_rebuilds_them_from_the_archi
     verdict_lines = (out / "verdicts.md").read_text()
     assert verdict_lines.count("- **P") == len(report.VERDICTS) and verdict_lines.count("Unimodal competence of") == 3
 
-    # a rerun finds every run finished and trains nothing
+    # a rerun trains only what a kill left unfinished (here: after the training step's logs, before final/)
+    killed = runs / "modal_imbalance" / "hit" / "seed1"
+    shutil.rmtree(killed / "final")
+    shutil.rmtree(killed / "eval")
+    again = reproduce("--quick", "--runs", str(runs), "--out", str(out), cache=cache)
+    assert f"{default_runs - 1} of {default_runs} runs already finished; 1 to run" in again.stdout
+    assert again.stdout.count("[start]") == 1 and f"[done {default_runs}/{default_runs}]" in again.stdout
+    rerun = json.loads((out / "results.json").read_text())["papers"]["modal_imbalance"]["recipes"]["hit"]["seeds"]["1"]
+    assert rerun == results["papers"]["modal_imbalance"]["recipes"]["hit"]["seeds"]["1"]  # the same seed, retrained
     again = reproduce("--quick", "--runs", str(runs), "--out", str(out), cache=cache)
     assert f"{default_runs} of {default_runs} runs already finished; 0 to run" in again.stdout
     assert "[start]" not in again.stdout

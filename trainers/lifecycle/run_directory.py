@@ -2,7 +2,8 @@
 
 `job_output_dir` gives each job of a Hydra multirun its own directory; `claim_output_dir` runs on every rank before
 anything is written: it refuses a fresh run into a directory that holds another run's files (unless
-`overwrite=true`), and returns the checkpoint to resume from (`resume=auto`: only a checkpoint of a run with this command's settings).
+`overwrite=true`), and returns the checkpoint to resume from (`resume=auto`: only a checkpoint of a run with this
+command's settings; a start of that run killed before its first checkpoint begins afresh).
 `open_output_dir` (rank 0, once every rank has claimed) deletes the old run's files when overwriting, clears the
 PREEMPTED marker of the start before, and writes `config.yaml` with secrets redacted.
 """
@@ -19,7 +20,7 @@ from omegaconf import OmegaConf
 
 from xmodal.core.atomic import atomic_write_text
 from xmodal.core.errors import ConfigError
-from xmodal.trainers.lifecycle.checkpoints import resolve_resume
+from xmodal.trainers.lifecycle.checkpoints import latest_complete_checkpoint, resolve_resume
 from xmodal.trainers.lifecycle.preemption import PREEMPTED_MARKER
 
 # What a run writes into its directory (checkpoint-N/ besides); the eval/ and imbalance/ defaults of xmodal-eval
@@ -90,7 +91,7 @@ def claim_output_dir(output_dir: str, resume: bool | str, overwrite: bool, resol
     found = [name for name in run_entries(output_dir) if name != "config.yaml"]
     if resume_from and overwrite:
         raise ConfigError("overwrite=true would delete the checkpoints resume= continues from: pass one of them")
-    if found and not resume_from and not overwrite:
+    if found and not resume_from and not overwrite and not restarts_interrupted_run(output_dir, resume, resolved_config):
         shown = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
         raise ConfigError(
             f"output_dir={output_dir} already holds a run ({shown}): resume=true continues it, overwrite=true "
@@ -103,22 +104,36 @@ def claim_output_dir(output_dir: str, resume: bool | str, overwrite: bool, resol
 _RESTART_KEYS = ("resume", "overwrite")
 
 
+def restarts_interrupted_run(output_dir: str, resume, resolved_config: dict) -> bool:
+    """Whether `resume=auto` finds this same run (config.yaml with `resolved_config`'s settings) stopped before its
+    first complete checkpoint and before final/: that start is begun afresh, its files replaced, so that one command
+    still serves a job killed early (SIGKILL, a lost node) and its requeued start."""
+    if resume != "auto" or latest_complete_checkpoint(output_dir) is not None:
+        return False
+    found = run_entries(output_dir)
+    return "config.yaml" in found and "final" not in found and not differing_settings(output_dir, resolved_config)
+
+
+def differing_settings(output_dir: str, resolved_config: dict) -> dict[str, tuple]:
+    """{key: (recorded, current)} for each setting in which the run recorded in `output_dir`'s config.yaml differs
+    from `resolved_config` (resume and overwrite are not settings of a run); empty without a config.yaml."""
+    path = os.path.join(output_dir, "config.yaml")
+    if not os.path.isfile(path):
+        return {}
+    saved = _dotted(OmegaConf.to_container(OmegaConf.load(path)))
+    current = _dotted(redact_secrets(resolved_config))
+    return {key: (saved.get(key), current.get(key)) for key in sorted(saved.keys() | current.keys())
+            if key.split(".", 1)[0] not in _RESTART_KEYS and saved.get(key) != current.get(key)}
+
+
 def require_same_settings(output_dir: str, resolved_config: dict) -> None:
     """Refuse `resume=auto` into a directory whose config.yaml (written by its first start) has settings other than
     `resolved_config`'s: the checkpoint there belongs to another run, and continuing it would mix the two."""
-    path = os.path.join(output_dir, "config.yaml")
-    if not os.path.isfile(path):
-        return
-    saved = _dotted(OmegaConf.to_container(OmegaConf.load(path)))
-    current = _dotted(redact_secrets(resolved_config))
-    differing = sorted(
-        key for key in saved.keys() | current.keys()
-        if key.split(".", 1)[0] not in _RESTART_KEYS and saved.get(key) != current.get(key)
-    )
+    differing = differing_settings(output_dir, resolved_config)
     if differing:
-        shown = ", ".join(f"{key}: {saved.get(key)!r} -> {current.get(key)!r}" for key in differing[:4])
+        shown = ", ".join(f"{key}: {saved!r} -> {current!r}" for key, (saved, current) in list(differing.items())[:4])
         raise ConfigError(
-            f"resume=auto: {path} belongs to a run with other settings ({shown}"
+            f"resume=auto: {os.path.join(output_dir, 'config.yaml')} belongs to a run with other settings ({shown}"
             f"{', ...' if len(differing) > 4 else ''}); choose another output_dir, or resume=true to continue "
             "that run with these settings"
         )

@@ -1,20 +1,22 @@
 """`resume=auto`: one command for a job's first start and its requeued starts. It starts fresh in an empty
-output_dir, continues from the newest complete checkpoint of the same run, and never mixes runs: another run's
-checkpoint (other settings in config.yaml) or another run's files without a checkpoint stop it.
+output_dir, continues from the newest complete checkpoint of the same run, begins afresh a start of the same run killed
+before its first checkpoint, and never mixes runs: another run's checkpoint (other settings in config.yaml), another
+run's files without a checkpoint, or a finished run stop it.
 The run's own behaviour (preempted, requeued, resumed) is tested on SLURM (tests/scripts/test_slurm.py) and on
 two torchrun nodes (tests/recipes/test_multinode.py)."""
 
 from __future__ import annotations
 
-import pytest
+import shutil
 
-from tests.support.helpers import FAST, compose_config
-from xmodal.core.errors import ConfigError
-from xmodal.trainers.lifecycle.checkpoints import COMPLETE_MARKER
-from xmodal.trainers.lifecycle.preemption import PREEMPTED_MARKER, write_preempted_marker
+import pytest
 from omegaconf import OmegaConf
 
+from tests.support.helpers import FAST, compose_config, read_metrics, xmodal_train
+from xmodal.core.errors import ConfigError
 from xmodal.recipes import claim_run_directory
+from xmodal.trainers.lifecycle.checkpoints import COMPLETE_MARKER
+from xmodal.trainers.lifecycle.preemption import PREEMPTED_MARKER, write_preempted_marker
 from xmodal.trainers.lifecycle.run_directory import open_output_dir
 
 
@@ -58,6 +60,31 @@ def test_auto_refuses_a_checkpoint_of_a_run_with_other_settings(tmp_path):
 
 def test_auto_refuses_another_runs_files_without_a_checkpoint(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    with pytest.raises(ConfigError, match="already holds a run"):
+        claim_run_directory(_config(tmp_path))
+
+
+def test_auto_begins_afresh_a_start_of_the_same_run_killed_before_its_first_checkpoint(tmp_path, cache_dir):
+    """A start killed (SIGKILL, a lost node) after its first log line but before any checkpoint: the same command
+    trains the run from the beginning, and metrics.jsonl holds that start's steps only once."""
+    args = [*FAST, f"output_dir={tmp_path}", "resume=auto", "trainer.max_steps=3", "trainer.logging_steps=1",
+            "trainer.save_strategy=no"]
+    xmodal_train(args, cache_dir)
+    first = read_metrics(str(tmp_path))
+    shutil.rmtree(tmp_path / "final")  # what a kill just before the end leaves
+    _checkpoint(tmp_path, 2, complete=False)  # and a save it cut short
+    xmodal_train(args, cache_dir)
+    assert [row["step"] for row in read_metrics(str(tmp_path))] == [row["step"] for row in first]
+    assert (tmp_path / "final").is_dir() and not (tmp_path / "checkpoint-2").exists()
+
+
+def test_auto_never_begins_afresh_a_finished_run_or_another_runs_start(tmp_path):
+    write_config(_config(tmp_path))
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    with pytest.raises(ConfigError, match="already holds a run"):
+        claim_run_directory(_config(tmp_path, "trainer.learning_rate=2e-3"))
+    assert claim_run_directory(_config(tmp_path)) is None  # the same run's start: begun afresh
+    (tmp_path / "final").mkdir()
     with pytest.raises(ConfigError, match="already holds a run"):
         claim_run_directory(_config(tmp_path))
 
