@@ -5,7 +5,16 @@ import math
 import pytest
 import torch
 
-from xmodal.losses.alignment import full_kl, hidden_alignment, token_kl
+from xmodal.losses import alignment
+from xmodal.losses.alignment import (
+    full_kl,
+    full_kl_per_position,
+    full_kl_sum_in_chunks,
+    full_reward_rows,
+    hidden_alignment,
+    pooled_hidden_distance,
+    token_kl,
+)
 
 HAND_ESTIMATORS = {
     "k1": lambda d: d,
@@ -27,6 +36,18 @@ def _hand_softmax(row):
 
 def _hand_kl(p, q):
     return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q))
+
+
+def _hand_divergence(student_logits, teacher_logits, direction, temperature):
+    """The `direction` divergence of one position's logits (lists), from explicit softmaxes."""
+    p_student = _hand_softmax([x / temperature for x in student_logits])
+    p_teacher = _hand_softmax([x / temperature for x in teacher_logits])
+    if direction == "forward":
+        return _hand_kl(p_teacher, p_student)
+    if direction == "reverse":
+        return _hand_kl(p_student, p_teacher)
+    mixture = [(a + b) / 2 for a, b in zip(p_student, p_teacher)]
+    return (_hand_kl(p_teacher, mixture) + _hand_kl(p_student, mixture)) / 2
 
 
 @pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
@@ -111,20 +132,12 @@ def test_full_kl_matches_explicit_softmax(direction, temperature):
     student = torch.randn(2, 3, 7, generator=generator, dtype=torch.float64)
     teacher = torch.randn(2, 3, 7, generator=generator, dtype=torch.float64)
     mask = torch.tensor([[True, False, True], [True, True, False]])
-    values = []
-    for i in range(2):
-        for j in range(3):
-            if not mask[i, j]:
-                continue
-            p_student = _hand_softmax([x / temperature for x in student[i, j].tolist()])
-            p_teacher = _hand_softmax([x / temperature for x in teacher[i, j].tolist()])
-            if direction == "forward":
-                values.append(_hand_kl(p_teacher, p_student))
-            elif direction == "reverse":
-                values.append(_hand_kl(p_student, p_teacher))
-            else:
-                mixture = [(a + b) / 2 for a, b in zip(p_student, p_teacher)]
-                values.append((_hand_kl(p_teacher, mixture) + _hand_kl(p_student, mixture)) / 2)
+    values = [
+        _hand_divergence(student[i, j].tolist(), teacher[i, j].tolist(), direction, temperature)
+        for i in range(2)
+        for j in range(3)
+        if mask[i, j]
+    ]
     expected = sum(values) / len(values)
     result = full_kl(student, teacher, mask, direction=direction, temperature=temperature)
     assert result.item() == pytest.approx(expected, rel=1e-5)
@@ -155,26 +168,38 @@ def test_full_kl_is_zero_when_equal_and_gradient_reaches_only_the_student(direct
     torch.testing.assert_close(student.grad, reference_student.grad.float(), rtol=0, atol=tolerance)
 
 
-@pytest.mark.parametrize("metric", ["cosine", "mse"])
-def test_hidden_alignment_matches_hand_pooling(metric):
-    generator = torch.Generator().manual_seed(5)
-    student = torch.randn(2, 5, 3, generator=generator, dtype=torch.float64, requires_grad=True)
-    teacher = torch.randn(2, 7, 3, generator=generator, dtype=torch.float64, requires_grad=True)
-    student_mask = torch.tensor([[0, 1, 1, 0, 0], [0, 0, 1, 1, 1]], dtype=torch.bool)
-    teacher_mask = torch.tensor([[0, 0, 0, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0, 0]], dtype=torch.bool)
+# Response positions of two rows per view; the views differ in length (5 and 7).
+HIDDEN_MASKS = (
+    torch.tensor([[0, 1, 1, 0, 0], [0, 0, 1, 1, 1]], dtype=torch.bool),
+    torch.tensor([[0, 0, 0, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0, 0]], dtype=torch.bool),
+)
+
+
+def _hand_pooled_distances(student, teacher, student_mask, teacher_mask, metric):
+    """Per row: the mean of the masked hidden vectors of each view, then 1 - cos or the mean squared difference."""
 
     def pool(hidden, mask, row):
         kept = [hidden[row, t].tolist() for t in range(hidden.shape[1]) if mask[row, t]]
-        return [sum(vector[d] for vector in kept) / len(kept) for d in range(3)]
+        return [sum(vector[d] for vector in kept) / len(kept) for d in range(hidden.shape[2])]
 
     distances = []
-    for row in range(2):
+    for row in range(student.shape[0]):
         s, t = pool(student, student_mask, row), pool(teacher, teacher_mask, row)
         if metric == "cosine":
             dot = sum(a * b for a, b in zip(s, t))
             distances.append(1 - dot / (math.sqrt(sum(a * a for a in s)) * math.sqrt(sum(b * b for b in t))))
         else:
-            distances.append(sum((a - b) ** 2 for a, b in zip(s, t)) / 3)
+            distances.append(sum((a - b) ** 2 for a, b in zip(s, t)) / len(s))
+    return distances
+
+
+@pytest.mark.parametrize("metric", ["cosine", "mse"])
+def test_hidden_alignment_matches_hand_pooling(metric):
+    generator = torch.Generator().manual_seed(5)
+    student = torch.randn(2, 5, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(2, 7, 3, generator=generator, dtype=torch.float64, requires_grad=True)
+    student_mask, teacher_mask = HIDDEN_MASKS
+    distances = _hand_pooled_distances(student, teacher, student_mask, teacher_mask, metric)
     result = hidden_alignment(student, teacher, student_mask, teacher_mask, metric=metric)
     assert result.item() == pytest.approx(sum(distances) / 2, rel=1e-5)
     result.backward()
@@ -194,3 +219,83 @@ def test_hidden_alignment_matches_hand_pooling(metric):
 def test_unknown_estimator_is_rejected():
     with pytest.raises(ValueError, match="k1"):
         token_kl(torch.zeros(2), torch.zeros(2), torch.ones(2, dtype=torch.bool), "k4")
+
+
+def test_unknown_metric_is_rejected_naming_the_choices():
+    student_mask, teacher_mask = HIDDEN_MASKS
+    hidden = torch.zeros(2, 5, 3), torch.zeros(2, 7, 3)
+    with pytest.raises(ValueError, match=r"^metric must be one of \('cosine', 'mse'\), got 'l1'$"):
+        pooled_hidden_distance(*hidden, student_mask, teacher_mask, metric="l1")
+
+
+def test_the_defaults_are_the_forward_kl_at_temperature_one_and_the_cosine_distance():
+    generator = torch.Generator().manual_seed(7)
+    student, teacher = torch.randn(2, 3, 7, generator=generator), torch.randn(2, 3, 7, generator=generator)
+    mask = torch.tensor([[True, True, False], [False, True, True]])
+    forward = [_hand_divergence(student[i, j].tolist(), teacher[i, j].tolist(), "forward", 1.0)
+               for i in range(2) for j in range(3)]
+    masked = [value for value, kept in zip(forward, mask.flatten().tolist()) if kept]
+    assert full_kl(student, teacher, mask).item() == pytest.approx(sum(masked) / len(masked), rel=1e-5)
+    assert full_kl_sum_in_chunks(student.flatten(0, 1), teacher.flatten(0, 1)).item() == pytest.approx(
+        sum(forward), rel=1e-5
+    )
+    student_hidden = torch.randn(2, 5, 3, generator=generator, dtype=torch.float64)
+    teacher_hidden = torch.randn(2, 7, 3, generator=generator, dtype=torch.float64)
+    cosine = _hand_pooled_distances(student_hidden, teacher_hidden, *HIDDEN_MASKS, "cosine")
+    assert pooled_hidden_distance(student_hidden, teacher_hidden, *HIDDEN_MASKS).tolist() == pytest.approx(cosine)
+    assert hidden_alignment(student_hidden, teacher_hidden, *HIDDEN_MASKS).item() == pytest.approx(sum(cosine) / 2)
+
+
+# 5 positions over a vocabulary of 7: 21 elements are chunks of 3 positions (the last one short), 5 elements fewer
+# than one position (still one at a time), the default all 5 at once.
+CHUNKINGS = {21: [3, 2], 5: [1, 1, 1, 1, 1], 2**24: [5]}
+
+
+@pytest.mark.parametrize("chunk_elements", CHUNKINGS)
+@pytest.mark.parametrize("direction,temperature", [("forward", 1.0), ("reverse", 2.0), ("js", 0.5)])
+def test_full_kl_sum_in_chunks_is_the_hand_sum_and_its_gradient_the_unchunked_one(
+    direction, temperature, chunk_elements
+):
+    generator = torch.Generator().manual_seed(6)
+    student = torch.randn(5, 7, generator=generator, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(5, 7, generator=generator, dtype=torch.float64)
+    expected = sum(_hand_divergence(s, t, direction, temperature) for s, t in zip(student.tolist(), teacher.tolist()))
+    total = full_kl_sum_in_chunks(student, teacher, direction, temperature, chunk_elements=chunk_elements)
+    assert total.item() == pytest.approx(expected, rel=1e-5)
+    # torch.autograd.grad as well as backward(): the checkpoint is the non-reentrant kind, which supports both.
+    (gradient,) = torch.autograd.grad(total, student)
+    reference = student.detach().clone().requires_grad_()
+    full_kl_per_position(reference, teacher, direction, temperature).sum().backward()
+    torch.testing.assert_close(gradient, reference.grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("chunk_elements,positions_per_chunk", CHUNKINGS.items())
+def test_full_kl_sum_in_chunks_holds_at_most_chunk_elements_logits_at_a_time(
+    monkeypatch, chunk_elements, positions_per_chunk
+):
+    chunks = []
+
+    def recording_divergence(student, teacher, *options):
+        chunks.append((student.shape[0], teacher.shape[0]))
+        return full_kl_per_position(student, teacher, *options)
+
+    monkeypatch.setattr(alignment, "full_kl_per_position", recording_divergence)
+    generator = torch.Generator().manual_seed(8)
+    student, teacher = torch.randn(5, 7, generator=generator), torch.randn(5, 7, generator=generator)
+    full_kl_sum_in_chunks(student, teacher, chunk_elements=chunk_elements)
+    assert chunks == [(rows, rows) for rows in positions_per_chunk]
+
+
+def test_full_reward_rows_are_those_whose_every_component_is_one():
+    rewards_per_func = torch.tensor(
+        [
+            [1.0, 1.0, 1.0],
+            [1.0, 0.0, 1.0],  # one component short
+            [0.0, 0.0, 0.0],
+            [1.0, 1.0, 0.5],
+            [1.0 - 1e-7, 1.0, 1.0 + 1e-7],  # float rounding of a 1 still counts
+            [1.0, 0.999, 1.0],  # a near-miss does not
+        ]
+    )
+    assert full_reward_rows(rewards_per_func).tolist() == [True, False, False, False, True, False]
+    assert full_reward_rows(torch.ones(0, 3)).tolist() == []

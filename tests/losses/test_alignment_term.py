@@ -17,8 +17,8 @@ RESPONSE_LENGTHS = {0: 3, 1: 2}
 PAIRS = {0: 2, 1: 3}  # student row -> teacher row
 
 
-def _hand_distribution(logits, row, position):
-    scores = logits[row, position].double().tolist()
+def _hand_distribution(logits, row, position, temperature=1.0):
+    scores = [score / temperature for score in logits[row, position].double().tolist()]
     exps = [math.exp(s) for s in scores]
     return [e / sum(exps) for e in exps]
 
@@ -56,29 +56,40 @@ def test_token_k3_equals_hand_computation(make_batch, paired_layouts, clamp):
     assert value.item() == pytest.approx(sum(values) / len(values), rel=1e-5)
 
 
-def test_full_forward_kl_equals_hand_computation(make_batch, paired_layouts):
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_full_forward_kl_equals_hand_computation(make_batch, paired_layouts, temperature):
     batch, outputs = make_batch(paired_layouts, paired=True)
     values = []
     for s_row, s_pos, t_row, t_pos in _aligned_positions():
-        p_teacher = _hand_distribution(outputs.logits, t_row, t_pos)
-        p_student = _hand_distribution(outputs.logits, s_row, s_pos)
+        p_teacher = _hand_distribution(outputs.logits, t_row, t_pos, temperature)
+        p_student = _hand_distribution(outputs.logits, s_row, s_pos, temperature)
         values.append(sum(p * math.log(p / q) for p, q in zip(p_teacher, p_student)))
-    value = AlignmentLoss(kind="full", direction="forward")(_context(batch, outputs))
+    value = AlignmentLoss(kind="full", direction="forward", temperature=temperature)(_context(batch, outputs))
     assert value.item() == pytest.approx(sum(values) / len(values), rel=1e-5)
 
 
-def test_hidden_cosine_is_token_weighted_over_pairs(make_batch, paired_layouts):
+@pytest.mark.parametrize("metric", ["cosine", "mse"])
+@pytest.mark.parametrize("layers", [[-1], [0, 2]])
+def test_hidden_distance_is_token_weighted_over_pairs_and_averaged_over_layers(
+    make_batch, paired_layouts, metric, layers
+):
     batch, outputs = make_batch(paired_layouts, paired=True, hidden_size=4)
-    hidden = outputs.hidden_states[-1].detach().double()
-    distances, weights = [], []
-    for student, teacher in PAIRS.items():
-        length = RESPONSE_LENGTHS[student]
-        s = hidden[student, RESPONSE_STARTS[student] - 1 : RESPONSE_STARTS[student] - 1 + length].mean(0)
-        t = hidden[teacher, RESPONSE_STARTS[teacher] - 1 : RESPONSE_STARTS[teacher] - 1 + length].mean(0)
-        distances.append(1 - float(s @ t) / (float(s.norm()) * float(t.norm())))
-        weights.append(length)
-    expected = sum(d * w for d, w in zip(distances, weights)) / sum(weights)
-    term = AlignmentLoss(kind="hidden", layers=[-1], metric="cosine")
+    per_layer = []
+    for layer in layers:
+        hidden = outputs.hidden_states[layer].detach().double()
+        distances, weights = [], []
+        for student, teacher in PAIRS.items():
+            length = RESPONSE_LENGTHS[student]
+            s = hidden[student, RESPONSE_STARTS[student] - 1 : RESPONSE_STARTS[student] - 1 + length].mean(0)
+            t = hidden[teacher, RESPONSE_STARTS[teacher] - 1 : RESPONSE_STARTS[teacher] - 1 + length].mean(0)
+            if metric == "cosine":
+                distances.append(1 - float(s @ t) / (float(s.norm()) * float(t.norm())))
+            else:
+                distances.append(float((s - t).square().mean()))
+            weights.append(length)
+        per_layer.append(sum(d * w for d, w in zip(distances, weights)) / sum(weights))
+    expected = sum(per_layer) / len(per_layer)
+    term = AlignmentLoss(kind="hidden", layers=layers, metric=metric)
     assert term.needs_hidden_states
     assert term(_context(batch, outputs)).item() == pytest.approx(expected, rel=1e-5)
 

@@ -1,4 +1,4 @@
-"""Rewards, the group filter and the full-reward rows, and the RL configs: small pure checks."""
+"""Rewards, the group filter and the RL configs: small pure checks (the full-reward rows: test_alignment_math.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from xmodal.core.errors import ConfigError
 from xmodal.data_builders.rollout_prompts import rollout_rows
 from xmodal.recipes.rl import check_alignment_data
 from tests.support.rl import compose_rl
-from xmodal.losses.alignment import RolloutAlignment, full_reward_rows
+from xmodal.losses.alignment import RolloutAlignment
 from xmodal.trainers.grpo import varied_reward_groups
 from xmodal.losses.rewards import CorrectAnswer, FormatMatch, build_rewards
 
@@ -47,11 +47,6 @@ def test_group_filter_keeps_groups_whose_rewards_differ():
     rewards = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.9, 0.9, 0.0, 0.0, 0.0, 0.1, 1.0, 0.1])
     assert varied_reward_groups(rewards, 4).tolist() == [True, True, True]
     assert varied_reward_groups(rewards, 3).tolist() == [False, True, False, True]
-
-
-def test_full_reward_means_every_component_gives_one():
-    per_func = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0], [1.0 - 1e-7, 1.0]])
-    assert full_reward_rows(per_func).tolist() == [True, False, False, True]
 
 
 @pytest.mark.parametrize(
