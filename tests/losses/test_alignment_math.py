@@ -12,8 +12,10 @@ from xmodal.losses.alignment import (
     full_kl_sum_in_chunks,
     full_reward_rows,
     hidden_alignment,
+    inside_released_clamps,
     pooled_hidden_distance,
     token_kl,
+    token_kl_estimates,
 )
 
 HAND_ESTIMATORS = {
@@ -168,9 +170,9 @@ def test_full_kl_is_zero_when_equal_and_gradient_reaches_only_the_student(direct
     torch.testing.assert_close(student.grad, reference_student.grad.float(), rtol=0, atol=tolerance)
 
 
-# Response positions of two rows per view; the views differ in length (5 and 7).
+# Response positions of two rows per view (one of them a single token); the views differ in length (5 and 7).
 HIDDEN_MASKS = (
-    torch.tensor([[0, 1, 1, 0, 0], [0, 0, 1, 1, 1]], dtype=torch.bool),
+    torch.tensor([[0, 1, 0, 0, 0], [0, 0, 1, 1, 1]], dtype=torch.bool),
     torch.tensor([[0, 0, 0, 1, 1, 0, 0], [1, 1, 1, 0, 0, 0, 0]], dtype=torch.bool),
 )
 
@@ -221,11 +223,22 @@ def test_unknown_estimator_is_rejected():
         token_kl(torch.zeros(2), torch.zeros(2), torch.ones(2, dtype=torch.bool), "k4")
 
 
-def test_unknown_metric_is_rejected_naming_the_choices():
-    student_mask, teacher_mask = HIDDEN_MASKS
+def test_unknown_metric_or_direction_is_rejected_naming_the_choices():
     hidden = torch.zeros(2, 5, 3), torch.zeros(2, 7, 3)
     with pytest.raises(ValueError, match=r"^metric must be one of \('cosine', 'mse'\), got 'l1'$"):
-        pooled_hidden_distance(*hidden, student_mask, teacher_mask, metric="l1")
+        pooled_hidden_distance(*hidden, *HIDDEN_MASKS, metric="l1")
+    logits = torch.zeros(2, 7)
+    with pytest.raises(ValueError, match=r"^direction must be one of \('forward', 'reverse', 'js'\), got 'up'$"):
+        full_kl_per_position(logits, logits, direction="up")
+
+
+@pytest.mark.parametrize("metric", ["cosine", "mse"])
+def test_pooled_hidden_distance_is_one_distance_per_sequence(metric):
+    generator = torch.Generator().manual_seed(9)
+    student = torch.randn(2, 5, 3, generator=generator, dtype=torch.float64)
+    teacher = torch.randn(2, 7, 3, generator=generator, dtype=torch.float64)
+    expected = _hand_pooled_distances(student, teacher, *HIDDEN_MASKS, metric)
+    assert pooled_hidden_distance(student, teacher, *HIDDEN_MASKS, metric).tolist() == pytest.approx(expected, rel=1e-5)
 
 
 def test_the_defaults_are_the_forward_kl_at_temperature_one_and_the_cosine_distance():
@@ -234,6 +247,7 @@ def test_the_defaults_are_the_forward_kl_at_temperature_one_and_the_cosine_dista
     mask = torch.tensor([[True, True, False], [False, True, True]])
     forward = [_hand_divergence(student[i, j].tolist(), teacher[i, j].tolist(), "forward", 1.0)
                for i in range(2) for j in range(3)]
+    assert full_kl_per_position(student, teacher).flatten().tolist() == pytest.approx(forward, rel=1e-5)
     masked = [value for value, kept in zip(forward, mask.flatten().tolist()) if kept]
     assert full_kl(student, teacher, mask).item() == pytest.approx(sum(masked) / len(masked), rel=1e-5)
     assert full_kl_sum_in_chunks(student.flatten(0, 1), teacher.flatten(0, 1)).item() == pytest.approx(
@@ -241,9 +255,10 @@ def test_the_defaults_are_the_forward_kl_at_temperature_one_and_the_cosine_dista
     )
     student_hidden = torch.randn(2, 5, 3, generator=generator, dtype=torch.float64)
     teacher_hidden = torch.randn(2, 7, 3, generator=generator, dtype=torch.float64)
-    cosine = _hand_pooled_distances(student_hidden, teacher_hidden, *HIDDEN_MASKS, "cosine")
-    assert pooled_hidden_distance(student_hidden, teacher_hidden, *HIDDEN_MASKS).tolist() == pytest.approx(cosine)
-    assert hidden_alignment(student_hidden, teacher_hidden, *HIDDEN_MASKS).item() == pytest.approx(sum(cosine) / 2)
+    views = (student_hidden, teacher_hidden, *HIDDEN_MASKS)
+    cosine = _hand_pooled_distances(*views, "cosine")
+    assert pooled_hidden_distance(*views).tolist() == pytest.approx(cosine, rel=1e-5)
+    assert hidden_alignment(*views).item() == pytest.approx(sum(cosine) / 2, rel=1e-5)
 
 
 # 5 positions over a vocabulary of 7: 21 elements are chunks of 3 positions (the last one short), 5 elements fewer
@@ -299,3 +314,28 @@ def test_full_reward_rows_are_those_whose_every_component_is_one():
     )
     assert full_reward_rows(rewards_per_func).tolist() == [True, False, False, False, True, False]
     assert full_reward_rows(torch.ones(0, 3)).tolist() == []
+
+
+# d = teacher - student per token; by hand, k1 = d, k2 = d**2 / 2, k3 = exp(d) - d - 1:
+#   d   =  2     3      -9     -15    25     0.5    -5 (both log-probs below -10)  12
+#   k1  =  2     3      -9     -15    25     0.5    -5                             12
+#   k2  =  2     4.5    40.5   112.5  312.5  0.125  12.5                           72
+#   k3  =  4.39  16.09   8.00   14.00  huge  0.15    4.01                          huge
+# Inside both released bounds (|d| < 20 and |estimate| < 10):
+INSIDE_THE_CLAMPS = {
+    "k1": [True, True, True, False, False, True, True, False],
+    "k2": [True, True, False, False, False, True, False, False],
+    "k3": [True, False, True, False, False, True, True, False],
+}
+
+
+@pytest.mark.parametrize("estimator", [None, "k1", "k2", "k3"])
+def test_tokens_inside_the_released_clamps_are_those_with_a_gradient(estimator):
+    teacher = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -15.0, 0.0])
+    d = torch.tensor([2.0, 3.0, -9.0, -15.0, 25.0, 0.5, -5.0, 12.0])
+    student = (teacher - d).requires_grad_(True)
+    options = {} if estimator is None else {"estimator": estimator}  # None: the default, k3
+    inside = inside_released_clamps(student, teacher, **options)
+    assert inside.tolist() == INSIDE_THE_CLAMPS[estimator or "k3"]
+    token_kl_estimates(student, teacher, estimator or "k3", clamp=True).sum().backward()
+    assert ((student.grad != 0) == inside).all()  # where a clamp binds there is no gradient, elsewhere there is

@@ -57,7 +57,3 @@ def test_release_k3_with_the_released_clamps_and_a_micro_batch_without_aligned_t
     nothing = rollout_alignment_sum(torch.zeros(1, 2), teacher, empty, alignment)
     assert rollout_alignment_loss(nothing, empty.sum(), "release", accumulation_steps=4, tokens_per_window=WINDOW_TOKENS).item() == 0.0
 
-
-def test_an_unknown_normalisation_names_the_key_and_the_choices():
-    with pytest.raises(ValueError, match=r"rl.align.normalize must be one of \('release', 'global'\), got 'token'"):
-        RolloutAlignment(normalize="token")

@@ -144,3 +144,15 @@ def test_bad_branch_layout_is_rejected(make_batch, paired_layouts):
 def test_bad_option_is_rejected():
     with pytest.raises(ValueError, match="kind must be one of"):
         AlignmentLoss(kind="attention")
+
+
+def test_rl_align_options_are_checked_naming_the_key_and_the_choices():
+    assert RolloutAlignment(weight=0.0).weight == 0.0  # 0 switches the RL term off
+    refusals = {
+        r"rl.align.estimator must be one of \('k1', 'k2', 'k3'\), got 'k4'": {"estimator": "k4"},
+        r"rl.align.normalize must be one of \('release', 'global'\), got 'token'": {"normalize": "token"},
+        r"rl.align.weight must be >= 0, got -0.5": {"weight": -0.5},
+    }
+    for message, options in refusals.items():
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            RolloutAlignment(**options)
