@@ -13,7 +13,10 @@ from xmodal.losses.alignment import (
     full_reward_rows,
     hidden_alignment,
     inside_released_clamps,
+    RolloutAlignment,
     pooled_hidden_distance,
+    rollout_alignment_loss,
+    rollout_alignment_sum,
     token_kl,
     token_kl_estimates,
 )
@@ -113,6 +116,32 @@ def test_clamped_token_kl_equals_the_released_formula():
     expected = _released_low_var_kl(student, teacher)[mask].mean()
     assert token_kl(student, teacher, mask).item() == pytest.approx(expected.item(), rel=1e-6)
     assert token_kl(student, teacher, mask, clamp=False).item() > expected.item() * 1e3  # the raw k3 explodes
+
+
+def test_token_kl_estimates_default_to_the_released_clamped_k3():
+    student, teacher = _logprobs_where_the_clamps_bind(3)
+    torch.testing.assert_close(token_kl_estimates(student, teacher), _released_low_var_kl(student, teacher).float())
+
+
+@pytest.mark.parametrize(
+    "estimator,expected",
+    [  # d = -25, -15, -3, 3, 15, 25 by hand: d clamped to [-20, 20], then the estimate to [-10, 10]
+        ("k1", [-10.0, -10.0, -3.0, 3.0, 10.0, 10.0]),
+        ("k2", [10.0, 10.0, 4.5, 4.5, 10.0, 10.0]),
+    ],
+)
+def test_the_released_clamps_bound_every_estimator_both_ways(estimator, expected):
+    teacher = torch.tensor([-25.0, -15.0, -3.0, 3.0, 15.0, 25.0])
+    assert token_kl_estimates(torch.zeros(6), teacher, estimator).tolist() == expected
+
+
+def test_a_log_ratio_beyond_float32_exp_gives_the_bound_and_no_gradient_not_nan():
+    # exp(100) overflows float32; bounding d at 20 first keeps k3 finite, so its clamped gradient is 0, not 0 * inf.
+    student = torch.tensor([-100.0, -1.0], requires_grad=True)
+    estimate = token_kl_estimates(student, torch.zeros(2))
+    assert estimate.tolist() == pytest.approx([10.0, math.exp(1.0) - 2.0])
+    estimate.sum().backward()
+    assert student.grad.tolist() == pytest.approx([0.0, 1 - math.exp(1.0)])
 
 
 def test_clamped_token_kl_gradient_is_zero_where_a_clamp_binds():
@@ -339,3 +368,69 @@ def test_tokens_inside_the_released_clamps_are_those_with_a_gradient(estimator):
     assert inside.tolist() == INSIDE_THE_CLAMPS[estimator or "k3"]
     token_kl_estimates(student, teacher, estimator or "k3", clamp=True).sum().backward()
     assert ((student.grad != 0) == inside).all()  # where a clamp binds there is no gradient, elsewhere there is
+
+
+# -- `rl.align.normalize`: the RL alignment term's normaliser over an accumulation window, on hand-computed numbers.
+#
+# One rank, two micro-batches per optimizer step (gradient accumulation 2, one generation batch per step). With k1 and
+# no clamp each token's estimate is d = teacher - student, so the numbers below are sums of the teacher values.
+STUDENT = torch.zeros(2, 3)
+# micro-batch A: aligned tokens 1, 2, 3 | 4 (sum 10 over 4 tokens); micro-batch B: aligned token 6 (sum 6 over 1)
+MICRO_BATCHES = [
+    (torch.tensor([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0]]), torch.tensor([[1, 1, 1], [1, 0, 0]])),
+    (torch.tensor([[6.0, 9.0, 9.0], [9.0, 9.0, 9.0]]), torch.tensor([[1, 0, 0], [0, 0, 0]])),
+]
+ACCUMULATION = 2
+WINDOW_TOKENS = torch.tensor(5.0)  # aligned tokens of the window on this rank: 4 + 1
+
+
+def window_terms(normalize: str) -> list[float]:
+    alignment = RolloutAlignment(estimator="k1", clamp=False, normalize=normalize)
+    return [
+        rollout_alignment_loss(
+            rollout_alignment_sum(STUDENT, teacher, mask, alignment), mask.sum(), normalize,
+            accumulation_steps=ACCUMULATION, tokens_per_window=WINDOW_TOKENS,
+        ).item()
+        for teacher, mask in MICRO_BATCHES
+    ]
+
+
+def test_release_is_each_micro_batch_token_mean_over_the_accumulation_steps():
+    # A: 10 / 4 / 2 = 1.25; B: 6 / 1 / 2 = 3; the step's gradient is that of (2.5 + 6) / 2
+    assert window_terms("release") == pytest.approx([1.25, 3.0])
+    assert sum(window_terms("release")) == pytest.approx(4.25)
+
+
+def test_global_is_one_token_mean_over_the_window():
+    # A: 10 / 5 = 2; B: 6 / 5 = 1.2; together (10 + 6) / 5 = 3.2, the mean over all five aligned tokens
+    assert window_terms("global") == pytest.approx([2.0, 1.2])
+    assert sum(window_terms("global")) == pytest.approx(3.2)
+
+
+def test_release_k3_with_the_released_clamps_and_a_micro_batch_without_aligned_tokens():
+    alignment = RolloutAlignment()  # k3, clamped, release: the defaults
+    teacher = torch.tensor([[math.log(2.0), 30.0]])  # d = ln 2: k3 = 2 - ln 2 - 1; d = 30: clamped to the bound 10
+    mask = torch.ones(1, 2)
+    summed = rollout_alignment_sum(torch.zeros(1, 2), teacher, mask, alignment)
+    loss = rollout_alignment_loss(summed, mask.sum(), "release", accumulation_steps=4, tokens_per_window=WINDOW_TOKENS)
+    assert loss.item() == pytest.approx(((1 - math.log(2.0)) + 10.0) / 2 / 4)
+    empty = torch.zeros(1, 2)
+    nothing = rollout_alignment_sum(torch.zeros(1, 2), teacher, empty, alignment)
+    assert rollout_alignment_loss(nothing, empty.sum(), "release", accumulation_steps=4, tokens_per_window=WINDOW_TOKENS).item() == 0.0
+
+
+def test_an_unknown_normalisation_names_the_key_and_the_choices():
+    message = r"^rl.align.normalize must be one of \('release', 'global'\), got 'token'$"
+    with pytest.raises(ValueError, match=message):
+        RolloutAlignment(normalize="token")
+    with pytest.raises(ValueError, match=message):
+        rollout_alignment_loss(torch.tensor(1.0), torch.tensor(1), "token", accumulation_steps=1,
+                               tokens_per_window=WINDOW_TOKENS)
+
+
+def test_the_rollout_sum_without_clamps_is_the_raw_estimate():
+    # d = 3 and 25: k3 = exp(3) - 4 = 16.09 and exp(25) - 26, neither bounded; the masked-out token (d = 1) not summed
+    teacher = torch.tensor([[3.0, 25.0, 1.0]], dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 0]])
+    summed = rollout_alignment_sum(torch.zeros(1, 3), teacher, mask, RolloutAlignment(clamp=False))
+    assert summed.item() == pytest.approx(math.exp(3.0) - 4.0 + math.exp(25.0) - 26.0, rel=1e-6)

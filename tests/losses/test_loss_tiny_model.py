@@ -1,5 +1,7 @@
 """End to end on a real (tiny) LLaVA: one forward over a paired batch, the composer, and the frozen teacher."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -91,11 +93,20 @@ def test_frozen_teacher_keeps_the_initial_weights():
     initial = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     batch = _paired_batch(tokenizer, model.config.image_token_id)
     term = AlignmentLoss(teacher="frozen")
-    term(LossContext(model=model, batch=batch, outputs=_forward(model, batch))).backward()
+    initial_outputs = _forward(model, batch)
+    term(LossContext(model=model, batch=batch, outputs=initial_outputs)).backward()
     teacher = term.frozen_teacher.model
     move_every_floating_tensor(model)
-    term(LossContext(model=model, batch=batch, outputs=_forward(model, batch)))
+    moved_outputs = _forward(model, batch)
+    value = term(LossContext(model=model, batch=batch, outputs=moved_outputs))
     assert teacher is term.frozen_teacher.model and teacher.state_dict().keys() == initial.keys()
+    # The term aligns the moved student rows with the initial model's teacher rows, not with the moved ones.
+    pairs = 2
+    initial_teacher = SimpleNamespace(logits=torch.cat([moved_outputs.logits[:pairs], initial_outputs.logits[pairs:]]))
+    expected = AlignmentLoss(teacher="same")(LossContext(model=model, batch=batch, outputs=initial_teacher))
+    torch.testing.assert_close(value, expected, rtol=1e-4, atol=1e-6)
+    moved_teacher = AlignmentLoss(teacher="same")(LossContext(model=model, batch=batch, outputs=moved_outputs))
+    assert value.item() != pytest.approx(moved_teacher.item(), rel=1e-2)
     for name, tensor in teacher.state_dict().items():
         assert torch.equal(tensor, initial[name]), name
         assert not tensor.is_floating_point() or not torch.equal(tensor, model.state_dict()[name]), name
