@@ -143,9 +143,18 @@ def test_bad_branch_layout_is_rejected(make_batch, paired_layouts):
         AlignmentLoss()(_context(batch, outputs))
 
 
-def test_bad_option_is_rejected():
-    with pytest.raises(ValueError, match=r"^align.kind must be one of \('token', 'full', 'hidden'\), got 'attention'$"):
-        AlignmentLoss(kind="attention")
+def test_align_options_are_checked_naming_the_key_and_the_choices():
+    refusals = {
+        r"align.kind must be one of \('token', 'full', 'hidden'\), got 'attention'": {"kind": "attention"},
+        r"align.estimator must be one of \('k1', 'k2', 'k3'\), got 'k4'": {"estimator": "k4"},
+        r"align.direction must be one of \('forward', 'reverse', 'js'\), got 'up'": {"direction": "up"},
+        r"align.metric must be one of \('cosine', 'mse'\), got 'l1'": {"metric": "l1"},
+        r"align.teacher must be one of \('same', 'frozen'\), got 'ema'": {"teacher": "ema"},
+        r"align: temperature must be positive, got 0.0": {"temperature": 0.0},
+    }
+    for message, options in refusals.items():
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            AlignmentLoss(**options)
 
 
 def test_rl_align_options_are_checked_naming_the_key_and_the_choices():
