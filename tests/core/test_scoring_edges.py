@@ -1,11 +1,20 @@
 """Edges of xmodal.core.scoring that the hand-checked cases of test_scoring.py left open (found by mutation testing,
-docs/testing.md): where an answer is cut, bare choice letters, and the conflict judges' defaults."""
+docs/testing.md): where an answer is cut, bare choice letters, the conflict judges' defaults, and the graders by name."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from xmodal.core.scoring import ExactConflictJudge, FreeTextConflictJudge, answers_match, cut_at_end, evaluate_number
+from xmodal.core.scoring import (
+    ExactConflictJudge,
+    FreeTextConflictJudge,
+    answers_match,
+    cut_at_end,
+    evaluate_number,
+    grader,
+)
 
 
 def test_an_answer_is_cut_at_the_first_end_marker_not_the_last():
@@ -26,6 +35,14 @@ def test_an_answer_is_cut_at_the_first_end_marker_not_the_last():
     (r"\sqrt{0}", 0.0),  # the root of zero is zero, not a refusal
     (r"\sqrt[3}{8}", None),  # a malformed degree is no number
     ("(-8)^{0.5}", None),  # nor is a complex power
+    ("(3+4]", None),  # nor are brackets that do not pair
+    (r"90^\circ - 35^\circ", 55.0),  # degrees and units are dropped between terms too, not only at the end
+    (r"3\text{ cm} \times 4\text{ cm}", 12.0),
+    ("12π", 12 * math.pi),  # the Unicode and LaTeX spellings of pi, products, quotients and percent
+    ("3×4", 12.0),
+    (r"12 \div 4", 3.0),
+    (r"50\%", 50.0),
+    ("50%", 50.0),
 ])
 def test_arithmetic_edges_read_as_hand_computed(text, value):
     assert evaluate_number(text) == value
@@ -55,3 +72,23 @@ def test_the_free_text_judge_reads_its_own_negations_when_given():
     judge = FreeTextConflictJudge(negations=["hardly"])
     assert not judge("The sources hardly conflict.")
     assert judge("The sources do not conflict.")  # "not" is no negation of this judge
+
+
+def test_a_grader_is_picked_by_name_purpose_and_tolerance():
+    # By hand: 101 is 1 % off 100, 102 is 2 %, 100.05 is 0.05 %, 100.5 is 0.5 %.
+    lenient = grader("lenient")  # the defaults: to evaluate, within 1 %
+    assert lenient(r"\boxed{101}", "100") and not lenient(r"\boxed{102}", "100")
+    assert lenient("The answer is 14.9", "14.9")  # lenient reads an unboxed answer; the release does not
+    strict = grader("lenient", "reward", tolerance=0.001)
+    assert strict(r"\boxed{100.05}", "100") and not strict(r"\boxed{100.5}", "100")
+    release_evaluation, release_reward = grader("release"), grader("release", "reward")
+    assert not release_evaluation("The answer is 14.9", "14.9")
+    assert release_evaluation(r"\boxed{101}", "100") and grader("release", "evaluate")(r"\boxed{101}", "100")
+    assert not release_reward(r"\boxed{101}", "100") and release_reward(r"\boxed{100}", "100")  # no tolerance
+
+
+def test_an_unknown_grader_or_purpose_is_refused_naming_the_choices():
+    with pytest.raises(ValueError, match=r"^grader must be one of \('lenient', 'release'\), got 'strict'$"):
+        grader("strict")
+    with pytest.raises(ValueError, match=r"^grader purpose must be one of \('evaluate', 'reward'\), got 'train'$"):
+        grader("release", "train")
