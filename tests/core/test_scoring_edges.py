@@ -36,6 +36,7 @@ def test_an_answer_is_cut_at_the_first_end_marker_not_the_last():
     (r"\sqrt[3}{8}", None),  # a malformed degree is no number
     ("(-8)^{0.5}", None),  # nor is a complex power
     ("(3+4]", None),  # nor are brackets that do not pair
+    (r"\frac{3+4]{2}", None),
     (r"90^\circ - 35^\circ", 55.0),  # degrees and units are dropped between terms too, not only at the end
     (r"3\text{ cm} \times 4\text{ cm}", 12.0),
     ("12π", 12 * math.pi),  # the Unicode and LaTeX spellings of pi, products, quotients and percent
