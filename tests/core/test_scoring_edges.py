@@ -44,6 +44,13 @@ def test_an_answer_is_cut_at_the_first_end_marker_not_the_last():
     (r"12 \div 4", 3.0),
     (r"50\%", 50.0),
     ("50%", 50.0),
+    (r"50\% - 10\%", 40.0),  # percent signs are dropped between terms too
+    ("50% - 10%", 40.0),
+    ("12 pi", 12 * math.pi),  # bare words: "12 pi" is 12 pi, not 12 followed by a unit word
+    ("2sqrt(3)", 2 * 3 ** 0.5),
+    ("1,200", 1200.0),  # a thousands separator
+    ("AB = CD = 5", 5.0),  # the value after the last "="
+    ("10^{308} * 10", None),  # beyond float: no number, not inf
 ])
 def test_arithmetic_edges_read_as_hand_computed(text, value):
     assert evaluate_number(text) == value
