@@ -76,13 +76,16 @@ def format_value(summary: dict | None) -> str:
 def markdown_table(paper: Paper, results: dict) -> str:
     """The paper's tables, one row per recipe: mean over seeds [95 % hierarchical interval] of each column."""
     tables = []
+    extras = {recipe.name for recipe in paper.recipes if not recipe.default}
     for caption, columns in paper.tables:
         header = ["recipe", "seeds", *(title for _, title in columns)]
         rows = [header, ["---"] * len(header)]
         for recipe, entry in results["papers"][paper.key]["recipes"].items():
             summary = entry["summary"]
-            if entry["seeds"] and not any(metric in summary for metric, _ in columns):
-                continue  # a table of some recipes' metrics (the RL runs'): not the others
+            if entry["seeds"] and columns[0][0] not in summary:
+                continue  # a table of some recipes' metrics (the RL runs', by their first column): not the others''
+            if not entry["seeds"] and recipe in extras:
+                continue  # an extra recipe, run only when named: no row until it has run
             rows.append([recipe, str(len(entry["seeds"])), *(format_value(summary.get(metric)) for metric, _ in columns)])
         table = "\n".join("| " + " | ".join(row) + " |" for row in rows) + "\n"
         tables.append(f"{caption}\n\n{table}" if caption else table)

@@ -114,6 +114,7 @@ def test_quick_reproduction_writes_tables_plots_and_rebuilds_them_from_the_archi
     assert results["run"]["training_commit"] != "unknown" and results["run"]["held_out_records"] > 0
     for paper in papers.PAPERS:
         table = (out / f"{paper.key}.md").read_text()
+        assert not [r.name for r in paper.recipes if not r.default and f"| {r.name} |" in table]  # extras not run
         for recipe in (recipe for recipe in paper.recipes if recipe.default):
             entry = results["papers"][paper.key]["recipes"][recipe.name]
             assert sorted(entry["seeds"]) == ["0", "1"] and sorted(entry["overlap"]) == ["0", "1"]
