@@ -48,6 +48,7 @@ def test_an_answer_is_cut_at_the_first_end_marker_not_the_last():
     ("50% - 10%", 40.0),
     ("12 pi", 12 * math.pi),  # bare words: "12 pi" is 12 pi, not 12 followed by a unit word
     ("2sqrt(3)", 2 * 3 ** 0.5),
+    ("12 Xpi", 12.0),  # ...but a word that merely ends in "pi" (after a capital too) is a unit word, dropped
     ("1,200", 1200.0),  # a thousands separator
     ("AB = CD = 5", 5.0),  # the value after the last "="
     ("10^{308} * 10", None),  # beyond float: no number, not inf
