@@ -83,7 +83,7 @@ def markdown_table(paper: Paper, results: dict) -> str:
         for recipe, entry in results["papers"][paper.key]["recipes"].items():
             summary = entry["summary"]
             if entry["seeds"] and columns[0][0] not in summary:
-                continue  # a table of some recipes' metrics (the RL runs', by their first column): not the others''
+                continue  # a table of some recipes' metrics (the RL runs', by their first column): not the others
             if not entry["seeds"] and recipe in extras:
                 continue  # an extra recipe, run only when named: no row until it has run
             rows.append([recipe, str(len(entry["seeds"])), *(format_value(summary.get(metric)) for metric, _ in columns)])
