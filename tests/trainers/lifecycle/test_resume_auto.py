@@ -14,10 +14,11 @@ from omegaconf import OmegaConf
 
 from tests.support.helpers import FAST, compose_config, read_metrics, xmodal_train
 from xmodal.core.errors import ConfigError
-from xmodal.recipes import claim_run_directory
+from xmodal.recipes import claim_run_directory, open_run_directory
 from xmodal.trainers.lifecycle.checkpoints import COMPLETE_MARKER
 from xmodal.trainers.lifecycle.preemption import PREEMPTED_MARKER, write_preempted_marker
 from xmodal.trainers.lifecycle.run_directory import open_output_dir
+from xmodal.trainers.lifecycle.runs import build_training_args
 
 
 def write_config(cfg) -> None:
@@ -64,6 +65,19 @@ def test_auto_refuses_another_runs_files_without_a_checkpoint(tmp_path):
         claim_run_directory(_config(tmp_path))
 
 
+def test_the_start_auto_begins_afresh_replaces_the_killed_starts_files(tmp_path):
+    """In-process, as the recipes open their run directory: the killed start's log and unfinished checkpoint go,
+    the new start's config.yaml is written."""
+    cfg = _config(tmp_path, f"cache_dir={tmp_path / 'cache'}")
+    write_config(cfg)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    _checkpoint(tmp_path, 2, complete=False)
+    assert claim_run_directory(cfg) is None
+    open_run_directory(cfg, build_training_args(cfg.trainer, cfg.deepspeed))
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name != "cache") == ["config.yaml"]
+
+
+@pytest.mark.slow
 def test_auto_begins_afresh_a_start_of_the_same_run_killed_before_its_first_checkpoint(tmp_path, cache_dir):
     """A start killed (SIGKILL, a lost node) after its first log line but before any checkpoint: the same command
     trains the run from the beginning, and metrics.jsonl holds that start's steps only once."""
