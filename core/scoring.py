@@ -310,13 +310,18 @@ def grader(name: str, purpose: str = "evaluate", tolerance: float = 0.01) -> Cal
 
 class ExactConflictJudge:
     """A response recognises the conflict when it is the trained conflict answer (`answers_match`, e.g.
-    "The sources conflict."): the format of models fine-tuned with `builder=conflict`."""
+    "The sources conflict."): the format of models fine-tuned with `builder=conflict`. With a `reading` (the
+    builder's `reading_template` the model was trained with), a response that reads the pieces first counts when
+    its last sentence is that answer: "Evidence 1 gives 3, evidence 2 gives 5. The sources conflict."."""
 
-    def __init__(self, answer: str = "The sources conflict."):
+    def __init__(self, answer: str = "The sources conflict.", reading: str = ""):
         self.answer = answer
+        self.reading = reading
 
     def __call__(self, response: str, answer: str | None = None, counter_answer: str | None = None) -> bool:
-        return answers_match(response, self.answer)
+        if answers_match(response, self.answer):
+            return True
+        return bool(self.reading) and normalise_answer(response).endswith(". " + normalise_answer(self.answer))
 
 
 # Word starts that say the sources disagree ("contradict" also finds "contradictory"), and the words that negate them.

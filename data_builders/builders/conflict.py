@@ -39,7 +39,10 @@ class ConflictBuilder(Builder):
     `variants: all` emits the 4 conflict and 4 control variants per record and condition; `rotate` emits one
     of each, cycling through the variants across records (balanced over every 4 records).
     Prompt pieces: `evidence_label` (with `{n}`), `evidence_separator`, `question_template` (with `{question}`);
-    targets: `target_conflict`, `target_agree` (with `{answer}`).
+    targets: `target_conflict`, `target_agree` (with `{answer}`), each after `reading_template` (with `{first}` and
+    `{second}`: the value the first and the second shown piece give for the asked key, in the record's language;
+    "" by default): a reading of both pieces before the decision, so that deciding compares two values the
+    response has just written instead of two values found in the prompt within one token.
     `image_evidence`: `auto` draws an image slot's evidence in the record's own image format where the record
     gives it (`meta.conflict_qa.evidence_cells`: the synthetic cell images a tiny model can read), else renders
     the passage as text; `text` always renders the passage. `render`: the TextStyle of rendered passages.
@@ -55,6 +58,7 @@ class ConflictBuilder(Builder):
         question_template: str = "Question: {question}\nDo the sources agree or disagree?",
         target_conflict: str = "The sources conflict.",
         target_agree: str = "The sources agree. {answer}",
+        reading_template: str = "",
         image_evidence: str = "auto",
         render: dict | None = None,
         cache_dir: str | None = None,
@@ -77,6 +81,7 @@ class ConflictBuilder(Builder):
         self.question_template = question_template
         self.target_conflict = target_conflict
         self.target_agree = target_agree
+        self.reading_template = reading_template
         self.render = dict(render or {})
         self.cache_dir = cache_dir
         self.shuffle = shuffle
@@ -137,9 +142,11 @@ class ConflictBuilder(Builder):
             evidence.append(record)
         parts.append(text_part(self.question_template.format(question=qa["question"])))
         if is_conflict:
-            target = self.target_conflict
+            decision = self.target_conflict
         else:
-            target = self.target_agree.format(answer=qa["answer"] if choice == "answer" else qa["counter_answer"])
+            decision = self.target_agree.format(answer=qa["answer"] if choice == "answer" else qa["counter_answer"])
+        first, second = (qa["answer"] if supports[index] == "answer" else qa["counter_answer"] for index in order)
+        target = self.reading_template.format(first=first, second=second) + decision
         label = f"true_{slots[choice][0]}" if is_conflict else f"agree_{choice}"
         meta = {
             "conflict": is_conflict,

@@ -76,6 +76,8 @@ SENTENCE = ("data.answer_template='The answer is: the value of {key} is {answer}
 # and DAPO's refill of filtered groups (capped)
 RL_REGIME = ("rl.grpo.max_completion_length=24", "rl.grpo.steps_per_generation=4", "rl.grpo.delta=10",
              "rl.overlong.buffer=8", "rl.overlong.penalty_factor=1.0", "rl.refill.enabled=true")
+# table columns chosen per seed by a rule (the RL start step), listed seed by seed: a mean of them describes nothing
+PER_SEED_COLUMNS = frozenset({"rl/start_step"})
 MODALITY_GAP = Paper(
     key="modality_gap",
     title="Paper 2, the text-vision modality gap (arXiv 2510.22836)",

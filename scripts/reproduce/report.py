@@ -8,7 +8,7 @@ from pathlib import Path
 
 from xmodal.core.atomic import atomic_write_text
 
-from .papers import EVAL_DATA_SEED, MODAL_IMBALANCE, MODALITY_GAP, PAPERS, Paper
+from .papers import EVAL_DATA_SEED, MODAL_IMBALANCE, MODALITY_GAP, PAPERS, PER_SEED_COLUMNS, Paper
 from .statistics import COMPETENCE, paired_summary, summary_of
 
 README_START, README_END = "<!-- reproduce:start -->", "<!-- reproduce:end -->"
@@ -64,9 +64,12 @@ VERDICTS = (
 )
 
 
-def format_value(summary: dict | None) -> str:
+def format_value(summary: dict | None, per_seed: bool = False) -> str:
+    """Mean [interval]; `per_seed`: each seed's value, for a number chosen per seed (a step), not measured."""
     if not summary:
         return "-"
+    if per_seed:
+        return ", ".join(f"{value:g}" for _, value in sorted(summary["per_seed"].items(), key=lambda kv: int(kv[0])))
     if summary["ci95"] is None:
         return f"{summary['mean']:.3f} (n={summary['n']})"
     low, high = summary["ci95"]
@@ -86,7 +89,8 @@ def markdown_table(paper: Paper, results: dict) -> str:
                 continue  # a table of some recipes' metrics (the RL runs', by their first column): not the others
             if not entry["seeds"] and recipe in extras:
                 continue  # an extra recipe, run only when named: no row until it has run
-            rows.append([recipe, str(len(entry["seeds"])), *(format_value(summary.get(metric)) for metric, _ in columns)])
+            rows.append([recipe, str(len(entry["seeds"])),
+                         *(format_value(summary.get(metric), metric in PER_SEED_COLUMNS) for metric, _ in columns)])
         table = "\n".join("| " + " | ".join(row) + " |" for row in rows) + "\n"
         tables.append(f"{caption}\n\n{table}" if caption else table)
     return "\n".join(tables)

@@ -68,6 +68,16 @@ def test_the_exact_judge_expects_the_trained_conflict_answer_by_default():
     assert not judge("The sources agree. 7")
 
 
+def test_the_exact_judge_accepts_a_reading_before_the_answer_only_when_trained_with_one():
+    read_first = "Evidence 1 gives 3, evidence 2 gives 5. The sources conflict."
+    assert not ExactConflictJudge()(read_first)
+    judge = ExactConflictJudge(reading="Evidence 1 gives {first}, evidence 2 gives {second}. ")
+    assert judge(read_first) and judge("The sources conflict.")
+    assert not judge("Evidence 1 gives 3, evidence 2 gives 3. The sources agree. 3")
+    assert not judge("The sources conflict. Evidence 1 gives 3")  # the answer must be the last sentence
+    assert not judge("Evidence 1 gives 3, the sources conflict")  # ... a sentence of its own
+
+
 def test_the_free_text_judge_defaults_read_disagreement_and_its_negation():
     judge = FreeTextConflictJudge()
     assert judge("The two sources contradict each other.")

@@ -69,3 +69,22 @@ def test_pieces_carry_independent_distractors_in_varied_surface_forms(tmp_path):
     for side, value in (("evidence", qa["answer"]), ("counter_evidence", qa["counter_answer"])):
         first, second = (piece["cells"]["glyphs"] for piece in qa["pieces"][side])
         assert first != second and value in first and value in second
+
+
+def test_a_reading_target_gives_each_shown_piece_its_own_value_before_the_decision(tmp_path):
+    reading = "Evidence 1 gives {first}, evidence 2 gives {second}. "
+    source, builder = composed(tmp_path, f"conflict_reading='{reading}'", "builder.conditions=[unimodal_text]")
+    judge = instantiate(compose_config([f"conflict_reading='{reading}'"], config_name="evaluate").judge)
+    instances = builder.build(source, seed=0)
+    for instance in instances:
+        meta, target = instance["meta"], instance["messages"][-1]["content"][0]["text"]
+        asked = meta["question"].removeprefix("What is the value of ").removesuffix("?")
+        # each piece's value for the asked key, read off its own text ("A = 3", "A is 3", "the value of A is 3")
+        values = [fact.rsplit(" ", 1)[1] for piece in meta["evidence"] for fact in piece["text"].split(", ")
+                  if fact.rsplit(" ", 2)[0].removeprefix("the value of ") == asked]
+        assert len(values) == 2, instance["id"]
+        decision = "The sources conflict." if meta["conflict"] else f"The sources agree. {values[0]}"
+        assert target == reading.format(first=values[0], second=values[1]) + decision
+        assert (values[0] != values[1]) == meta["conflict"]
+        assert judge(target) == meta["conflict"]
+    assert {i["meta"]["conflict"] for i in instances} == {True, False}

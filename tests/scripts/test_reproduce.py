@@ -215,6 +215,21 @@ def test_a_gap_closed_by_losing_text_centric_accuracy_is_labelled_so():
     assert report.view_changes(narrows, loaded, 200).endswith("vision-centric accuracy rises.")
 
 
+def test_the_rl_table_lists_the_start_step_of_each_seed_and_averages_the_rest():
+    def summary(per_seed: dict) -> dict:
+        return {"mean": sum(per_seed.values()) / len(per_seed), "ci95": [0.1, 0.9], "n": len(per_seed),
+                "per_seed": per_seed}
+
+    entry = {"seeds": {"0": {}, "1": {}, "10": {}, "2": {}},
+             "summary": {"rl/reward_last_fifth": summary({"0": 0.25, "1": 0.5, "10": 0.5, "2": 0.75}),
+                         "rl/start_step": summary({"0": 200.0, "1": 600.0, "10": 400.0, "2": 200.0})}}
+    results = {"papers": {"modality_gap": {"recipes": {"rl_kl": entry}}}}
+    row = next(line for line in report.markdown_table(papers.MODALITY_GAP, results).splitlines()
+               if line.startswith("| rl_kl |"))
+    assert "| 200, 600, 200, 400 |" in row  # seeds in numeric order (0, 1, 2, 10), not averaged
+    assert "| 0.500 [0.100, 0.900] |" in row
+
+
 def export_print_and_fail(cfg) -> None:
     """A step that leaves the environment changed, prints and fails."""
     os.environ["XMODAL_LEFT_BEHIND"] = "1"
