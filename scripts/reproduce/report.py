@@ -1,4 +1,4 @@
-"""The report: one Markdown table per paper, the pre-registered verdicts (results/preregistration.md) read off the
+"""The report: one Markdown table per paper, the pre-registered verdicts (each paper's `preregistration`) read off the
 hierarchical intervals, and the README's generated section, all from results.json and the archived runs."""
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from .papers import EVAL_DATA_SEED, MODAL_IMBALANCE, MODALITY_GAP, PAPERS, PER_S
 from .statistics import COMPETENCE, paired_summary, summary_of
 
 README_START, README_END = "<!-- reproduce:start -->", "<!-- reproduce:end -->"
-PREREGISTRATION = "results/preregistration.md"
 
 
 @dataclass(frozen=True)
@@ -20,7 +19,7 @@ class Verdict:
     """One pre-registered claim: `metric` of `minuend` (less that of `subtrahend`, same seeds and records, where
     given) lies on the `direction` side of 0 by at least `threshold`, and its 95 % hierarchical interval excludes 0."""
 
-    key: str  # the label in results/preregistration.md
+    key: str  # the label in its paper's pre-registration
     paper: Paper
     claim: str
     minuend: str  # a recipe
@@ -184,7 +183,8 @@ def readme_section(results: dict, verdict_lines: list[str]) -> str:
     ]
     for paper in PAPERS:
         lines += [f"**{paper.title}**", "", markdown_table(paper, results)]
-    lines += [f"Verdicts, each as pre-registered in `{PREREGISTRATION}` (committed before the runs):", "",
+    where = "; ".join(f"{paper.title.split(',')[0]} in `{paper.preregistration}`" for paper in PAPERS)
+    lines += [f"Verdicts, each as pre-registered before its runs ({where}):", "",
               *verdict_lines, "", README_END]
     return "\n".join(lines)
 

@@ -289,6 +289,32 @@ def test_free_text_judge_scores_conflict_recognition_with_intervals(tmp_path):
         assert line["said_conflict"] == [judge(answer, *candidates) for answer in line["answers"]]
 
 
+def test_answers_that_read_the_pieces_first_are_judged_by_their_last_sentence(tmp_path, caplog):
+    """`conflict_reading` reaches the builder (targets "<v1> and <v2>. <decision>") and the exact judge: a checkpoint
+    that reads two values and says the sources conflict recognises every conflict and falsely alarms on every
+    control; with too few new tokens for the targets, the evaluation says so in the log."""
+    reading = "conflict_reading='{first} and {second}. '"
+    checkpoint = _tiny_checkpoint(tmp_path / "reads", answer="3 and 5. The sources conflict.")
+    common = ("builder=conflict", "builder.variants=rotate", "builder.conditions=[unimodal_text]",
+              "data.num_records=4", reading)
+    cfg = _evaluate_config(tmp_path, checkpoint, *common, "evaluate.max_new_tokens=12")
+    targets = [i["target"] for i in instances_of(cfg).instances]
+    assert all(t.endswith(("The sources conflict.", "The sources agree.")) or " agree. " in t for t in targets)
+    assert all(t.split(". ", 1)[0].count(" and ") == 1 for t in targets), targets
+    with caplog.at_level("WARNING", logger="xmodal.trainers.evaluation.answers"):
+        with open(run(cfg)) as f:
+            derived = json.load(f)["results"][0]["derived"]
+    assert not caplog.records  # every target fits in 12 tokens
+    assert derived["conflict_recognition/unimodal_text"]["accuracy"] == 1.0
+    assert derived["false_conflict/unimodal_text"]["accuracy"] == 1.0
+    assert derived["control_accuracy/unimodal_text"]["accuracy"] == 0.0
+
+    cut = _evaluate_config(tmp_path, checkpoint, *common, "evaluate.max_new_tokens=4")
+    with caplog.at_level("WARNING", logger="xmodal.trainers.evaluation.answers"):
+        run(cut)
+    assert any("8 of 8 targets take more than max_new_tokens=4" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.parametrize("model, width", [("tiny_llava", 64), ("qwen2_5_vl_7b", 448), ("llava_1_5_7b", 336)])
 def test_conflict_evidence_is_drawn_with_the_models_render_preset(model, width):
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):

@@ -8,6 +8,7 @@ answered as two items (its own condition and the teacher's), on the same record.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable
@@ -20,6 +21,8 @@ from xmodal.core.scoring import GRADERS, cut_at_end, grader
 from xmodal.core.tokens import IGNORE_INDEX
 from xmodal.data_builders.tokenize import encode_view, load_rgb
 from xmodal.trainers.models import to_model
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,7 @@ def predict(
     """Answers to `items`, `settings.batch_size` prompts at a time (only the batch numbers in `batches`, when given:
     a rank's share in distributed evaluation). Sampling is seeded and leaves the caller's random state untouched.
     `progress`: the description of a progress bar over the batches (none without one)."""
+    warn_of_unreachable_targets(items, processor.tokenizer, settings.max_new_tokens)
     starts = list(range(0, len(items), settings.batch_size))
     chosen = starts if batches is None else [starts[number] for number in batches]
     device = next(model.parameters()).device
@@ -234,6 +238,22 @@ def predict(
                 matches = ids == training_prompt_ids(item, processor)
                 predictions.append(score_item(item, prompt, item_answers, matches, settings, judge))
     return predictions
+
+
+def warn_of_unreachable_targets(items: list[EvalItem], tokenizer, max_new_tokens: int) -> int:
+    """Log (and return) how many targets take more than `max_new_tokens` tokens: an answer cut there cannot
+    reproduce them whole, so where only an exact match counts (a conflict answer with `conflict_reading`, for one)
+    those items score wrong whatever the model learnt."""
+    lengths = [(len(tokenizer(item.target, add_special_tokens=False).input_ids), item.id) for item in items]
+    unreachable = [(length, item_id) for length, item_id in lengths if length > max_new_tokens]
+    if unreachable:
+        length, item_id = max(unreachable)
+        logger.warning(
+            "%d of %d targets take more than max_new_tokens=%d tokens (the longest, item %r, takes %d): answers "
+            "cut there cannot reproduce them; raise evaluate.max_new_tokens (xmodal-eval) or "
+            "metrics.eval.max_new_tokens (training)", len(unreachable), len(items), max_new_tokens, item_id, length,
+        )
+    return len(unreachable)
 
 
 def batch_count(items: list[EvalItem], settings: GenerationSettings) -> int:
