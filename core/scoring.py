@@ -312,7 +312,7 @@ class ExactConflictJudge:
     """A response recognises the conflict when it is the trained conflict answer (`answers_match`, e.g.
     "The sources conflict."): the format of models fine-tuned with `builder=conflict`. With a `reading` (the
     builder's `reading_template` the model was trained with), a response that reads the pieces first counts when
-    its last sentence is that answer: "Evidence 1 gives 3, evidence 2 gives 5. The sources conflict."."""
+    its last sentence is that answer: "3 and 5. The sources conflict."."""
 
     def __init__(self, answer: str = "The sources conflict.", reading: str = ""):
         self.answer = answer

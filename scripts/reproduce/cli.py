@@ -82,15 +82,19 @@ def main(argv: list[str] | None = None) -> int:
             "extra_finished_runs": {name: sum(f.parent.name == name for f in folders) for name in EXTRAS},
             "failures": failures,
             "wall_minutes": (time.perf_counter() - started) / 60,  # this invocation
-            "span_minutes": span_minutes([f for f, d in zip(folders, is_default) if d]),
+            # per paper: the papers' runs may come from different rounds (results/preregistration-2.md)
+            "span_minutes": {paper.key: span_minutes([f for f, d in zip(folders, is_default)
+                                                      if d and f.parent.parent.name == paper.key])
+                             for paper in PAPERS},
             "extra_span_minutes": span_minutes([f for f, d in zip(folders, is_default) if not d]),
             "cpus": os.cpu_count(),
             "jobs": args.jobs,
             "eval_per_condition": budget.eval_per_condition,
             "held_out_records": sum(o["held_out_records"] or 0 for o in overlaps),
             "overlapping_records": sum(o["overlapping_records"] for o in overlaps),
-            "settings_note": f"paper 2: {budget.gap_steps} steps per recipe; paper 1: {budget.mixing_epochs} epochs "
-                             "over the same instructions for both mixings",
+            "settings_note": f"paper 2: {budget.gap_steps} steps per recipe; paper 1: {budget.mixing_epochs:g} "
+                             f"pass(es) over {budget.mixing_records} records per source, the same instructions for "
+                             "every mixing",
             "budget": dict(vars(budget)),
         },
         "papers": papers,
