@@ -240,12 +240,12 @@ def predict(
     return predictions
 
 
-def warn_of_unreachable_targets(items: list[EvalItem], tokenizer, max_new_tokens: int) -> int:
-    """Log (and return) how many targets take more than `max_new_tokens` tokens: an answer cut there cannot
-    reproduce them whole, so where only an exact match counts (a conflict answer with `conflict_reading`, for one)
-    those items score wrong whatever the model learnt."""
-    lengths = [(len(tokenizer(item.target, add_special_tokens=False).input_ids), item.id) for item in items]
-    unreachable = [(length, item_id) for length, item_id in lengths if length > max_new_tokens]
+def warn_of_unreachable_targets(items: list[EvalItem], tokenizer, max_new_tokens: int) -> None:
+    """Log how many targets take more than `max_new_tokens` tokens: an answer cut there cannot reproduce them
+    whole, so where only an exact match counts (a conflict answer with `conflict_reading`, for one) those items
+    score wrong whatever the model learnt."""
+    unreachable = [(length, item.id) for item in items
+                   if (length := len(tokenizer(item.target, add_special_tokens=False).input_ids)) > max_new_tokens]
     if unreachable:
         length, item_id = max(unreachable)
         logger.warning(
@@ -253,7 +253,6 @@ def warn_of_unreachable_targets(items: list[EvalItem], tokenizer, max_new_tokens
             "cut there cannot reproduce them; raise evaluate.max_new_tokens (xmodal-eval) or "
             "metrics.eval.max_new_tokens (training)", len(unreachable), len(items), max_new_tokens, item_id, length,
         )
-    return len(unreachable)
 
 
 def batch_count(items: list[EvalItem], settings: GenerationSettings) -> int:
